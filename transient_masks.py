@@ -407,7 +407,7 @@ class CountMaps:
                     f"a {CCD_NX} x {CCD_NY} CCD"
                 )
             if data.dtype.kind not in "ui":
-                raise BadInputError(f"{where}: counts are {data.dtype}, expected integers")
+                raise BadInputError(f"{where}: counts are {data.dtype.name}, expected integers")
             if data.dtype.kind == "i" and data.min() < 0:
                 raise BadInputError(f"{where}: negative counts")
             self._counts[epoch] = data
