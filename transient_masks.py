@@ -1139,7 +1139,7 @@ def _filter_fits_stream(input_path, output_path, masks, names, drop_bad, chunk_r
 def filter_file(input_path: str, output_path: str, masks: "TransientMasks", *,
                 expnum_col="EXPNUM", ccdnum_col="CCDNUM", x_col="XWIN_IMAGE",
                 y_col="YWIN_IMAGE", drop_bad=False, table_format=None,
-                output_format=None, overwrite=False, chunk_rows=1_000_000) -> FilterCounts:
+                output_format=None, overwrite=False, chunk_rows=500_000) -> FilterCounts:
     """Write a copy of an event table without the events in masked regions.
 
     Reads any format astropy's Table reads (FITS, ECSV, CSV, HDF5, Parquet...),
