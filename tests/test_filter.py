@@ -66,6 +66,8 @@ def test_filter_keeps_exactly_the_unmasked_rows_in_order(tmp_path, rng, counts_f
             assert result[name].unit is not None or name not in ("XWIN_IMAGE", "MAG_AUTO")
     if ext != "csv":
         assert result.meta["ORIGIN"] == "test catalog" and result.meta["SEED"] == 11
+        assert result.meta["DEMO"] is False or result.meta["DEMO"] == 0
+        assert result.meta["TM_VERS"] == tm.__version__ and result.meta["TM_COUNT"] == "maps.fits"
     assert counts.read == len(table) == counts.masked + counts.no_epoch_dropped + counts.bad + counts.written
     assert counts.written == len(result)
     assert counts.no_epoch_dropped == np.isin(table["EXPNUM"], [300000, 226400]).sum()
