@@ -320,21 +320,36 @@ class _CountAccumulator:
         epoch_idx = np.asarray(epoch_idx)
         n_rows = epoch_idx.size
         self.n_read += n_rows
-        flat, good = _cell_index(ccdnum, x, y)
-        in_epoch = epoch_idx >= 0
-        self.n_bad += int(n_rows - np.count_nonzero(good))
-        self.n_no_epoch += int(np.count_nonzero(good & ~in_epoch))
-        use = good & in_epoch
-        if not use.all():
-            flat, epoch_idx = flat[use[good]] if flat.size != n_rows else flat[use], epoch_idx[use]
-        if not epoch_idx.size:
+        if not n_rows:
             return
-        first, last = int(epoch_idx.min()), int(epoch_idx.max())
+        # Cell indices in cache-sized blocks; -1 marks bad rows and rows in no epoch.
+        flat = np.empty(n_rows, dtype=np.intp)
+        for start in range(0, n_rows, _BIN_BLOCK):
+            stop = start + _BIN_BLOCK
+            block_flat, good = _cell_index(ccdnum[start:stop], x[start:stop], y[start:stop])
+            if good.all():
+                flat[start:stop] = block_flat
+            else:
+                flat[start:stop][good] = block_flat
+                flat[start:stop][~good] = -1
+                self.n_bad += int(good.size - np.count_nonzero(good))
+        no_epoch = epoch_idx < 0
+        if no_epoch.any():
+            self.n_no_epoch += int(np.count_nonzero(no_epoch & (flat >= 0)))
+            flat[no_epoch] = -1
+        valid = epoch_idx[~no_epoch] if no_epoch.any() else epoch_idx
+        if not valid.size:
+            return
+        first, last = int(valid.min()), int(valid.max())
         # Catalogs are usually sorted by exposure: one epoch per chunk needs no selection.
         groups = [(first, flat)] if first == last else [
-            (index, flat[epoch_idx == index]) for index in np.unique(epoch_idx)]
+            (index, flat[epoch_idx == index]) for index in range(first, last + 1)]
         n_cells = N_CCD * _MAP_CELLS
         for index, cells in groups:
+            if cells.size and cells.min() < 0:
+                cells = cells[cells >= 0]
+            if not cells.size:
+                continue
             binned = np.bincount(cells, minlength=n_cells)
             total = self.totals.get(index)
             self.n_events[index] += cells.size
@@ -343,6 +358,40 @@ class _CountAccumulator:
             if total.dtype == np.uint32 and self.n_events[index] > np.iinfo(np.uint32).max:
                 total = self.totals[index] = total.astype(np.int64)
             total += binned.astype(total.dtype, copy=False)
+
+
+#: Events whose cells are computed at a time (fits the CPU cache).
+_BIN_BLOCK = 1 << 18
+
+
+class _EpochLookup:
+    """`epoch_index` of the epoch table as a fast vectorised lookup.
+
+    A table of the epoch of every expnum in the table's range (about 800 kB for
+    DES) replaces the binary search; the result is `epoch_index`'s, which built it.
+    """
+
+    _MAX_TABLE = 1 << 26  # beyond this range of expnums, search instead
+
+    def __init__(self, minexp, maxexp):
+        self.minexp = np.asarray(minexp, dtype=np.int64)
+        self.maxexp = np.asarray(maxexp, dtype=np.int64)
+        self.lut = None
+        if self.minexp.size and self.maxexp.max() - self.minexp.min() < self._MAX_TABLE:
+            self.lo = int(self.minexp.min())
+            self.hi = int(self.maxexp.max())
+            expnums = np.arange(self.lo, self.hi + 1, dtype=np.int64)
+            self.lut = epoch_index(expnums, self.minexp, self.maxexp).astype(np.int16)
+
+    def __call__(self, expnum) -> np.ndarray:
+        expnum = np.asarray(expnum)
+        if self.lut is None or expnum.dtype.kind not in "ui":
+            return epoch_index(expnum, self.minexp, self.maxexp)
+        offset = expnum.astype(np.int64, copy=False) - self.lo
+        inside = (offset >= 0) & (offset <= self.hi - self.lo)
+        if inside.all():
+            return self.lut[offset]
+        return np.where(inside, self.lut[np.where(inside, offset, 0)], -1)
 
 
 def _cell_index(ccdnum, x, y):
@@ -430,8 +479,8 @@ def bin_events(epoch_idx, ccdnum, x, y, n_epochs: int) -> np.ndarray:
     return counts
 
 
-def gather_arrays(expnum, ccdnum, x, y, *, epochs=None, chunk_rows: int = GATHER_CHUNK_ROWS,
-                  _result: GatherResult = None) -> GatherResult:
+def gather_arrays(expnum, ccdnum, x, y, *, epochs=None,
+                  chunk_rows: int = GATHER_CHUNK_ROWS) -> GatherResult:
     """Build DES count maps from in-memory event arrays.
 
     Parameters
@@ -462,11 +511,10 @@ def gather_arrays(expnum, ccdnum, x, y, *, epochs=None, chunk_rows: int = GATHER
     expnum, ccdnum, x, y = (np.asarray(a) for a in (expnum, ccdnum, x, y))
     if not expnum.shape == ccdnum.shape == x.shape == y.shape:
         raise BadInputError(f"event arrays differ in shape: {expnum.shape}, {ccdnum.shape}, {x.shape}, {y.shape}")
-    minexp = np.asarray(table["MINEXPNUM"], dtype=np.int64)
-    maxexp = np.asarray(table["MAXEXPNUM"], dtype=np.int64)
+    lookup = _EpochLookup(table["MINEXPNUM"], table["MAXEXPNUM"])
     for start in range(0, expnum.size, max(int(chunk_rows), 1)):
         stop = start + chunk_rows
-        accumulator.add(epoch_index(expnum[start:stop], minexp, maxexp),
+        accumulator.add(lookup(expnum[start:stop]),
                         ccdnum[start:stop], x[start:stop], y[start:stop])
     return _finish_gather(accumulator, table)
 
@@ -546,7 +594,8 @@ def _fits_table_chunks(path, names, chunk_rows):
             data = hdu.data
             yield header, tuple(np.asarray(data[name]) for name in names)
             return
-    raw_dtype = columns.dtype
+    # ColDefs.dtype is in native byte order; the file holds big-endian rows.
+    raw_dtype = columns.dtype.newbyteorder(">")
     for name in names:
         if raw_dtype[name].shape:
             raise BadInputError(f"{path}: column {name!r} holds arrays, expected one value per row")
@@ -699,8 +748,7 @@ def gather_data(catalogs, output: str = None, *, epochs=None, expnum_col: str = 
     table = _load_epoch_table(epochs)
     if output is not None:  # fail before the long read, not after it
         _check_output(output, overwrite, catalogs)
-    minexp = np.asarray(table["MINEXPNUM"], dtype=np.int64)
-    maxexp = np.asarray(table["MAXEXPNUM"], dtype=np.int64)
+    lookup = _EpochLookup(table["MINEXPNUM"], table["MAXEXPNUM"])
     accumulator = _CountAccumulator(len(table))
     names = (expnum_col, ccdnum_col, x_col, y_col)
     simulation_cards = []
@@ -712,7 +760,7 @@ def gather_data(catalogs, output: str = None, *, epochs=None, expnum_col: str = 
                                     for key in header if key.startswith("SIM")]
             for start in range(0, len(expnum), chunk_rows):
                 stop = start + chunk_rows
-                accumulator.add(epoch_index(expnum[start:stop], minexp, maxexp),
+                accumulator.add(lookup(expnum[start:stop]),
                                 ccdnum[start:stop], x[start:stop], y[start:stop])
         n_bad = accumulator.n_bad - bad_before
         log.info("%s: %d rows read%s", path, accumulator.n_read - n_before,
@@ -1113,7 +1161,7 @@ def _simulate_epoch(row, rng, camera, *, background, n_exposures, rate_scatter, 
     n_astro = rng.poisson(bg_density * CCD_NX * CCD_NY)
     ccd_of = np.repeat(np.arange(1, N_CCD + 1), n_astro)
     parts = [(
-        np.full(ccd_of.size, _SRC["astro"], np.int8), ccd_of,
+        np.full(ccd_of.size, _SRC["astro"], np.uint8), ccd_of,
         (CCD_NX + 1) / 2 + (CCD_NX / 2) * _linear_sample(rng.random(ccd_of.size), gx[ccd_of - 1]),
         (CCD_NY + 1) / 2 + (CCD_NY / 2) * _linear_sample(rng.random(ccd_of.size), gy[ccd_of - 1]),
         np.zeros(ccd_of.size, np.int64),
@@ -1138,7 +1186,7 @@ def _simulate_epoch(row, rng, camera, *, background, n_exposures, rate_scatter, 
                     density[k] * frac[k] * np.outer(oy[k, ys[0]:ys[-1] + 1], ox[k, xs[0]:xs[-1] + 1]))
         n = rng.poisson(expected)
         rep = np.repeat(np.arange(src.size), n)
-        parts.append((src[rep].astype(np.int8), ccd[rep],
+        parts.append((src[rep].astype(np.uint8), ccd[rep],
                       x0[rep] + (x1 - x0)[rep] * rng.random(rep.size),
                       y0[rep] + (y1 - y0)[rep] * rng.random(rep.size), min_e[rep]))
     if comps.gausses:
@@ -1150,7 +1198,7 @@ def _simulate_epoch(row, rng, camera, *, background, n_exposures, rate_scatter, 
             excess[ccd[k] - 1] += total[k] * frac[k] * np.outer(oy[k], ox[k])
         n = rng.poisson(total * frac)
         rep = np.repeat(np.arange(src.size), n)
-        parts.append((src[rep].astype(np.int8), ccd[rep],
+        parts.append((src[rep].astype(np.uint8), ccd[rep],
                       xc[rep] + sigma[rep] * rng.standard_normal(rep.size),
                       yc[rep] + sigma[rep] * rng.standard_normal(rep.size), min_e[rep]))
     source, ccdnum, x, y, min_e = (np.concatenate(a) for a in zip(*parts))
@@ -1286,7 +1334,7 @@ def simulate(epochs=("Y2E1",), *, seed: int = 0, background: float = 3.0, n_expo
     -------
     (astropy.table.Table, SimTruth)
         The catalog (EXPNUM int32, CCDNUM int16, XWIN_IMAGE, YWIN_IMAGE
-        continuous FITS 1-indexed positions on the CCD, SOURCE int8), sorted by
+        continuous FITS 1-indexed positions on the CCD, SOURCE uint8), sorted by
         EXPNUM, with the seed and the source names in its meta; and the
         expected background and defect excess per map cell of each epoch.
 
