@@ -1553,8 +1553,13 @@ def _fits_table_chunks(path, names, chunk_rows):
             for name in names:
                 column = block[name]
                 scale, zero = scales[name]
-                if scale not in (None, 1) or zero not in (None, 0):
-                    column = column * (1 if scale is None else scale) + (0 if zero is None else zero)
+                scale = 1 if scale is None else scale
+                zero = 0 if zero is None else zero
+                if scale == 1 and zero == int(zero) and column.dtype.kind in "iu":
+                    if zero:  # unsigned integers stored with TZERO
+                        column = column.astype(np.int64) + int(zero)
+                elif scale != 1 or zero:
+                    column = column.astype(np.float64) * scale + zero
                 values.append(column.astype(column.dtype.newbyteorder("="), copy=False))
             yield header, tuple(values)
 
@@ -1598,7 +1603,11 @@ def _table_chunks(path, names, table_format):
 
     read_options = {"format": table_format} if table_format else {}
     try:
+        if path.lower().endswith((".h5", ".hdf5")):
+            read_options["path"] = _first_hdf5_table(path)
         table = Table.read(path, **read_options)
+    except BadInputError:
+        raise
     except Exception as exc:  # astropy raises many types for unreadable files
         raise BadInputError(f"{path}: cannot read as a table ({type(exc).__name__}: {exc})") from None
     names = _catalog_columns(table.colnames, names, path)
@@ -1808,10 +1817,11 @@ def _run_gather(args) -> int:
     result = gather_data(
         args.gather, output, epochs=getattr(args, "epochs_file", None),
         expnum_col=args.expnum_col, ccdnum_col=args.ccdnum_col, x_col=args.x_col, y_col=args.y_col,
-        chunk_rows=args.chunk_rows, demo=args.demo, overwrite=getattr(args, "overwrite", False),
+        chunk_rows=args.chunk_rows, table_format=getattr(args, "table_format", None),
+        demo=args.demo, overwrite=getattr(args, "overwrite", False),
     )
-    print(result.summary())
-    print(f"wrote {output}" + (" (DEMO maps)" if args.demo else ""))
+    demo = " [SYNTHETIC DEMO maps: DEMO = T]" if args.demo else ""
+    print(f"{result.summary()}; wrote {output}{demo}", file=sys.stderr)
     return 0
 
 
@@ -2145,7 +2155,8 @@ def _simulate_epoch(row, rng, camera, *, background, n_exposures, rate_scatter, 
     # Exposure of each event: uniform over the epoch's exposures from the
     # component's first active expnum on.
     first = np.searchsorted(expnums, min_e)
-    expnum = expnums[first + (rng.random(first.size) * (expnums.size - first)).astype(np.int64)]
+    exposure = first + (rng.random(first.size) * (expnums.size - first)).astype(np.int64)
+    expnum = expnums[exposure]
     keep = (x >= 0.5) & (x < CCD_NX + 0.5) & (y >= 0.5) & (y < CCD_NY + 0.5)
     # Dead CCDs lose every event of their dead exposures.
     for dead_ccd, (lo, hi) in _dead_expnum_ranges(row).items():
@@ -2160,7 +2171,9 @@ def _simulate_epoch(row, rng, camera, *, background, n_exposures, rate_scatter, 
     np.clip(y, 0.5, np.nextafter(position_dtype(CCD_NY + 0.5), position_dtype(0)), out=y)
     columns = {"EXPNUM": expnum[keep].astype(np.int32), "CCDNUM": ccdnum[keep], "XWIN_IMAGE": x,
                "YWIN_IMAGE": y, "SOURCE": source[keep]}
-    order = np.argsort(columns["EXPNUM"], kind="stable")
+    # Order by exposure, as DES catalogs are (a 16-bit key sorts by radix: fast).
+    exposure = exposure[keep]
+    order = np.argsort(exposure.astype(np.uint16) if expnums.size <= 65536 else exposure, kind="stable")
     columns = {name: values[order] for name, values in columns.items()}
     return columns, bg_truth.astype(np.float32), excess.astype(np.float32), n_exposures
 
@@ -2433,7 +2446,7 @@ def _run_simulate(args) -> int:
         n_exposures=args.sim_exposures, epoch_table=getattr(args, "epochs_file", None),
         overwrite=getattr(args, "overwrite", False))
     print(f"wrote {args.simulate}: {n_rows} simulated transients in {', '.join(args.sim_epochs)} "
-          f"(seed {args.seed})")
+          f"(seed {args.seed})", file=sys.stderr)
     return 0
 
 
