@@ -1202,8 +1202,8 @@ _MAP_CELLS = MAP_NY * MAP_NX
 _CELL_NX_PX = CCD_NX // MAP_NX  # 8
 _CELL_NY_PX = CCD_NY // MAP_NY  # 16
 _UINT16_MAX = np.iinfo(np.uint16).max
-#: Rows read at a time from a catalog file (about 60 MB of working memory).
-GATHER_CHUNK_ROWS = 2_000_000
+#: Rows read at a time from a catalog file (about 50 MB of working memory).
+GATHER_CHUNK_ROWS = 1_000_000
 
 
 class GatherResult:
@@ -1244,15 +1244,20 @@ class GatherResult:
 class _CountAccumulator:
     """Running per-epoch cell counts, binned chunk by chunk.
 
-    Counts are kept in uint32 while an epoch holds fewer than 2**32 events (so
-    no cell can overflow) and promoted to int64 beyond: 16 MB per epoch seen.
+    Counts are kept as the final uint16 maps (8 MB per epoch seen), each batch
+    added in int64 and saturated at 65535; the clipped cells are remembered.
     """
 
     def __init__(self, n_epochs):
         self.n_epochs = n_epochs
-        self.totals = {}  # epoch index -> flat (62 * 65536,) counts
+        self.totals = {}  # epoch index -> flat (62 * 65536,) uint16 counts
+        self.clipped = {}  # epoch index -> bool flags of the cells clipped at 65535
         self.n_events = np.zeros(n_epochs, dtype=np.int64)
         self.n_read = self.n_bad = self.n_no_epoch = 0
+        # Cells waiting to be binned, per epoch: binning many small groups one
+        # bincount each would cost a full-size count array per group.
+        self.pending = {}
+        self.n_pending = 0
 
     def add(self, epoch_idx, ccdnum, x, y):
         """Bin one chunk of events (arrays of equal length; see `bin_events`)."""
@@ -1280,27 +1285,59 @@ class _CountAccumulator:
         if not valid.size:
             return
         first, last = int(valid.min()), int(valid.max())
-        # Catalogs are usually sorted by exposure: one epoch per chunk needs no selection.
-        groups = [(first, flat)] if first == last else [
-            (index, flat[epoch_idx == index]) for index in range(first, last + 1)]
-        n_cells = N_CCD * _MAP_CELLS
+        if first == last:  # one epoch in the chunk: no selection at all
+            groups = [(first, flat)]
+        else:
+            # Catalogs sorted by exposure: contiguous slices, else a selection per epoch.
+            running = np.maximum.accumulate(epoch_idx)
+            if ((running == epoch_idx) | no_epoch).all():
+                bounds = np.searchsorted(running, np.arange(first, last + 2))
+                groups = [(first + i, flat[bounds[i]:bounds[i + 1]]) for i in range(last - first + 1)]
+            else:
+                groups = [(index, flat[epoch_idx == index]) for index in range(first, last + 1)]
         for index, cells in groups:
             if cells.size and cells.min() < 0:
                 cells = cells[cells >= 0]
-            if not cells.size:
-                continue
-            binned = np.bincount(cells, minlength=n_cells)
-            total = self.totals.get(index)
-            self.n_events[index] += cells.size
-            if total is None:
-                total = self.totals[index] = np.zeros(n_cells, dtype=np.uint32)
-            if total.dtype == np.uint32 and self.n_events[index] > np.iinfo(np.uint32).max:
-                total = self.totals[index] = total.astype(np.int64)
-            total += binned.astype(total.dtype, copy=False)
+            if cells.size:
+                self.pending.setdefault(index, []).append(cells)
+                self.n_pending += cells.size
+        if self.n_pending > _PENDING_EVENTS:
+            # Bin the biggest backlogs first: few bincount calls, bounded memory.
+            for index in sorted(self.pending, key=lambda i: -sum(c.size for c in self.pending[i])):
+                self._bin(index)
+                if self.n_pending <= _PENDING_EVENTS // 2:
+                    break
+
+    def _bin(self, index):
+        """Add the pending cells of one epoch to its counts, saturating at 65535."""
+        pieces = self.pending.pop(index)
+        cells = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+        self.n_pending -= cells.size
+        self.n_events[index] += cells.size
+        total = self.totals.get(index)
+        if total is None:
+            total = self.totals[index] = np.zeros(N_CCD * _MAP_CELLS, dtype=np.uint16)
+        binned = np.bincount(cells, minlength=total.size)
+        binned += total
+        over = binned > _UINT16_MAX
+        if over.any():
+            if index in self.clipped:
+                self.clipped[index] |= over
+            else:
+                self.clipped[index] = over
+            np.minimum(binned, _UINT16_MAX, out=binned)
+        total[...] = binned
+
+    def flush(self):
+        """Bin everything pending."""
+        for index in list(self.pending):
+            self._bin(index)
 
 
 #: Events whose cells are computed at a time (fits the CPU cache).
 _BIN_BLOCK = 1 << 18
+#: Cells kept waiting before binning (32 MB).
+_PENDING_EVENTS = 1 << 22
 
 
 class _EpochLookup:
@@ -1412,6 +1449,7 @@ def bin_events(epoch_idx, ccdnum, x, y, n_epochs: int) -> np.ndarray:
     """
     accumulator = _CountAccumulator(n_epochs)
     accumulator.add(epoch_idx, ccdnum, x, y)
+    accumulator.flush()
     counts = np.zeros((n_epochs, N_CCD, MAP_NY, MAP_NX), dtype=np.int64)
     for index, total in accumulator.totals.items():
         counts[index] = total.reshape(N_CCD, MAP_NY, MAP_NX)
@@ -1459,22 +1497,21 @@ def gather_arrays(expnum, ccdnum, x, y, *, epochs=None,
 
 
 def _finish_gather(accumulator, table) -> GatherResult:
-    """Turn the accumulated counts into uint16 maps (clipping with a warning)."""
+    """The accumulated uint16 maps and row counts; warns about clipped cells."""
+    accumulator.flush()
     result = GatherResult()
     result.n_read, result.n_bad, result.n_no_epoch = (
         accumulator.n_read, accumulator.n_bad, accumulator.n_no_epoch)
     result.n_binned = int(accumulator.n_events.sum())
     for index in sorted(accumulator.totals):
         name = str(table["NAME"][index])
-        total = accumulator.totals.pop(index).reshape(N_CCD, MAP_NY, MAP_NX)
-        over = total > _UINT16_MAX
-        n_over = int(over.sum())
+        result.counts[name] = accumulator.totals.pop(index).reshape(N_CCD, MAP_NY, MAP_NX)
+        clipped = accumulator.clipped.pop(index, None)
+        n_over = 0 if clipped is None else int(clipped.sum())
         if n_over:
-            ccds = np.flatnonzero(over.any(axis=(1, 2))) + 1
+            ccds = np.flatnonzero(clipped.reshape(N_CCD, -1).any(axis=1)) + 1
             log.warning("%s: %d cell(s) on %d CCD(s) (CCDNUM %s) exceed %d transients; clipped to %d",
                         name, n_over, ccds.size, ",".join(map(str, ccds)), _UINT16_MAX, _UINT16_MAX)
-            np.minimum(total, _UINT16_MAX, out=total)
-        result.counts[name] = total.astype(np.uint16)
         result.n_clipped[name] = n_over
         result.min_exp[name] = int(table["MINEXPNUM"][index])
         result.max_exp[name] = int(table["MAXEXPNUM"][index])

@@ -145,13 +145,19 @@ def test_uint16_overflow_warns_and_clips(caplog):
     assert "Y6: 1 cell(s) on 1 CCD(s) (CCDNUM 7) exceed 65535" in caplog.text
 
 
-def test_accumulator_promotes_beyond_uint32():
-    accumulator = tm._CountAccumulator(1)
-    accumulator.add(np.zeros(3, int), np.array([1, 1, 2]), np.full(3, 5.0), np.full(3, 5.0))
-    accumulator.n_events[0] = 2**32 - 2  # pretend billions of events came before
-    accumulator.add(np.zeros(2, int), np.array([1, 1]), np.full(2, 5.0), np.full(2, 5.0))
-    total = accumulator.totals[0]
-    assert total.dtype == np.int64 and total[0] == 4 and total[65536] == 1
+def test_saturation_across_batches(caplog):
+    """Counts saturate at 65535 across separately binned batches, and the warning says so."""
+    accumulator = tm._CountAccumulator(2)
+    for n in (65000, 600):
+        accumulator.add(np.ones(n, int), np.full(n, 3), np.full(n, 5.0), np.full(n, 5.0))
+        accumulator.flush()
+    assert accumulator.totals[1][2 * 65536] == 65535 and 1 in accumulator.clipped
+    accumulator.add(np.ones(2, int), np.array([4, 3]), np.full(2, 5.0), np.full(2, 5.0))
+    with caplog.at_level(logging.WARNING, logger="transient_masks"):
+        result = tm._finish_gather(accumulator, EPOCHS[:2])
+    cube = result.counts[str(EPOCHS["NAME"][1])]
+    assert cube[2, 0, 0] == 65535 and cube[3, 0, 0] == 1 and result.n_binned == 65602
+    assert "1 cell(s) on 1 CCD(s) (CCDNUM 3)" in caplog.text
 
 
 def test_file_round_trip_through_the_core(tmp_path, rng):
