@@ -1219,28 +1219,1294 @@ def _first_hdf5_table(path):
 
 # ---- Gathering count maps from a catalog
 
-# (issue 3) gather_data and its CLI hooks live here.
+#: Cells of one CCD in the DES count maps, and pixels per cell along x and y.
+_MAP_CELLS = MAP_NY * MAP_NX
+_CELL_NX_PX = CCD_NX // MAP_NX  # 8
+_CELL_NY_PX = CCD_NY // MAP_NY  # 16
+_UINT16_MAX = np.iinfo(np.uint16).max
+#: Rows read at a time from a catalog file (about 50 MB of working memory).
+GATHER_CHUNK_ROWS = 1_000_000
+
+
+class GatherResult:
+    """The count maps built by `gather_data` and what happened to the rows.
+
+    ``n_read == n_binned + n_no_epoch + n_bad`` always holds.
+
+    Attributes
+    ----------
+    counts : dict
+        Epoch name -> (62, 256, 256) uint16 counts, for the epochs with at
+        least one transient, in the order of the epoch table.
+    min_exp, max_exp : dict
+        Epoch name -> MINEXPNUM / MAXEXPNUM of the epoch table.
+    n_read, n_binned, n_no_epoch, n_bad : int
+        Rows read; binned into a map; with an EXPNUM in no epoch; bad
+        (CCDNUM outside 1..62, NaN or off-CCD position), not binned.
+    n_clipped : dict
+        Epoch name -> number of cells whose count exceeded 65535 and was clipped.
+    output : str or None
+        The file written, if any.
+    """
+
+    def __init__(self):
+        self.counts = {}
+        self.min_exp, self.max_exp = {}, {}
+        self.n_read = self.n_binned = self.n_no_epoch = self.n_bad = 0
+        self.n_clipped = {}
+        self.output = None
+
+    def summary(self) -> str:
+        """One line: rows read, binned, in no epoch, bad; epochs written."""
+        epochs = ", ".join(self.counts) or "none"
+        return (f"{self.n_read} rows read, {self.n_binned} binned, {self.n_no_epoch} in no epoch, "
+                f"{self.n_bad} bad rows skipped; epochs with transients: {epochs}")
+
+
+class _CountAccumulator:
+    """Running per-epoch cell counts, binned chunk by chunk.
+
+    Counts are kept as the final uint16 maps (8 MB per epoch seen), each batch
+    added in int64 and saturated at 65535; the clipped cells are remembered.
+    """
+
+    def __init__(self, n_epochs):
+        self.n_epochs = n_epochs
+        self.totals = {}  # epoch index -> flat (62 * 65536,) uint16 counts
+        self.clipped = {}  # epoch index -> bool flags of the cells clipped at 65535
+        self.n_events = np.zeros(n_epochs, dtype=np.int64)
+        self.n_read = self.n_bad = self.n_no_epoch = 0
+        # Cells waiting to be binned, per epoch: binning many small groups one
+        # bincount each would cost a full-size count array per group.
+        self.pending = {}
+        self.n_pending = 0
+
+    def add(self, epoch_idx, ccdnum, x, y):
+        """Bin one chunk of events (arrays of equal length; see `bin_events`)."""
+        epoch_idx = np.asarray(epoch_idx)
+        n_rows = epoch_idx.size
+        self.n_read += n_rows
+        if not n_rows:
+            return
+        # Cell indices in cache-sized blocks; -1 marks bad rows and rows in no epoch.
+        flat = np.empty(n_rows, dtype=np.intp)
+        for start in range(0, n_rows, _BIN_BLOCK):
+            stop = start + _BIN_BLOCK
+            block_flat, good = _cell_index(ccdnum[start:stop], x[start:stop], y[start:stop])
+            if good.all():
+                flat[start:stop] = block_flat
+            else:
+                flat[start:stop][good] = block_flat
+                flat[start:stop][~good] = -1
+                self.n_bad += int(good.size - np.count_nonzero(good))
+        no_epoch = epoch_idx < 0
+        if no_epoch.any():
+            self.n_no_epoch += int(np.count_nonzero(no_epoch & (flat >= 0)))
+            flat[no_epoch] = -1
+        valid = epoch_idx[~no_epoch] if no_epoch.any() else epoch_idx
+        if not valid.size:
+            return
+        first, last = int(valid.min()), int(valid.max())
+        if first == last:  # one epoch in the chunk: no selection at all
+            groups = [(first, flat)]
+        else:
+            # Catalogs sorted by exposure: contiguous slices, else a selection per epoch.
+            running = np.maximum.accumulate(epoch_idx)
+            if ((running == epoch_idx) | no_epoch).all():
+                bounds = np.searchsorted(running, np.arange(first, last + 2))
+                groups = [(first + i, flat[bounds[i]:bounds[i + 1]]) for i in range(last - first + 1)]
+            else:
+                groups = [(index, flat[epoch_idx == index]) for index in range(first, last + 1)]
+        for index, cells in groups:
+            if cells.size and cells.min() < 0:
+                cells = cells[cells >= 0]
+            if cells.size:
+                self.pending.setdefault(index, []).append(cells)
+                self.n_pending += cells.size
+        if self.n_pending > _PENDING_EVENTS:
+            # Bin the biggest backlogs first: few bincount calls, bounded memory.
+            for index in sorted(self.pending, key=lambda i: -sum(c.size for c in self.pending[i])):
+                self._bin(index)
+                if self.n_pending <= _PENDING_EVENTS // 2:
+                    break
+
+    def _bin(self, index):
+        """Add the pending cells of one epoch to its counts, saturating at 65535."""
+        pieces = self.pending.pop(index)
+        cells = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
+        self.n_pending -= cells.size
+        self.n_events[index] += cells.size
+        total = self.totals.get(index)
+        if total is None:
+            total = self.totals[index] = np.zeros(N_CCD * _MAP_CELLS, dtype=np.uint16)
+        binned = np.bincount(cells, minlength=total.size)
+        binned += total
+        over = binned > _UINT16_MAX
+        if over.any():
+            if index in self.clipped:
+                self.clipped[index] |= over
+            else:
+                self.clipped[index] = over
+            np.minimum(binned, _UINT16_MAX, out=binned)
+        total[...] = binned
+
+    def flush(self):
+        """Bin everything pending."""
+        for index in list(self.pending):
+            self._bin(index)
+
+
+#: Events whose cells are computed at a time (fits the CPU cache).
+_BIN_BLOCK = 1 << 18
+#: Cells kept waiting before binning (32 MB).
+_PENDING_EVENTS = 1 << 22
+
+
+class _EpochLookup:
+    """`epoch_index` of the epoch table as a fast vectorised lookup.
+
+    A table of the epoch of every expnum in the table's range (about 800 kB for
+    DES) replaces the binary search; the result is `epoch_index`'s, which built it.
+    """
+
+    _MAX_TABLE = 1 << 26  # beyond this range of expnums, search instead
+
+    def __init__(self, minexp, maxexp):
+        self.minexp = np.asarray(minexp, dtype=np.int64)
+        self.maxexp = np.asarray(maxexp, dtype=np.int64)
+        self.lut = None
+        if self.minexp.size and self.maxexp.max() - self.minexp.min() < self._MAX_TABLE:
+            self.lo = int(self.minexp.min())
+            self.hi = int(self.maxexp.max())
+            expnums = np.arange(self.lo, self.hi + 1, dtype=np.int64)
+            self.lut = epoch_index(expnums, self.minexp, self.maxexp).astype(np.int16)
+
+    def __call__(self, expnum) -> np.ndarray:
+        expnum = np.asarray(expnum)
+        if self.lut is None or expnum.dtype.kind not in "ui":
+            return epoch_index(expnum, self.minexp, self.maxexp)
+        offset = expnum.astype(np.int64, copy=False) - self.lo
+        inside = (offset >= 0) & (offset <= self.hi - self.lo)
+        if inside.all():
+            return self.lut[offset]
+        return np.where(inside, self.lut[np.where(inside, offset, 0)], -1)
+
+
+def _cell_index(ccdnum, x, y):
+    """Flat DES map cell of each event and whether the event is good.
+
+    Returns ``(flat, good)``: ``good`` flags rows with CCDNUM in 1..62 and a
+    finite on-CCD position (0.5 <= x < 2048.5, 0.5 <= y < 4096.5); ``flat``
+    holds ``(CCDNUM - 1) * 65536 + Y * 256 + X`` for the good rows only (for all
+    rows when every row is good), with X = floor((x - 1) / 8) and
+    Y = floor((y - 1) / 16), positions below 1 going to cell 0.
+    """
+    ccdnum = np.asarray(ccdnum)
+    x = np.asarray(x)
+    y = np.asarray(y)
+    if x.dtype.kind != "f":
+        x = x.astype(np.float64)
+    if y.dtype.kind != "f":
+        y = y.astype(np.float64)
+    # NaN fails every comparison, so it is flagged bad here.
+    good = (ccdnum >= 1) & (ccdnum <= N_CCD)
+    good &= (x >= 0.5) & (x < CCD_NX + 0.5)
+    good &= (y >= 0.5) & (y < CCD_NY + 0.5)
+    if not good.all():
+        ccdnum, x, y = ccdnum[good], x[good], y[good]
+    # x - 1 is exact in binary floating point for 0.5 <= x; truncation toward
+    # zero sends -0.5 <= x - 1 < 0 to pixel offset 0 (cell 0), as DES did.
+    x_px = (x - 1).astype(np.intp)
+    y_px = (y - 1).astype(np.intp)
+    x_px >>= 3  # 8 pixels per cell along x
+    y_px >>= 4  # 16 pixels per cell along y
+    y_px <<= 8
+    x_px += y_px
+    flat = ccdnum.astype(np.intp)
+    flat -= 1
+    flat <<= 16
+    flat += x_px
+    return flat, good
+
+
+def _load_epoch_table(epochs):
+    """The epoch table (a path, a Table or None for the shipped one), sorted by MINEXPNUM."""
+    from astropy.table import Table
+
+    if epochs is None or isinstance(epochs, (str, os.PathLike)):
+        return read_epochs(None if epochs is None else os.fspath(epochs))
+    table = Table(epochs, copy=True)
+    missing = {"NAME", "MINEXPNUM", "MAXEXPNUM"} - set(table.colnames)
+    if missing:
+        raise BadInputError(f"epoch table lacks column(s) {', '.join(sorted(missing))}")
+    table["NAME"] = np.char.strip(np.asarray(table["NAME"]).astype(str))
+    table.sort("MINEXPNUM")
+    return table
+
+
+def bin_events(epoch_idx, ccdnum, x, y, n_epochs: int) -> np.ndarray:
+    """Count events in the DES map cells of each epoch (integer arithmetic).
+
+    Parameters
+    ----------
+    epoch_idx : array_like of int
+        Epoch of each event (index into the epoch table; -1 = no epoch, skipped).
+    ccdnum : array_like of int
+        CCDNUM 1..62; other values are bad rows, skipped.
+    x, y : array_like of float
+        FITS 1-indexed positions; NaN or off-CCD positions are skipped.
+    n_epochs : int
+        Number of epochs.
+
+    Returns
+    -------
+    numpy.ndarray of int64, shape (n_epochs, 62, 256, 256)
+
+    Examples
+    --------
+    >>> counts = bin_events([0, 0, 1, -1], [1, 1, 62, 5], [0.5, 9.0, 2048.4, 5.0],
+    ...                     [1.0, 16.9, 4096.4, 5.0], n_epochs=2)
+    >>> int(counts[0, 0, 0, 0]), int(counts[0, 0, 0, 1]), int(counts[1, 61, 255, 255])
+    (1, 1, 1)
+    """
+    accumulator = _CountAccumulator(n_epochs)
+    accumulator.add(epoch_idx, ccdnum, x, y)
+    accumulator.flush()
+    counts = np.zeros((n_epochs, N_CCD, MAP_NY, MAP_NX), dtype=np.int64)
+    for index, total in accumulator.totals.items():
+        counts[index] = total.reshape(N_CCD, MAP_NY, MAP_NX)
+    return counts
+
+
+def gather_arrays(expnum, ccdnum, x, y, *, epochs=None,
+                  chunk_rows: int = GATHER_CHUNK_ROWS) -> GatherResult:
+    """Build DES count maps from in-memory event arrays.
+
+    Parameters
+    ----------
+    expnum, ccdnum : array_like of int
+        Exposure number and CCDNUM (1..62) of each event.
+    x, y : array_like of float
+        FITS 1-indexed positions on the CCD.
+    epochs : str or astropy.table.Table, optional
+        The epoch table (NAME, MINEXPNUM, MAXEXPNUM) or its file; default the
+        shipped DES table.
+    chunk_rows : int
+        Events binned at a time (bounds the working memory).
+
+    Returns
+    -------
+    GatherResult
+
+    Examples
+    --------
+    >>> result = gather_arrays([345031, 345031, 100], [5, 62, 5], [100.0, 2048.0, 1.0],
+    ...                        [200.0, 4096.0, 1.0])
+    >>> list(result.counts), result.n_binned, result.n_no_epoch
+    (['Y2E1'], 2, 1)
+    """
+    table = _load_epoch_table(epochs)
+    accumulator = _CountAccumulator(len(table))
+    expnum, ccdnum, x, y = (np.asarray(a) for a in (expnum, ccdnum, x, y))
+    if not expnum.shape == ccdnum.shape == x.shape == y.shape:
+        raise BadInputError(f"event arrays differ in shape: {expnum.shape}, {ccdnum.shape}, {x.shape}, {y.shape}")
+    lookup = _EpochLookup(table["MINEXPNUM"], table["MAXEXPNUM"])
+    for start in range(0, expnum.size, max(int(chunk_rows), 1)):
+        stop = start + chunk_rows
+        accumulator.add(lookup(expnum[start:stop]),
+                        ccdnum[start:stop], x[start:stop], y[start:stop])
+    return _finish_gather(accumulator, table)
+
+
+def _finish_gather(accumulator, table) -> GatherResult:
+    """The accumulated uint16 maps and row counts; warns about clipped cells."""
+    accumulator.flush()
+    result = GatherResult()
+    result.n_read, result.n_bad, result.n_no_epoch = (
+        accumulator.n_read, accumulator.n_bad, accumulator.n_no_epoch)
+    result.n_binned = int(accumulator.n_events.sum())
+    for index in sorted(accumulator.totals):
+        name = str(table["NAME"][index])
+        result.counts[name] = accumulator.totals.pop(index).reshape(N_CCD, MAP_NY, MAP_NX)
+        clipped = accumulator.clipped.pop(index, None)
+        n_over = 0 if clipped is None else int(clipped.sum())
+        if n_over:
+            ccds = np.flatnonzero(clipped.reshape(N_CCD, -1).any(axis=1)) + 1
+            log.warning("%s: %d cell(s) on %d CCD(s) (CCDNUM %s) exceed %d transients; clipped to %d",
+                        name, n_over, ccds.size, ",".join(map(str, ccds)), _UINT16_MAX, _UINT16_MAX)
+        result.n_clipped[name] = n_over
+        result.min_exp[name] = int(table["MINEXPNUM"][index])
+        result.max_exp[name] = int(table["MAXEXPNUM"][index])
+    return result
+
+
+def _catalog_columns(colnames, names, source):
+    """The EXPNUM, CCDNUM, x, y column names, checked (X_IMAGE/Y_IMAGE fallback)."""
+    expnum_col, ccdnum_col, x_col, y_col = names
+    colnames = list(colnames)
+    if (x_col, y_col) == (DEFAULT_COLUMNS["x"], DEFAULT_COLUMNS["y"]) and not (
+            x_col in colnames and y_col in colnames):
+        for fx, fy in (("X_IMAGE", "Y_IMAGE"), ("X", "Y")):
+            if fx in colnames and fy in colnames:
+                log.info("%s: no %s/%s columns; using %s/%s", source, x_col, y_col, fx, fy)
+                x_col, y_col = fx, fy
+                break
+    for role, name in (("expnum", expnum_col), ("ccdnum", ccdnum_col), ("x", x_col), ("y", y_col)):
+        if name not in colnames:
+            raise BadInputError(f"{source}: no column {name!r} (set --{role}_col; columns are "
+                                f"{', '.join(colnames[:20])})")
+    return expnum_col, ccdnum_col, x_col, y_col
+
+
+def _fits_table_chunks(path, names, chunk_rows):
+    """Yield (expnum, ccdnum, x, y) blocks of the first FITS table, row range by row range.
+
+    Uncompressed or gzip-compressed binary tables are streamed with plain reads
+    (memory: one block); other FITS tables are read whole through astropy.
+    Also returns the table header through the first yield's side channel.
+    """
+    import gzip
+
+    from astropy.io import fits
+
+    try:
+        hdul = fits.open(path, memmap=False, lazy_load_hdus=True)
+    except (OSError, ValueError) as exc:
+        raise BadInputError(f"{path}: not a readable FITS file ({exc})") from None
+    with hdul:
+        index = hdu = None
+        for i, candidate in enumerate(hdul):
+            if isinstance(candidate, (fits.BinTableHDU, fits.TableHDU)):
+                index, hdu = i, candidate
+                break
+        if hdu is None:
+            raise BadInputError(f"{path}: no table HDU")
+        header = hdu.header.copy()
+        columns = hdu.columns
+        names = _catalog_columns(columns.names, names, path)
+        streamable = (isinstance(hdu, fits.BinTableHDU) and header.get("PCOUNT", 0) == 0
+                      and columns.dtype.itemsize == header["NAXIS1"])
+        if streamable:
+            data_start = hdul.fileinfo(index)["datLoc"]
+        else:  # ASCII or variable-length tables: read whole
+            data = hdu.data
+            yield header, tuple(np.asarray(data[name]) for name in names)
+            return
+    # ColDefs.dtype is in native byte order; the file holds big-endian rows.
+    raw_dtype = columns.dtype.newbyteorder(">")
+    for name in names:
+        if raw_dtype[name].shape:
+            raise BadInputError(f"{path}: column {name!r} holds arrays, expected one value per row")
+    scales = {name: (columns[name].bscale, columns[name].bzero) for name in names}
+    n_rows = header["NAXIS2"]
+    opener = gzip.open if _is_gzip(path) else open
+    with opener(path, "rb") as stream:
+        stream.seek(data_start)
+        for start in range(0, n_rows, chunk_rows):
+            n_block = min(chunk_rows, n_rows - start)
+            raw = stream.read(n_block * raw_dtype.itemsize)
+            if len(raw) != n_block * raw_dtype.itemsize:
+                raise BadInputError(f"{path}: truncated table (rows {start}..{start + n_block})")
+            block = np.frombuffer(raw, dtype=raw_dtype)
+            values = []
+            for name in names:
+                column = block[name]
+                scale, zero = scales[name]
+                scale = 1 if scale is None else scale
+                zero = 0 if zero is None else zero
+                if scale == 1 and zero == int(zero) and column.dtype.kind in "iu":
+                    if zero:  # unsigned integers stored with TZERO
+                        column = column.astype(np.int64) + int(zero)
+                elif scale != 1 or zero:
+                    column = column.astype(np.float64) * scale + zero
+                values.append(column.astype(column.dtype.newbyteorder("="), copy=False))
+            yield header, tuple(values)
+
+
+def _is_gzip(path):
+    with open(path, "rb") as stream:
+        return stream.read(2) == b"\x1f\x8b"
+
+
+def _parquet_chunks(path, names, chunk_rows):
+    """Yield (expnum, ccdnum, x, y) blocks of a Parquet file, batch by batch."""
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise BadInputError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises its own error types
+        raise BadInputError(f"{path}: not a readable Parquet file ({exc})") from None
+    with parquet:
+        names = _catalog_columns(parquet.schema_arrow.names, names, path)
+        for batch in parquet.iter_batches(batch_size=chunk_rows, columns=list(dict.fromkeys(names))):
+            arrays = []
+            for name in names:
+                column = batch.column(name)
+                fill = np.nan if column.type in _arrow_float_types() else -1
+                arrays.append(column.to_numpy(zero_copy_only=False) if column.null_count == 0
+                              else column.fill_null(fill).to_numpy(zero_copy_only=False))
+            yield None, tuple(arrays)
+
+
+def _arrow_float_types():
+    import pyarrow as pa
+
+    return (pa.float16(), pa.float32(), pa.float64())
+
+
+def _table_chunks(path, names, table_format):
+    """Yield the four columns of any table astropy reads (read whole)."""
+    from astropy.table import Table
+
+    read_options = {"format": table_format} if table_format else {}
+    try:
+        if path.lower().endswith((".h5", ".hdf5")):
+            read_options["path"] = _first_hdf5_table(path)
+        table = Table.read(path, **read_options)
+    except BadInputError:
+        raise
+    except Exception as exc:  # astropy raises many types for unreadable files
+        raise BadInputError(f"{path}: cannot read as a table ({type(exc).__name__}: {exc})") from None
+    names = _catalog_columns(table.colnames, names, path)
+    values = []
+    for name, fill in zip(names, (-1, 0, np.nan, np.nan)):
+        column = table[name]
+        data = np.asarray(np.ma.getdata(column))
+        if np.ma.isMaskedArray(column) and np.ma.getmaskarray(column).any():
+            data = np.where(np.ma.getmaskarray(column), fill, data.astype(np.float64 if fill is np.nan else data.dtype))
+        values.append(data)
+    yield None, tuple(values)
+
+
+def _catalog_chunks(path, names, chunk_rows, table_format=None):
+    """Yield (header or None, (expnum, ccdnum, x, y)) blocks of one catalog file."""
+    if not os.path.exists(path):
+        raise BadInputError(f"{path}: catalog file not found")
+    lower = path.lower()
+    if table_format in (None, "fits") and lower.endswith(
+            tuple(s + z for s in (".fits", ".fit", ".fts") for z in ("", ".gz"))):
+        return _fits_table_chunks(path, names, chunk_rows)
+    if table_format == "parquet" or (table_format is None and lower.endswith((".parquet", ".parq", ".pq"))):
+        return _parquet_chunks(path, names, chunk_rows)
+    return _table_chunks(path, names, table_format)
+
+
+def gather_data(catalogs, output: str = None, *, epochs=None, expnum_col: str = "EXPNUM",
+                ccdnum_col: str = "CCDNUM", x_col: str = "XWIN_IMAGE", y_col: str = "YWIN_IMAGE",
+                chunk_rows: int = GATHER_CHUNK_ROWS, table_format: str = None, demo: bool = False,
+                overwrite: bool = False) -> GatherResult:
+    """Build DES-format transient count maps from one or several catalogs.
+
+    Each event is binned into the map cell (CCDNUM - 1, Y, X) of its epoch, with
+    ``X = floor((x - 1) / 8)`` and ``Y = floor((y - 1) / 16)`` (FITS 1-indexed
+    positions; ``0.5 <= x < 1`` goes to cell 0), by integer arithmetic.  Large
+    files are read in chunks of ``chunk_rows`` rows (FITS binary tables by row
+    ranges, also gzip-compressed; Parquet by batches of its row groups); other
+    formats astropy reads (ECSV, CSV, HDF5...) are read whole.  Rows with a
+    CCDNUM outside 1..62 or a NaN or off-CCD position are counted and skipped;
+    rows whose EXPNUM is in no epoch are counted and skipped.  A cell above
+    65535 is clipped, with a logged warning.  Epochs without transients are
+    left out, as in the DES file.
+
+    Parameters
+    ----------
+    catalogs : str or list of str
+        Catalog file(s) with one row per transient.
+    output : str, optional
+        Write the maps there (atomically): an empty primary HDU, then one
+        uint16 image HDU per epoch (BITPIX 16, BZERO 32768) with EXTNAME =
+        EPOCH = the epoch name, MIN_EXP and MAX_EXP (the epoch table's
+        MINEXPNUM and MAXEXPNUM) and provenance keywords.
+    epochs : str or astropy.table.Table, optional
+        The epoch table or its file (default: the shipped DES OPS_EPOCH table).
+    expnum_col, ccdnum_col, x_col, y_col : str
+        Column names.  Without XWIN_IMAGE/YWIN_IMAGE, X_IMAGE/Y_IMAGE or X/Y
+        are used.
+    chunk_rows : int
+        Rows read and binned at a time.
+    table_format : str, optional
+        astropy table format of the catalogs (default: from the extension).
+    demo : bool
+        Flag the output as synthetic demo data (DEMO = T in every HDU).
+    overwrite : bool
+        Replace an existing ``output``.
+
+    Returns
+    -------
+    GatherResult
+        The counts per epoch and the row counts.
+
+    Examples
+    --------
+    >>> result = gather_data("transients.fits", "my_maps.fits.gz")  # doctest: +SKIP
+    >>> result.summary()                                             # doctest: +SKIP
+    '81234567 rows read, 81200000 binned, 34567 in no epoch, 0 bad rows skipped; ...'
+    """
+    if isinstance(catalogs, (str, os.PathLike)):
+        catalogs = [catalogs]
+    catalogs = [os.fspath(path) for path in catalogs]
+    if not catalogs:
+        raise BadInputError("gather_data: no catalog given")
+    if int(chunk_rows) < 1:
+        raise BadInputError(f"chunk_rows={chunk_rows}: must be a positive integer")
+    chunk_rows = int(chunk_rows)
+    table = _load_epoch_table(epochs)
+    if output is not None:  # fail before the long read, not after it
+        _check_output(output, overwrite, catalogs)
+    lookup = _EpochLookup(table["MINEXPNUM"], table["MAXEXPNUM"])
+    accumulator = _CountAccumulator(len(table))
+    names = (expnum_col, ccdnum_col, x_col, y_col)
+    simulation_cards = []
+    for path in catalogs:
+        n_before, bad_before = accumulator.n_read, accumulator.n_bad
+        for header, (expnum, ccdnum, x, y) in _catalog_chunks(path, names, chunk_rows, table_format):
+            if header is not None and not simulation_cards:
+                simulation_cards = [(key, header[key], header.comments[key])
+                                    for key in header if key.startswith("SIM")]
+            for start in range(0, len(expnum), chunk_rows):
+                stop = start + chunk_rows
+                accumulator.add(lookup(expnum[start:stop]),
+                                ccdnum[start:stop], x[start:stop], y[start:stop])
+        n_bad = accumulator.n_bad - bad_before
+        log.info("%s: %d rows read%s", path, accumulator.n_read - n_before,
+                 f", {n_bad} bad rows (CCDNUM outside 1..{N_CCD}, NaN or off-CCD position) skipped"
+                 if n_bad else "")
+    result = _finish_gather(accumulator, table)
+    if result.n_bad:
+        log.warning("%d bad row(s) (CCDNUM outside 1..%d, NaN or off-CCD position) skipped",
+                    result.n_bad, N_CCD)
+    if output is not None:
+        write_count_maps(output, result, demo=demo, overwrite=overwrite, inputs=catalogs,
+                         extra_cards=simulation_cards)
+        result.output = output
+    return result
+
+
+def _check_output(output, overwrite, inputs):
+    """Refuse a bad output path before any work (atomic_output checks again)."""
+    final = os.path.abspath(output)
+    for name in inputs:
+        if os.path.abspath(name) == final or (
+                os.path.exists(name) and os.path.exists(final) and os.path.samefile(name, final)):
+            raise BadInputError(f"{output}: refusing to write over the input file")
+    if os.path.exists(final) and not overwrite:
+        raise BadInputError(f"{output}: output exists (use --overwrite to replace it)")
+    if not os.path.isdir(os.path.dirname(final)):
+        raise BadInputError(f"{output}: output directory {os.path.dirname(final)} does not exist")
+
+
+def write_count_maps(path: str, result: GatherResult, *, demo: bool = False, overwrite: bool = False,
+                     inputs=(), extra_cards=()) -> None:
+    """Write the counts of a `GatherResult` as a DES count-map file (atomically).
+
+    An empty primary HDU, then one image HDU per epoch in ``result.counts``:
+    uint16 data (BITPIX 16, BZERO 32768), EXTNAME = EPOCH = name, MIN_EXP,
+    MAX_EXP, NEVENTS, provenance keywords and DEMO = T when ``demo``.
+
+    Examples
+    --------
+    >>> result = gather_arrays([345031], [5], [100.0], [200.0])
+    >>> write_count_maps("maps.fits.gz", result, demo=True)  # doctest: +SKIP
+    """
+    from astropy.io import fits
+
+    primary = fits.PrimaryHDU()
+    hdus = [primary]
+    provenance = [
+        ("CREATOR", "transient_masks.gather_data", "program that made this file"),
+        ("TMVERS", __version__, "transient_masks version"),
+        ("CELLNX", _CELL_NX_PX, "pixels per cell along x"),
+        ("CELLNY", _CELL_NY_PX, "pixels per cell along y"),
+        ("NREAD", result.n_read, "catalog rows read"),
+        ("NBAD", result.n_bad, "bad rows skipped (CCDNUM, NaN or off-CCD)"),
+        ("NNOEPOCH", result.n_no_epoch, "rows in no epoch skipped"),
+    ]
+    for i, name in enumerate(inputs[:99], start=1):
+        provenance.append((f"INPUT{i}", os.path.basename(name)[:68], "catalog"))
+    if demo:
+        provenance.insert(0, ("DEMO", True, "SYNTHETIC demo maps, not DES data"))
+    for key, value, comment in list(provenance) + list(extra_cards):
+        primary.header[key] = (value, comment)
+    for name, counts in result.counts.items():
+        hdu = fits.ImageHDU(np.asarray(counts, dtype=np.uint16), name=name)
+        hdu.header["EPOCH"] = (name, "DES observing epoch")
+        hdu.header["MIN_EXP"] = (result.min_exp[name], "first expnum of the epoch")
+        hdu.header["MAX_EXP"] = (result.max_exp[name], "last expnum of the epoch")
+        hdu.header["NEVENTS"] = (int(counts.sum(dtype=np.int64)), "transients in this HDU")
+        for key, value, comment in list(provenance) + list(extra_cards):
+            hdu.header[key] = (value, comment)
+        hdus.append(hdu)
+    with atomic_output(path, overwrite=overwrite, inputs=list(inputs)) as tmp:
+        fits.HDUList(hdus).writeto(tmp)
 
 
 def _add_gather_arguments(parser, modes):
     """Add the --gather mode and its options to the command-line parser."""
+    modes.add_argument("--gather", nargs="+", metavar="CATALOG",
+                       help="build DES-format count maps from transient catalog(s) "
+                            "(FITS, Parquet, or any table astropy reads); writes -o")
+    group = parser.add_argument_group("gathering count maps (--gather)")
+    _add_option_once(parser, group, "-o", "--output", default=None,
+                     help="output file (--gather: default transient_maps.fits.gz)")
+    _add_option_once(parser, group, "--overwrite", action="store_true",
+                     help="replace an existing output file")
+    for role, default in DEFAULT_COLUMNS.items():
+        _add_option_once(parser, group, f"--{role}_col", default=default,
+                         help=f"catalog column of {role} (default {default})")
+    _add_option_once(parser, group, "--epochs_file", default=None, metavar="FITS",
+                     help="the epoch table (default: the shipped DES OPS_EPOCH table)")
+    group.add_argument("--demo", action="store_true",
+                       help="--gather: flag the maps as synthetic demo data (DEMO = T)")
+    group.add_argument("--chunk_rows", type=int, default=GATHER_CHUNK_ROWS,
+                       help=f"--gather: catalog rows read at a time (default {GATHER_CHUNK_ROWS})")
+
+
+def _add_option_once(parser, group, *flags, **options):
+    """Add an option unless another section already defined it (shared options)."""
+    known = parser._option_string_actions  # argparse has no public lookup
+    flags = [flag for flag in flags if flag not in known]
+    if any(flag.startswith("--") for flag in flags):
+        group.add_argument(*flags, **options)
 
 
 def _run_gather(args) -> int:
-    raise NotImplementedError("--gather")
+    output = getattr(args, "output", None) or "transient_maps.fits.gz"
+    result = gather_data(
+        args.gather, output, epochs=getattr(args, "epochs_file", None),
+        expnum_col=args.expnum_col, ccdnum_col=args.ccdnum_col, x_col=args.x_col, y_col=args.y_col,
+        chunk_rows=args.chunk_rows, table_format=getattr(args, "table_format", None),
+        demo=args.demo, overwrite=getattr(args, "overwrite", False),
+    )
+    demo = " [SYNTHETIC DEMO maps: DEMO = T]" if args.demo else ""
+    print(f"{result.summary()}; wrote {output}{demo}", file=sys.stderr)
+    return 0
 
 
 # ---- Simulation
 
-# (issue 3) simulate, the truth companion and their CLI hooks live here.
+#: The sources of simulated events; the SOURCE column holds the index (code).
+SIM_SOURCES = ("astro", "edge", "hot_column", "hot_spot", "ccd31_amp", "ccd46_bulb", "ccd41_ampB")
+_SRC = {name: code for code, name in enumerate(SIM_SOURCES)}
+#: Fraction of all exposure numbers of an epoch that were DES exposures
+#: (about 80,000 DES exposures among the 412,959 expnums of the 14 epochs).
+SIM_EXPOSURE_FRACTION = 0.194
+#: Dead CCDs: CCDNUM -> (first dead night, last dead night or None) (FACTS.md;
+#: CCD 2 died between 12 and 29 Nov 2013: the middle of that span is used).
+SIM_DEAD_NIGHTS = {61: ("20121107", None), 2: ("20131120", "20161229")}
+#: CCD 46 light bulb: first expnum, centre (x, y) in pixels, Gaussian sigma in pixels.
+SIM_BULB = {"ccdnum": 46, "min_expnum": 674105, "centre": (795.0, 2620.0), "sigma": 200.0}
+#: CCD 41 amp B (x 1025-2048 on an N CCD) charge-transfer problem from this expnum.
+SIM_AMPB = {"ccdnum": 41, "min_expnum": 765533, "x_range": (1024.5, 2048.5)}
+#: CCD 31 amp A (x 1025-2048), unstable all survey.
+SIM_AMP31 = {"ccdnum": HALF_MASKED_CCD, "x_range": (1024.5, 2048.5)}
+
+#: Cell edges in pixel coordinates: cell X spans 8X+1 <= x < 8X+9, except that
+#: cell 0 starts at the CCD edge 0.5 and cell 255 ends at 2048.5 (y likewise).
+_X_EDGES = np.r_[0.5, _CELL_NX_PX * np.arange(1, MAP_NX) + 1.0, CCD_NX + 0.5]
+_Y_EDGES = np.r_[0.5, _CELL_NY_PX * np.arange(1, MAP_NY) + 1.0, CCD_NY + 0.5]
+
+
+class SimTruth:
+    """The expected counts per DES map cell of a simulation, to score masks.
+
+    Attributes
+    ----------
+    epochs : list of str
+    background : dict
+        Epoch -> (62, 256, 256) float32: expected astrophysical transients per cell.
+    excess : dict
+        Epoch -> (62, 256, 256) float32: expected defect transients per cell
+        (all defect sources together).
+    n_exposures : dict
+        Epoch -> number of simulated exposures.
+
+    Examples
+    --------
+    >>> catalog, truth = simulate(["Y2E1"], seed=1, background=0.5)  # doctest: +SKIP
+    >>> ratio = truth.ratio("Y2E1")                                  # doctest: +SKIP
+    """
+
+    def __init__(self):
+        self.epochs = []
+        self.background, self.excess, self.n_exposures = {}, {}, {}
+
+    def ratio(self, epoch: str) -> np.ndarray:
+        """Excess over background per cell (inf where only defects, 0 where neither)."""
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = self.excess[epoch] / self.background[epoch]
+        return np.where(self.excess[epoch] > 0, ratio, 0.0)
+
+    def defect(self, epoch: str, min_excess: float = 0.0) -> np.ndarray:
+        """Bool (62, 256, 256): cells whose expected defect excess exceeds ``min_excess``."""
+        return self.excess[epoch] > min_excess
+
+
+def _night_day(night: str) -> int:
+    """Days since 1970 of a YYYYMMDD night string."""
+    import datetime
+
+    night = str(night).strip()
+    return datetime.date(int(night[:4]), int(night[4:6]), int(night[6:8])).toordinal()
+
+
+def _dead_expnum_ranges(row):
+    """CCDNUM -> inclusive (lo, hi) expnum range during which it is dead in this epoch.
+
+    Exposure numbers are taken as linear in time across the epoch's nights.
+    """
+    minexp, maxexp = int(row["MINEXPNUM"]), int(row["MAXEXPNUM"])
+    if "MINNITE" not in row.colnames or "MAXNITE" not in row.colnames:
+        return {61: (minexp, maxexp)}  # no nights: only the permanently dead CCD
+    day0, day1 = _night_day(row["MINNITE"]), _night_day(row["MAXNITE"])
+
+    def expnum_at(day):
+        fraction = np.clip((day - day0) / max(day1 - day0, 1), 0.0, 1.0)
+        return minexp + fraction * (maxexp - minexp)
+
+    ranges = {}
+    for ccdnum, (first, last) in SIM_DEAD_NIGHTS.items():
+        start = _night_day(first)
+        end = _night_day(last) if last else day1 + 1
+        if start <= day1 and end >= day0:
+            ranges[ccdnum] = (int(np.ceil(expnum_at(start))), int(np.floor(expnum_at(end))))
+    return ranges
+
+
+def _interval_overlap(edges, lo, hi):
+    """Length of [lo, hi) inside each cell [edges[i], edges[i+1]), shape (K, n_cells)."""
+    lo = np.asarray(lo, dtype=np.float64)[:, None]
+    hi = np.asarray(hi, dtype=np.float64)[:, None]
+    return np.clip(np.minimum(hi, edges[1:]) - np.maximum(lo, edges[:-1]), 0.0, None)
+
+
+def _gauss_overlap(edges, centre, sigma):
+    """Fraction of a 1D Gaussian inside each cell, shape (K, n_cells)."""
+    from scipy.special import ndtr
+
+    z = (edges[None, :] - np.asarray(centre, dtype=np.float64)[:, None]) / np.asarray(sigma)[:, None]
+    return np.diff(ndtr(z), axis=1)
+
+
+class _Components:
+    """Defect components of one epoch: uniform rectangles and Gaussian blobs.
+
+    Rectangles: density in events per pixel (over the epoch's exposures);
+    Gaussians: the total expected events over the whole plane (off-CCD events
+    are dropped, and the truth integrates the on-CCD part only).  Each component
+    is active for the exposures with expnum in [min_expnum, max_expnum].
+    """
+
+    def __init__(self):
+        self.rects = []  # (source, ccdnum, x0, x1, y0, y1, density, min_expnum)
+        self.gausses = []  # (source, ccdnum, xc, yc, sigma, total, min_expnum)
+
+    def rect(self, source, ccdnum, x0, x1, y0, y1, density, min_expnum=0):
+        self.rects.append((_SRC[source], ccdnum, x0, x1, y0, y1, density, min_expnum))
+
+    def gauss(self, source, ccdnum, xc, yc, sigma, total, min_expnum=0):
+        self.gausses.append((_SRC[source], ccdnum, xc, yc, sigma, total, min_expnum))
+
+
+def _camera_defects(seed, n_columns, n_spots, edge_fraction, edge_width, ratio_range):
+    """The persistent defects of the simulated camera (the same for every epoch).
+
+    Returns a dict of arrays per kind; amplitudes are excess/background ratios
+    per fully covered map cell, drawn log-uniform in ``ratio_range``.
+    """
+    rng = np.random.default_rng([seed, 7919])
+    log_lo, log_hi = np.log(ratio_range[0]), np.log(ratio_range[1])
+
+    def ratios(size):
+        return np.exp(rng.uniform(log_lo, log_hi, size))
+
+    # Hot and warm columns: 1-3 px wide, from a start row to the readout edge
+    # (y = 1 or y = 4096, per column); some with gaps.
+    n_col = rng.poisson(n_columns, N_CCD)
+    col_ccd = np.repeat(np.arange(1, N_CCD + 1), n_col)
+    k = col_ccd.size
+    col_x0 = rng.integers(1, CCD_NX - 2, k) - 0.5
+    col_width = rng.choice([1, 2, 3], size=k, p=[0.6, 0.3, 0.1])
+    col_length = rng.uniform(200.0, CCD_NY, k)
+    col_bottom = rng.random(k) < 0.5  # readout at y = 1 (else y = 4096)
+    col_gaps = np.where(rng.random(k) < 0.3, rng.integers(1, 4, k), 0)
+    columns = dict(ccdnum=col_ccd, x0=col_x0, width=col_width, length=col_length,
+                   bottom=col_bottom, gaps=col_gaps, ratio=ratios(k),
+                   gap_seed=rng.integers(0, 2**31, k))
+    # Compact hot spots of a few cells: Gaussian blobs.
+    n_spot = rng.poisson(n_spots, N_CCD)
+    spot_ccd = np.repeat(np.arange(1, N_CCD + 1), n_spot)
+    k = spot_ccd.size
+    spots = dict(ccdnum=spot_ccd, xc=rng.uniform(20, CCD_NX - 20, k),
+                 yc=rng.uniform(40, CCD_NY - 40, k), sigma=rng.uniform(3.0, 12.0, k),
+                 ratio=ratios(k))
+    # Glowing edges: a band of the given width along some CCD edges.
+    glows = rng.random((N_CCD, 4)) < edge_fraction
+    ccd_idx, side = np.nonzero(glows)
+    edges = dict(ccdnum=ccd_idx + 1, side=side, width=rng.uniform(*edge_width, side.size),
+                 ratio=ratios(side.size))
+    return {"columns": columns, "spots": spots, "edges": edges}
+
+
+def _column_segments(x0, width, length, bottom, gaps, gap_seed):
+    """The (y0, y1) segments of one hot column (the gaps cut out)."""
+    y0, y1 = (0.5, 0.5 + length) if bottom else (CCD_NY + 0.5 - length, CCD_NY + 0.5)
+    if not gaps:
+        return [(y0, y1)]
+    rng = np.random.default_rng(gap_seed)
+    starts = np.sort(rng.uniform(y0, y1, gaps))
+    ends = np.minimum(starts + rng.uniform(50.0, 400.0, gaps), y1)
+    segments, cursor = [], y0
+    for start, end in zip(starts, ends):
+        if start > cursor:
+            segments.append((cursor, start))
+        cursor = max(cursor, end)
+    if cursor < y1:
+        segments.append((cursor, y1))
+    return segments
+
+
+def _epoch_components(camera, rng, bg_density, min_expnum, active_fraction):
+    """The defect components of one epoch, with its amplitudes."""
+    comps = _Components()
+    bg_cell = bg_density * _CELL_NX_PX * _CELL_NY_PX  # mean background per full cell
+    # Persistent defects flicker: each is active in an epoch with probability
+    # active_fraction and its amplitude varies by about 30% between epochs.
+    cols = camera["columns"]
+    on = rng.random(cols["ccdnum"].size) < active_fraction
+    jitter = rng.lognormal(0.0, 0.3, cols["ccdnum"].size)
+    for i in np.flatnonzero(on):
+        ccd = int(cols["ccdnum"][i])
+        # Per full cell: excess = ratio * background; a w px column fills w/8 of a cell's width.
+        density = cols["ratio"][i] * jitter[i] * bg_cell[ccd - 1] / (cols["width"][i] * _CELL_NY_PX)
+        x0 = cols["x0"][i]
+        for y0, y1 in _column_segments(x0, cols["width"][i], cols["length"][i], cols["bottom"][i],
+                                       cols["gaps"][i], cols["gap_seed"][i]):
+            comps.rect("hot_column", ccd, x0, x0 + cols["width"][i], y0, y1, density)
+    spots = camera["spots"]
+    on = rng.random(spots["ccdnum"].size) < active_fraction
+    jitter = rng.lognormal(0.0, 0.3, spots["ccdnum"].size)
+    for i in np.flatnonzero(on):
+        ccd = int(spots["ccdnum"][i])
+        sigma = spots["sigma"][i]
+        # Peak-cell excess ~ ratio * background: total spread over ~2 pi sigma^2 / 128 cells.
+        n_cells = max(1.0, 2 * np.pi * sigma**2 / (_CELL_NX_PX * _CELL_NY_PX))
+        total = spots["ratio"][i] * jitter[i] * bg_cell[ccd - 1] * n_cells
+        comps.gauss("hot_spot", ccd, spots["xc"][i], spots["yc"][i], sigma, total)
+    edges = camera["edges"]
+    on = rng.random(edges["ccdnum"].size) < active_fraction
+    jitter = rng.lognormal(0.0, 0.3, edges["ccdnum"].size)
+    for i in np.flatnonzero(on):
+        ccd = int(edges["ccdnum"][i])
+        width = edges["width"][i]
+        density = edges["ratio"][i] * jitter[i] * bg_density[ccd - 1]
+        lo_x, hi_x, lo_y, hi_y = 0.5, CCD_NX + 0.5, 0.5, CCD_NY + 0.5
+        box = [(lo_x, lo_x + width, lo_y, hi_y), (hi_x - width, hi_x, lo_y, hi_y),
+               (lo_x, hi_x, lo_y, lo_y + width), (lo_x, hi_x, hi_y - width, hi_y)][edges["side"][i]]
+        comps.rect("edge", ccd, *box, density)
+    # CCD 31: the right half (amp A) is unstable: 8 bands along y, each with its
+    # own excess, 0.5x to 10x the background, redrawn every epoch.
+    ccd = SIM_AMP31["ccdnum"]
+    band_edges = np.linspace(0.5, CCD_NY + 0.5, 9)
+    band_ratio = np.exp(rng.uniform(np.log(0.5), np.log(10.0), 8))
+    for y0, y1, ratio in zip(band_edges[:-1], band_edges[1:], band_ratio):
+        comps.rect("ccd31_amp", ccd, *SIM_AMP31["x_range"], y0, y1, ratio * bg_density[ccd - 1])
+    # CCD 46 light bulb: a Gaussian glow, peak 3x-20x the background.
+    ccd = SIM_BULB["ccdnum"]
+    sigma = SIM_BULB["sigma"]
+    peak = rng.uniform(3.0, 20.0) * bg_density[ccd - 1]
+    comps.gauss("ccd46_bulb", ccd, *SIM_BULB["centre"], sigma, peak * 2 * np.pi * sigma**2,
+                min_expnum=SIM_BULB["min_expnum"])
+    # CCD 41 amp B: excess over the amplifier, growing away from the readout (y = 1)
+    # in 4 bands, 0.5x to 8x the background.
+    ccd = SIM_AMPB["ccdnum"]
+    band_edges = np.linspace(0.5, CCD_NY + 0.5, 5)
+    for y0, y1, ratio in zip(band_edges[:-1], band_edges[1:], np.geomspace(0.5, 8.0, 4)):
+        comps.rect("ccd41_ampB", ccd, *SIM_AMPB["x_range"], y0, y1, ratio * bg_density[ccd - 1],
+                   min_expnum=SIM_AMPB["min_expnum"])
+    return comps
+
+
+def _linear_sample(u01, gradient):
+    """Inverse CDF of a density prop. to 1 + g t on t in [-1, 1], for uniform u01."""
+    g = np.asarray(gradient, dtype=np.float64)
+    small = np.abs(g) < 1e-9
+    g_safe = np.where(small, 1.0, g)
+    # CDF: F(t) = ((t + 1) + g (t^2 - 1) / 2) / 2; solve g/2 t^2 + t + (1 - g/2 - 2F) = 0.
+    disc = 1.0 - 2.0 * g_safe * (1.0 - g_safe / 2.0 - 2.0 * u01)
+    t = (-1.0 + np.sqrt(np.maximum(disc, 0.0))) / g_safe
+    return np.clip(np.where(small, 2.0 * u01 - 1.0, t), -1.0, 1.0)
+
+
+def _simulate_epoch(row, rng, camera, *, background, n_exposures, rate_scatter, epoch_scatter,
+                    gradient, active_fraction, position_dtype):
+    """Events and truth of one epoch: (dict of columns, background cube, excess cube, n_exp)."""
+    minexp, maxexp = int(row["MINEXPNUM"]), int(row["MAXEXPNUM"])
+    n_range = maxexp - minexp + 1
+    if n_exposures is None:
+        n_exposures = max(1, int(round(SIM_EXPOSURE_FRACTION * n_range)))
+    n_exposures = min(int(n_exposures), n_range)
+    expnums = np.sort(rng.choice(n_range, size=n_exposures, replace=False)) + minexp
+    # Background density per pixel per CCD: rate scatter between CCDs and epochs.
+    ccd_factor = rng.lognormal(0.0, rate_scatter, N_CCD)
+    epoch_factor = rng.lognormal(0.0, epoch_scatter)
+    bg_density = background / (_CELL_NX_PX * _CELL_NY_PX) * ccd_factor * epoch_factor
+    gx = rng.uniform(-gradient, gradient, N_CCD)
+    gy = rng.uniform(-gradient, gradient, N_CCD)
+
+    # Truth of the astrophysical background: separable linear gradients, exact per cell.
+    x_mid = (_X_EDGES[1:] + _X_EDGES[:-1]) / 2
+    y_mid = (_Y_EDGES[1:] + _Y_EDGES[:-1]) / 2
+    tx = (x_mid - (CCD_NX + 1) / 2) / (CCD_NX / 2)
+    ty = (y_mid - (CCD_NY + 1) / 2) / (CCD_NY / 2)
+    ix = np.diff(_X_EDGES)[None, :] * (1 + gx[:, None] * tx[None, :])  # (62, 256)
+    iy = np.diff(_Y_EDGES)[None, :] * (1 + gy[:, None] * ty[None, :])
+    bg_truth = bg_density[:, None, None] * iy[:, :, None] * ix[:, None, :]
+    excess = np.zeros_like(bg_truth)
+
+    # Astrophysical events.
+    n_astro = rng.poisson(bg_density * CCD_NX * CCD_NY)
+    ccd_of = np.repeat(np.arange(1, N_CCD + 1), n_astro)
+    parts = [(
+        np.full(ccd_of.size, _SRC["astro"], np.uint8), ccd_of,
+        (CCD_NX + 1) / 2 + (CCD_NX / 2) * _linear_sample(rng.random(ccd_of.size), gx[ccd_of - 1]),
+        (CCD_NY + 1) / 2 + (CCD_NY / 2) * _linear_sample(rng.random(ccd_of.size), gy[ccd_of - 1]),
+        np.zeros(ccd_of.size, np.int64),
+    )]
+    comps = _epoch_components(camera, rng, bg_density, minexp, active_fraction)
+
+    def active_fraction_of(min_expnum):
+        return np.count_nonzero(expnums >= min_expnum) / expnums.size
+
+    if comps.rects:
+        src, ccd, x0, x1, y0, y1, density, min_e = (np.array(a) for a in zip(*comps.rects))
+        frac = np.array([active_fraction_of(m) for m in np.unique(min_e)])[
+            np.searchsorted(np.unique(min_e), min_e)]
+        expected = density * (x1 - x0) * (y1 - y0) * frac
+        ox = _interval_overlap(_X_EDGES, x0, x1)
+        oy = _interval_overlap(_Y_EDGES, y0, y1)
+        for k in range(src.size):  # a loop over defects, not events
+            xs = np.flatnonzero(ox[k])
+            ys = np.flatnonzero(oy[k])
+            if xs.size and ys.size:
+                excess[ccd[k] - 1, ys[0]:ys[-1] + 1, xs[0]:xs[-1] + 1] += (
+                    density[k] * frac[k] * np.outer(oy[k, ys[0]:ys[-1] + 1], ox[k, xs[0]:xs[-1] + 1]))
+        n = rng.poisson(expected)
+        rep = np.repeat(np.arange(src.size), n)
+        parts.append((src[rep].astype(np.uint8), ccd[rep],
+                      x0[rep] + (x1 - x0)[rep] * rng.random(rep.size),
+                      y0[rep] + (y1 - y0)[rep] * rng.random(rep.size), min_e[rep]))
+    if comps.gausses:
+        src, ccd, xc, yc, sigma, total, min_e = (np.array(a) for a in zip(*comps.gausses))
+        frac = np.array([active_fraction_of(m) for m in min_e])
+        ox = _gauss_overlap(_X_EDGES, xc, sigma)
+        oy = _gauss_overlap(_Y_EDGES, yc, sigma)
+        for k in range(src.size):
+            excess[ccd[k] - 1] += total[k] * frac[k] * np.outer(oy[k], ox[k])
+        n = rng.poisson(total * frac)
+        rep = np.repeat(np.arange(src.size), n)
+        parts.append((src[rep].astype(np.uint8), ccd[rep],
+                      xc[rep] + sigma[rep] * rng.standard_normal(rep.size),
+                      yc[rep] + sigma[rep] * rng.standard_normal(rep.size), min_e[rep]))
+    source, ccdnum, x, y, min_e = (np.concatenate(a) for a in zip(*parts))
+    ccdnum = ccdnum.astype(np.int16)
+    # Exposure of each event: uniform over the epoch's exposures from the
+    # component's first active expnum on.
+    first = np.searchsorted(expnums, min_e)
+    exposure = first + (rng.random(first.size) * (expnums.size - first)).astype(np.int64)
+    expnum = expnums[exposure]
+    keep = (x >= 0.5) & (x < CCD_NX + 0.5) & (y >= 0.5) & (y < CCD_NY + 0.5)
+    # Dead CCDs lose every event of their dead exposures.
+    for dead_ccd, (lo, hi) in _dead_expnum_ranges(row).items():
+        keep &= ~((ccdnum == dead_ccd) & (expnum >= lo) & (expnum <= hi))
+        alive = 1.0 - np.count_nonzero((expnums >= lo) & (expnums <= hi)) / expnums.size
+        bg_truth[dead_ccd - 1] *= alive
+        excess[dead_ccd - 1] *= alive
+    x = x[keep].astype(position_dtype)
+    y = y[keep].astype(position_dtype)
+    # float32 rounding must not push an event off the CCD.
+    np.clip(x, 0.5, np.nextafter(position_dtype(CCD_NX + 0.5), position_dtype(0)), out=x)
+    np.clip(y, 0.5, np.nextafter(position_dtype(CCD_NY + 0.5), position_dtype(0)), out=y)
+    columns = {"EXPNUM": expnum[keep].astype(np.int32), "CCDNUM": ccdnum[keep], "XWIN_IMAGE": x,
+               "YWIN_IMAGE": y, "SOURCE": source[keep]}
+    # Order by exposure, as DES catalogs are (a 16-bit key sorts by radix: fast).
+    exposure = exposure[keep]
+    order = np.argsort(exposure.astype(np.uint16) if expnums.size <= 65536 else exposure, kind="stable")
+    columns = {name: values[order] for name, values in columns.items()}
+    return columns, bg_truth.astype(np.float32), excess.astype(np.float32), n_exposures
+
+
+def _sim_rows(epochs, epoch_table):
+    """The epoch-table rows of the named epochs, with their table index."""
+    table = _load_epoch_table(epoch_table)
+    names = list(table["NAME"])
+    if isinstance(epochs, str):
+        epochs = [epochs]
+    rows = []
+    for name in epochs:
+        if name not in names:
+            raise BadInputError(f"epoch {name!r}: not in the epoch table ({', '.join(names)})")
+        rows.append((names.index(name), table[names.index(name)]))
+    if not rows:
+        raise BadInputError("simulate: no epoch given")
+    return rows
+
+
+def _iter_simulation(epochs, *, seed, background, n_exposures, epoch_table, rate_scatter,
+                     epoch_scatter, gradient, n_columns, n_spots, edge_fraction, edge_width,
+                     ratio_range, active_fraction, position_dtype):
+    """Yield (name, columns, background, excess, n_exposures) epoch by epoch."""
+    if not background > 0:
+        raise BadInputError(f"background={background}: must be positive")
+    if not 0 < ratio_range[0] <= ratio_range[1]:
+        raise BadInputError(f"ratio_range={ratio_range}: must be 0 < low <= high")
+    camera = _camera_defects(seed, n_columns, n_spots, edge_fraction, edge_width, ratio_range)
+    for index, row in _sim_rows(epochs, epoch_table):
+        # One stream per (seed, epoch): an epoch's events do not depend on the
+        # other epochs requested.
+        rng = np.random.default_rng([seed, index])
+        columns, bg, excess, n_exp = _simulate_epoch(
+            row, rng, camera, background=background, n_exposures=n_exposures,
+            rate_scatter=rate_scatter, epoch_scatter=epoch_scatter, gradient=gradient,
+            active_fraction=active_fraction, position_dtype=position_dtype)
+        yield str(row["NAME"]), columns, bg, excess, n_exp
+
+
+def _sim_meta(epochs, seed, background):
+    meta = {"SIMSEED": seed, "SIMBKG": background, "SIMEPOCH": ",".join(epochs)[:68],
+            "SIMVERS": __version__}
+    for code, name in enumerate(SIM_SOURCES):
+        meta[f"SRC{code}"] = name
+    return meta
+
+
+def simulate(epochs=("Y2E1",), *, seed: int = 0, background: float = 3.0, n_exposures: int = None,
+             epoch_table=None, rate_scatter: float = 0.15, epoch_scatter: float = 0.1,
+             gradient: float = 0.2, n_columns: float = 1.5, n_spots: float = 1.0,
+             edge_fraction: float = 0.3, edge_width=(5.0, 15.0), ratio_range=(0.3, 30.0),
+             active_fraction: float = 0.85, position_dtype=np.float32):
+    """Simulate a DES transient catalog for chosen epochs, and its truth per cell.
+
+    Populations (``SOURCE`` code in brackets, see `SIM_SOURCES`):
+
+    - astrophysical transients [0 "astro"]: uniform on the array with a mean of
+      ``background`` events per 8 x 16 pixel cell per epoch, times a per-CCD
+      factor (log-normal, sigma ``rate_scatter``) and a per-epoch factor
+      (log-normal, sigma ``epoch_scatter``), with a linear gradient across each
+      CCD of up to +-``gradient`` along x and y (separable);
+    - glowing edges [1 "edge"]: each CCD edge glows with probability
+      ``edge_fraction``: a band ``edge_width`` (uniform, pixels) wide with an
+      excess density of ratio x the background;
+    - hot and warm columns [2 "hot_column"]: Poisson(``n_columns``) per CCD,
+      1-3 px wide, from a random row to the readout edge (y = 1 or 4096), 30%
+      with 1-3 gaps of 50-400 px; a cell holding the column gets ratio x its
+      background;
+    - hot spots [3 "hot_spot"]: Poisson(``n_spots``) per CCD, Gaussian blobs of
+      sigma 3-12 px covering a few cells, peak cell about ratio x background;
+    - CCD 31 amp A [4 "ccd31_amp"]: the right half (x 1025-2048), 8 bands along
+      y each with an excess of 0.5x-10x the background, redrawn every epoch;
+    - CCD 46 light bulb [5 "ccd46_bulb"]: for expnum >= 674105, a Gaussian glow
+      (sigma 200 px) at (795, 2620), peak 3x-20x the background;
+    - CCD 41 amp B [6 "ccd41_ampB"]: for expnum >= 765533, x 1025-2048, 4 bands
+      from 0.5x (at the readout, y = 1) to 8x the background;
+    - dead CCDs: CCD 61 from 2012-11-07 and CCD 2 from 2013-11-20 to 2016-12-29
+      (`SIM_DEAD_NIGHTS`) lose every event of those exposures (expnums are taken
+      linear in time across an epoch's nights).
+
+    The ratio of each column, spot and edge is log-uniform in ``ratio_range``
+    (0.3x to 30x by default).  The defects belong to the camera (the same for
+    every epoch of one seed); each is active in an epoch with probability
+    ``active_fraction``, and its amplitude varies by about 30% between epochs.
+    Every event falls on an exposure of its epoch: ``n_exposures`` distinct
+    expnums drawn in MINEXPNUM..MAXEXPNUM (default 19.4% of them, as DES had
+    about 80,000 exposures).
+
+    Parameters
+    ----------
+    epochs : str or sequence of str
+        Epoch names of the epoch table.
+    seed : int
+        Seed; the same seed gives the same catalog, and an epoch's events do
+        not depend on which other epochs are simulated.
+    background : float
+        Mean astrophysical transients per DES map cell (8 x 16 px) per epoch.
+    n_exposures : int, optional
+        Exposures per epoch.
+    epoch_table : str or astropy.table.Table, optional
+        Default: the shipped DES table.
+    rate_scatter, epoch_scatter, gradient, n_columns, n_spots, edge_fraction,
+    edge_width, ratio_range, active_fraction
+        Population parameters (above).
+    position_dtype : numpy dtype
+        Of XWIN_IMAGE / YWIN_IMAGE (float32 halves the memory; float64 works).
+
+    Returns
+    -------
+    (astropy.table.Table, SimTruth)
+        The catalog (EXPNUM int32, CCDNUM int16, XWIN_IMAGE, YWIN_IMAGE
+        continuous FITS 1-indexed positions on the CCD, SOURCE uint8), sorted by
+        EXPNUM, with the seed and the source names in its meta; and the
+        expected background and defect excess per map cell of each epoch.
+
+    Examples
+    --------
+    >>> catalog, truth = simulate("Y2E1", seed=3, background=0.2)
+    >>> catalog.colnames
+    ['EXPNUM', 'CCDNUM', 'XWIN_IMAGE', 'YWIN_IMAGE', 'SOURCE']
+    >>> bool((catalog["CCDNUM"] == 2).any())          # CCD 2 is dead in Y2E1
+    False
+    >>> truth.excess["Y2E1"].shape
+    (62, 256, 256)
+    """
+    from astropy.table import Table
+
+    epochs = [epochs] if isinstance(epochs, str) else list(epochs)
+    truth = SimTruth()
+    blocks = []
+    for name, columns, bg, excess, n_exp in _iter_simulation(
+            epochs, seed=seed, background=background, n_exposures=n_exposures,
+            epoch_table=epoch_table, rate_scatter=rate_scatter, epoch_scatter=epoch_scatter,
+            gradient=gradient, n_columns=n_columns, n_spots=n_spots, edge_fraction=edge_fraction,
+            edge_width=edge_width, ratio_range=ratio_range, active_fraction=active_fraction,
+            position_dtype=position_dtype):
+        blocks.append(columns)
+        truth.epochs.append(name)
+        truth.background[name], truth.excess[name], truth.n_exposures[name] = bg, excess, n_exp
+    catalog = Table({name: np.concatenate([block[name] for block in blocks]) for name in blocks[0]},
+                    meta=_sim_meta(epochs, seed, background))
+    return catalog, truth
+
+
+def write_fits_rows(path: str, blocks, *, header_cards=(), overwrite: bool = False) -> int:
+    """Write a FITS binary table block by block (memory: one block).
+
+    Parameters
+    ----------
+    path : str
+        Output file (written atomically; uncompressed FITS).
+    blocks : iterable of dict
+        Column name -> 1-d array; every block has the same columns and dtypes.
+    header_cards : iterable of (key, value, comment)
+        Extra keywords of the table header.
+    overwrite : bool
+        Replace an existing file.
+
+    Returns
+    -------
+    int
+        The number of rows written.
+
+    Examples
+    --------
+    >>> blocks = ({"A": np.arange(3, dtype=np.int32)} for _ in range(2))
+    >>> write_fits_rows("rows.fits", blocks)  # doctest: +SKIP
+    6
+    """
+    from astropy.io import fits
+
+    n_rows = 0
+    with atomic_output(path, overwrite=overwrite) as tmp, open(tmp, "wb") as out:
+        header_start = header_text = None
+        for block in blocks:
+            names = list(block)
+            record = np.empty(len(block[names[0]]), dtype=[
+                (name, np.asarray(block[name]).dtype.newbyteorder(">")) for name in names])
+            for name in names:
+                record[name] = block[name]
+            if header_text is None:
+                hdu = fits.BinTableHDU(data=record[:0])
+                for key, value, comment in header_cards:
+                    hdu.header[key] = (value, comment)
+                out.write(fits.PrimaryHDU().header.tostring().encode("ascii"))
+                header_start = out.tell()
+                header = hdu.header
+                header_text = header.tostring().encode("ascii")
+                out.write(header_text)
+            record.tofile(out)
+            n_rows += record.size
+        if header_text is None:
+            raise BadInputError(f"{path}: nothing to write")
+        out.write(b"\0" * (-(n_rows * record.dtype.itemsize) % 2880))
+        header["NAXIS2"] = n_rows  # same cards, same length: patch in place
+        new_text = header.tostring().encode("ascii")
+        assert len(new_text) == len(header_text)
+        out.seek(header_start)
+        out.write(new_text)
+    return n_rows
 
 
 def _add_simulate_arguments(parser, modes):
     """Add the --simulate mode and its options to the command-line parser."""
+    modes.add_argument("--simulate", metavar="CATALOG",
+                       help="write a synthetic transient catalog (FITS streams epoch by epoch; "
+                            "other formats astropy writes)")
+    group = parser.add_argument_group("simulation (--simulate)")
+    group.add_argument("--sim_epochs", nargs="+", default=["Y2E1"], metavar="EPOCH",
+                       help="epochs to simulate (default Y2E1)")
+    group.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    group.add_argument("--sim_background", type=float, default=3.0,
+                       help="mean astrophysical transients per 8x16 px cell per epoch (default 3)")
+    group.add_argument("--sim_exposures", type=int, default=None,
+                       help="exposures per epoch (default: 19.4%% of the epoch's expnums)")
+    _add_option_once(parser, group, "--overwrite", action="store_true",
+                     help="replace an existing output file")
+    _add_option_once(parser, group, "--epochs_file", default=None, metavar="FITS",
+                     help="the epoch table (default: the shipped DES OPS_EPOCH table)")
+
+
+def simulate_to_file(path: str, epochs=("Y2E1",), *, seed: int = 0, background: float = 3.0,
+                     n_exposures: int = None, epoch_table=None, overwrite: bool = False) -> int:
+    """Simulate (see `simulate`) straight into a catalog file; returns the rows written.
+
+    A FITS file (``.fits``) is written epoch by epoch, so memory holds one
+    epoch; other formats are built whole and written by astropy.
+
+    Examples
+    --------
+    >>> simulate_to_file("sim.fits", ["Y2E1", "Y6"], seed=42)  # doctest: +SKIP
+    24641234
+    """
+    epochs = [epochs] if isinstance(epochs, str) else list(epochs)
+    options = dict(seed=seed, background=background, n_exposures=n_exposures,
+                   epoch_table=epoch_table)
+    if path.lower().endswith((".fits", ".fit", ".fts")):
+        _sim_rows(epochs, epoch_table)  # bad epoch names fail before any output
+        defaults = dict(rate_scatter=0.15, epoch_scatter=0.1, gradient=0.2, n_columns=1.5,
+                        n_spots=1.0, edge_fraction=0.3, edge_width=(5.0, 15.0),
+                        ratio_range=(0.3, 30.0), active_fraction=0.85, position_dtype=np.float32)
+        blocks = (columns for _, columns, _, _, _ in _iter_simulation(epochs, **options, **defaults))
+        meta = _sim_meta(epochs, seed, background)
+        cards = [(key, value, "") for key, value in meta.items()]
+        return write_fits_rows(path, blocks, header_cards=cards, overwrite=overwrite)
+    catalog, _ = simulate(epochs, **options)
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        try:
+            catalog.write(tmp, format=_astropy_format(path))
+        except Exception as exc:  # astropy raises many types for unknown formats
+            raise BadInputError(f"{path}: cannot write this table format ({exc})") from None
+    return len(catalog)
+
+
+def _astropy_format(path):
+    """The astropy table format of a file name (atomic_output's temporary name hides it)."""
+    lower = path.lower()
+    for suffixes, name in (((".parquet", ".parq", ".pq"), "parquet"), ((".csv",), "ascii.csv"),
+                           ((".ecsv",), "ascii.ecsv"), ((".fits.gz", ".fits"), "fits"),
+                           ):
+        if lower.endswith(suffixes):
+            return name
+    raise BadInputError(f"{path}: unknown catalog format (use .fits, .parquet, .csv or .ecsv)")
 
 
 def _run_simulate(args) -> int:
-    raise NotImplementedError("--simulate")
+    n_rows = simulate_to_file(
+        args.simulate, args.sim_epochs, seed=args.seed, background=args.sim_background,
+        n_exposures=args.sim_exposures, epoch_table=getattr(args, "epochs_file", None),
+        overwrite=getattr(args, "overwrite", False))
+    print(f"wrote {args.simulate}: {n_rows} simulated transients in {', '.join(args.sim_epochs)} "
+          f"(seed {args.seed})", file=sys.stderr)
+    return 0
 
 
 # ---- Plotting
