@@ -1386,9 +1386,9 @@ class _CcdPage:
         self.extent = extent = _cell_extent(epoch_mask)
         shape = epoch_mask.counts.shape[1:]
         self.image = ax.imshow(np.zeros(shape), origin="lower", extent=extent, cmap="viridis", vmin=0, vmax=1,
-                               interpolation="nearest", aspect="equal", gid="counts")
+                               interpolation="none", aspect="equal", gid="counts")
         self.overlay = ax.imshow(np.ma.masked_all(shape), origin="lower", extent=extent,
-                                 cmap=ListedColormap([_MASK_RGBA]), vmin=0, vmax=1, interpolation="nearest",
+                                 cmap=ListedColormap([_MASK_RGBA]), vmin=0, vmax=1, interpolation="none",
                                  aspect="equal", gid="mask")
         self.outline = LineCollection([], colors=[_MASK_EDGE], linewidths=0.5, gid="mask_outline", zorder=3)
         ax.add_collection(self.outline, autolim=False)
@@ -1435,13 +1435,14 @@ class _CcdPage:
         # a dead CCD shows no data at all (not noise): its artists hold none
         counts = epoch_mask.counts[index] if live else np.zeros(self.image.get_array().shape)
         mask = np.asarray(epoch_mask.mask[index], bool) if live else np.zeros(counts.shape, bool)
-        vmax = max(3 * threshold, 1.0)
+        vmax = max(3 * threshold, 1.0) if live else 1.0
         self.image.set_data(counts)
         self.image.set_clim(0, vmax)
         self.overlay.set_data(np.ma.masked_array(np.ones(mask.shape), mask=~mask))
         self.outline.set_segments(_mask_outline(mask, self.extent))
-        self.threshold_line.set_ydata([threshold, threshold])
-        self.threshold_text.set_y(threshold)
+        if live:
+            self.threshold_line.set_ydata([threshold, threshold])
+            self.threshold_text.set_y(threshold)
         self.ccdnum = ccdnum
         return self.figure
 
@@ -1480,7 +1481,8 @@ def plot_ccd(epoch_mask, ccdnum: int, *, figure=None):
 
 
 def plot_epoch(epoch_mask_or_epoch, pdf_file: str, *, maps=None, fp_rate: float = DEFAULT_FP_RATE,
-               x_bin: int = 1, y_bin: int = 1, floor: str = DEFAULT_FLOOR, overwrite: bool = False):
+               x_bin: int = 1, y_bin: int = 1, floor: str = DEFAULT_FLOOR, overwrite: bool = False,
+               ccdnums=None):
     """Write a multipage PDF of one epoch: one page per CCD, in CCDNUM order.
 
     Each page (see :func:`plot_ccd`) shows the CCD's count map, coloured from 0
@@ -1502,6 +1504,8 @@ def plot_epoch(epoch_mask_or_epoch, pdf_file: str, *, maps=None, fp_rate: float 
         Masking options, as for :class:`EpochMask` (used with an epoch name).
     overwrite : bool
         Whether an existing ``pdf_file`` may be replaced.
+    ccdnums : sequence of int, optional
+        Draw only these CCDs (in this order); default all 62 in CCDNUM order.
 
     Returns
     -------
@@ -1521,14 +1525,19 @@ def plot_epoch(epoch_mask_or_epoch, pdf_file: str, *, maps=None, fp_rate: float 
     from matplotlib.backends.backend_pdf import PdfPages
 
     epoch_mask = _epoch_mask_for(epoch_mask_or_epoch, maps, fp_rate, x_bin, y_bin, floor)
-    inputs = [maps.path] if maps is not None and getattr(maps, "path", None) else []
+    ccdnums = list(range(1, N_CCD + 1)) if ccdnums is None else [int(c) for c in ccdnums]
+    bad = [c for c in ccdnums if not 1 <= c <= N_CCD]
+    if bad or not ccdnums:
+        raise BadInputError(f"ccdnums {bad or ccdnums}: CCD numbers must be 1..{N_CCD}")
+    source = getattr(epoch_mask, "source", None) or (getattr(maps, "path", None) if maps is not None else None)
+    inputs = [source] if source else []
     page = _CcdPage(epoch_mask)
     with atomic_output(pdf_file, overwrite=overwrite, inputs=inputs) as tmp:
         with PdfPages(tmp, metadata={"Title": f"transient masks, epoch {getattr(epoch_mask, 'epoch', '')}",
                                      "Creator": f"transient_masks {__version__}"}) as pdf:
-            for ccdnum in range(1, N_CCD + 1):
+            for ccdnum in ccdnums:
                 pdf.savefig(page.draw(ccdnum))
-    log.info("wrote %s (%d pages)", pdf_file, N_CCD)
+    log.info("wrote %s (%d pages)", pdf_file, len(ccdnums))
     return epoch_mask
 
 

@@ -156,7 +156,15 @@ def test_dead_ccd_is_labelled_not_drawn(epoch_mask):
     figure = tm.plot_ccd(epoch_mask, DEAD_CCD)
     assert "no transients" in by_gid(figure, "dead").get_text()
     assert "dead CCD" in all_text(figure)
-    assert not figure.findobj(lambda a: a.get_gid() in ("counts", "mask"))
+    assert by_gid(figure, "dead").get_visible()
+    drawn = figure.findobj(lambda a: a.get_gid() in ("counts", "mask", "mask_outline") and a.get_visible())
+    assert drawn == []
+    # and the same page object, redrawn for a live CCD, hides the label again
+    page = tm._CcdPage(epoch_mask)
+    page.draw(DEAD_CCD)
+    page.draw(HOT_CCD)
+    assert not by_gid(page.figure, "dead").get_visible()
+    assert by_gid(page.figure, "counts").get_visible()
 
 
 def test_ccd31_right_half_shown_masked(epoch_mask):
@@ -177,30 +185,23 @@ def test_plot_epoch_writes_62_pages(tmp_path, epoch_mask):
     assert list(tmp_path.iterdir()) == [pdf]  # no temporary left behind
 
 
-def test_plot_epoch_by_name_uses_the_options(tmp_path, monkeypatch):
-    counts_file = write_count_file(tmp_path / "maps.fits")
-    maps = tm.CountMaps(counts_file)
-    seen = {}
-    real_page = tm.plot_ccd
-
-    def one_page(mask, ccdnum, **kw):
-        seen["mask"] = mask
-        return real_page(mask, ccdnum, **kw)
-
-    monkeypatch.setattr(tm, "N_CCD", 2)  # two pages are enough here
-    monkeypatch.setattr(tm, "plot_ccd", one_page)
-    mask = tm.plot_epoch("Y2E2", str(tmp_path / "y2e2.pdf"), maps=maps, fp_rate=1e-3, x_bin=2, y_bin=4)
-    assert seen["mask"] is mask
-    assert mask.counts.shape == (62, 64, 128)
+def test_plot_epoch_by_name_uses_the_options(tmp_path):
+    maps = tm.CountMaps(write_count_file(tmp_path / "maps.fits"))
+    pdf = tmp_path / "y2e2.pdf"
+    mask = tm.plot_epoch("Y2E2", str(pdf), maps=maps, fp_rate=1e-3, x_bin=2, y_bin=4, ccdnums=[HOT_CCD, DEAD_CCD])
+    assert pdf_page_count(pdf) == 2
+    assert mask.epoch == "Y2E2" and mask.counts.shape == (62, 64, 128)
     expected = tm.EpochMask.from_maps(maps, "Y2E2", fp_rate=1e-3, x_bin=2, y_bin=4)
     np.testing.assert_array_equal(mask.mask, expected.mask)
     with pytest.raises(tm.BadInputError, match="Y9"):
         tm.plot_epoch("Y9", str(tmp_path / "y9.pdf"), maps=maps)
+    with pytest.raises(tm.BadInputError, match="63"):
+        tm.plot_epoch(mask, str(tmp_path / "bad.pdf"), ccdnums=[63])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["maps.fits", "y2e2.pdf"]
 
 
 def test_rebinned_page_still_in_pixels(epoch_mask):
-    mask = tm.EpochMask(epoch_mask.counts.astype(np.uint16) if False else make_counts(), epoch="Y2E1",
-                        x_bin=4, y_bin=2)
+    mask = tm.EpochMask(make_counts(), epoch="Y2E1", x_bin=4, y_bin=2)
     figure = tm.plot_ccd(mask, HOT_CCD)
     image = by_gid(figure, "counts")
     assert image.get_extent() == [0.5, 2048.5, 0.5, 4096.5]
