@@ -1360,8 +1360,12 @@ class _CcdPage:
         self.figure = figure = figure if figure is not None else Figure(figsize=(8.27, 11.69))
         figure.clear()
         figure.suppressComposite = True  # keep counts and overlay as separate images in the PDF
-        self.ax = ax = figure.add_axes((0.10, 0.065, 0.66, 0.80))
-        self.cax = cax = figure.add_axes((0.82, 0.065, 0.03, 0.80))
+        # the axes box has the CCD's 1:2 shape on the page, so the colour bar sits beside the image
+        height = 0.80
+        width = height * figure.get_figheight() / figure.get_figwidth() / 2
+        self.ax = ax = figure.add_axes((0.11, 0.065, width, height))
+        # ticks and label on the colour bar's left leave its right side to the threshold mark
+        self.cax = cax = figure.add_axes((0.11 + width + 0.075, 0.065, 0.025, height))
         ax.set_xlim(0.5, CCD_NX + 0.5)
         ax.set_ylim(0.5, CCD_NY + 0.5)
         ax.set_aspect("equal")
@@ -1390,17 +1394,23 @@ class _CcdPage:
         self.overlay = ax.imshow(np.ma.masked_all(shape), origin="lower", extent=extent,
                                  cmap=ListedColormap([_MASK_RGBA]), vmin=0, vmax=1, interpolation="none",
                                  aspect="equal", gid="mask")
-        self.outline = LineCollection([], colors=[_MASK_EDGE], linewidths=0.5, gid="mask_outline", zorder=3)
+        self.outline = LineCollection([], colors=[_MASK_EDGE], linewidths=0.4, gid="mask_outline", zorder=3)
         ax.add_collection(self.outline, autolim=False)
-        self.colorbar = figure.colorbar(self.image, cax=cax, extend="max")
+        self.colorbar = figure.colorbar(self.image, cax=cax, extend="max", ticklocation="left")
         self.colorbar.set_label("transients per cell")
         self.threshold_line = cax.axhline(0, color=_MASK_EDGE, lw=2)
-        self.threshold_text = cax.text(1.0, 0, " threshold", transform=cax.get_yaxis_transform(),
-                                       rotation=0, va="center", ha="left", fontsize=8, color=_MASK_EDGE,
-                                       weight="bold")
+        self.threshold_text = cax.annotate("threshold", (1.0, 0), xycoords=cax.get_yaxis_transform(),
+                                           xytext=(8, 0), textcoords="offset points", va="center",
+                                           ha="left", fontsize=9, color=_MASK_EDGE, weight="bold",
+                                           arrowprops=dict(arrowstyle="-", color=_MASK_EDGE, lw=1))
         self.half_note = ax.text(0.75, 0.5, "amp A unstable:\nmasked entirely", transform=ax.transAxes,
                                  ha="center", va="center", fontsize=12, color="white", weight="bold",
                                  bbox=dict(boxstyle="round", fc=_MASK_EDGE, ec="none", alpha=0.85), zorder=5)
+        from matplotlib.patches import Patch
+
+        self.legend = figure.legend(
+            handles=[Patch(facecolor=_MASK_RGBA, edgecolor=_MASK_EDGE, label="masked cell\n(count > threshold)")],
+            loc="lower right", bbox_to_anchor=(0.98, 0.065 + height), fontsize=9, frameon=False)
         self.dead_note = ax.text(0.5, 0.5, "no transients\n(dead CCD)", transform=ax.transAxes, ha="center",
                                  va="center", fontsize=22, color="0.25", gid="dead")
 
@@ -1432,6 +1442,7 @@ class _CcdPage:
         for artist in (self.image, self.overlay, self.outline):
             artist.set_visible(live)
         self.cax.set_visible(live)
+        self.legend.set_visible(live)
         # a dead CCD shows no data at all (not noise): its artists hold none
         counts = epoch_mask.counts[index] if live else np.zeros(self.image.get_array().shape)
         mask = np.asarray(epoch_mask.mask[index], bool) if live else np.zeros(counts.shape, bool)
@@ -1442,7 +1453,8 @@ class _CcdPage:
         self.outline.set_segments(_mask_outline(mask, self.extent))
         if live:
             self.threshold_line.set_ydata([threshold, threshold])
-            self.threshold_text.set_y(threshold)
+            self.threshold_text.xy = (1.0, threshold)
+            self.threshold_text.set_text(f"threshold {threshold:g}")
         self.ccdnum = ccdnum
         return self.figure
 
@@ -1555,9 +1567,10 @@ def plot_focal_plane(epoch_mask, path: str = None, *, overwrite: bool = False, v
                      layout_file: str = None, dpi: int = 150):
     """Draw the whole focal plane of one epoch: all 62 CCDs at their DECam positions.
 
-    Each CCD's count map is divided by its own background (the modal cell
-    count, at least 1) so that CCDs of different depth compare; masked cells
-    are overlaid; each CCD is labelled with DETPOS and CCDNUM.
+    Each CCD's count map is divided by its own background (its median cell
+    count, at least 1; CCD 31's from its left half) so that CCDs of different
+    depth compare; masked cells are overlaid; each CCD is labelled with DETPOS
+    and CCDNUM.
 
     Parameters
     ----------
@@ -1580,7 +1593,8 @@ def plot_focal_plane(epoch_mask, path: str = None, *, overwrite: bool = False, v
     matplotlib.figure.Figure
         The figure.  Artists carry gids ``counts_<ccdnum>`` (count image, its
         extent in focal-plane mm), ``mask_<ccdnum>`` (the masked-cell overlay,
-        True where any cell of an overlay block is masked), ``ccd_<ccdnum>``
+        True where any cell of an overlay block of about 64 x 64 pixels is
+        masked, so that a single masked column stays visible), ``ccd_<ccdnum>``
         (the CCD outline Rectangle) and ``label_<ccdnum>``.
 
     Examples
@@ -1594,16 +1608,16 @@ def plot_focal_plane(epoch_mask, path: str = None, *, overwrite: bool = False, v
     from matplotlib.patches import Patch, Rectangle
 
     layout = read_ccd_layout(layout_file)
-    area, transients = _ccd_stats(epoch_mask)
-    figure = Figure(figsize=(9.0, 10.0))
-    ax = figure.add_axes((0.06, 0.05, 0.80, 0.83))
-    cax = figure.add_axes((0.88, 0.15, 0.025, 0.6))
+    figure = Figure(figsize=(9.0, 9.2))
+    ax = figure.add_axes((0.085, 0.06, 0.78, 0.855))
+    cax = figure.add_axes((0.895, 0.2, 0.022, 0.56))
     ax.set_aspect("equal")
     half_x, half_y = _CCD_WIDTH_MM / 2, _CCD_HEIGHT_MM / 2
     # The overlay is shown at about the screen resolution of a CCD: a block is
     # marked when any of its cells is, so that one masked column never vanishes.
     cell_ny, cell_nx = epoch_mask.cell_size
-    factor_x, factor_y = max(1, 32 // cell_nx), max(1, 32 // cell_ny)
+    factor_x, factor_y = max(1, 64 // cell_nx), max(1, 64 // cell_ny)
+    background = _ccd_background(epoch_mask)
     mask_cmap = ListedColormap([_MASK_RGBA[:3] + (0.75,)])
     image = None
     outline = [patheffects.withStroke(linewidth=2.5, foreground="white")]
@@ -1617,8 +1631,7 @@ def plot_focal_plane(epoch_mask, path: str = None, *, overwrite: bool = False, v
                                facecolor=_DEAD_RGBA, edgecolor="0.3", lw=0.6, gid=f"ccd_{ccdnum}", zorder=3))
         label = f"{row['DETPOS']}\n{ccdnum}"
         if live:
-            background = max(float(epoch_mask.mode[index]), 1.0)
-            counts = epoch_mask.counts[index] / background
+            counts = epoch_mask.counts[index] / background[index]
             # the drawn extent covers the cells the (re-binned) map has
             cells = _cell_extent(epoch_mask)
             drawn = (extent[0], extent[0] + (cells[1] - 0.5) * 0.015, extent[2],
@@ -1647,11 +1660,11 @@ def plot_focal_plane(epoch_mask, path: str = None, *, overwrite: bool = False, v
         f"DECam transient masks, epoch {epoch}\n{_describe(epoch_mask)}:"
         f" {100 * epoch_mask.area_fraction:.2f}% of the area,"
         f" {100 * epoch_mask.transient_fraction:.2f}% of the transients masked",
-        y=0.975, fontsize=12,
+        y=0.985, fontsize=12,
     )
     if image is not None:
         colorbar = figure.colorbar(image, cax=cax, extend="max")
-        colorbar.set_label("transients per cell / CCD background (modal count)")
+        colorbar.set_label("transients per cell / the CCD's median cell count")
     else:
         cax.set_visible(False)
     ax.legend(handles=[Patch(facecolor=mask_cmap.colors[0], label="masked"),
@@ -1663,6 +1676,18 @@ def plot_focal_plane(epoch_mask, path: str = None, *, overwrite: bool = False, v
     if path is not None:
         _save_figure(figure, path, overwrite=overwrite, dpi=dpi)
     return figure
+
+
+def _ccd_background(epoch_mask):
+    """Each CCD's background for display: its median cell count, at least 1.
+
+    CCD 31 uses its left half, as the masks do (its right half is unstable).
+    """
+    counts = epoch_mask.counts
+    half = counts.shape[2] * (CCD_NX // 2) // CCD_NX
+    background = np.median(counts.reshape(counts.shape[0], -1), axis=1)
+    background[HALF_MASKED_CCD - 1] = np.median(counts[HALF_MASKED_CCD - 1, :, :half])
+    return np.maximum(background, 1.0)
 
 
 def _save_figure(figure, path: str, *, overwrite: bool, dpi: int, inputs=()):
@@ -1729,11 +1754,12 @@ def plot_survey_summary(maps, path: str = None, *, fp_rate: float = DEFAULT_FP_R
         totals.append((100 * epoch_mask.area_fraction, 100 * epoch_mask.transient_fraction))
         demo = demo or bool(getattr(epoch_mask, "demo", False))
 
-    figure = Figure(figsize=(15.0, 2.4 + 0.32 * len(epochs)))
-    height = 0.32 * len(epochs) / figure.get_figheight()
-    bottom = 1.05 / figure.get_figheight()
-    ax = figure.add_axes((0.07, bottom, 0.78, height))
-    cax = figure.add_axes((0.955, bottom, 0.008, height))
+    row_height, bottom_margin, top_margin = 0.32, 1.05, 0.75  # inches
+    figure = Figure(figsize=(15.0, bottom_margin + row_height * len(epochs) + top_margin))
+    height = row_height * len(epochs) / figure.get_figheight()
+    bottom = bottom_margin / figure.get_figheight()
+    ax = figure.add_axes((0.06, bottom, 0.74, height))
+    cax = figure.add_axes((0.95, bottom, 0.008, height))
     ax.set_facecolor(_DEAD_RGBA)  # dead cells are left transparent over this grey
     image = ax.imshow(np.ma.masked_array(percent, mask=dead), cmap="magma_r", vmin=0, vmax=vmax_percent,
                       interpolation="nearest", aspect="auto", origin="upper")
@@ -1749,19 +1775,27 @@ def plot_survey_summary(maps, path: str = None, *, fp_rate: float = DEFAULT_FP_R
     ax.set_yticks(np.arange(len(epochs) + 1) - 0.5, minor=True)
     ax.grid(which="minor", color="white", lw=0.4)
     ax.tick_params(which="minor", length=0)
-    ax.axvline(HALF_MASKED_CCD + 0.5 - 1, color="0.2", lw=1.0)  # S | N boundary after CCD 31
+    ax.axvline(HALF_MASKED_CCD - 0.5, color="0.2", lw=1.5)  # S | N boundary, after CCD 31
+    ax.text(N_CCD - 0.3, -0.6, "  epoch totals (live CCDs)", va="bottom", ha="left", fontsize=8,
+            weight="bold", clip_on=False)
     for row, (area_total, transients_total) in enumerate(totals):
-        ax.text(N_CCD - 0.2, row, f"  {area_total:5.2f}% area, {transients_total:5.2f}% transients",
-                va="center", ha="left", fontsize=7, clip_on=False)
-    for row, col in zip(*np.nonzero(dead)):
-        ax.text(col, row, "dead", ha="center", va="center", fontsize=5, color="0.3")
+        ax.text(N_CCD - 0.3, row, f"  {area_total:5.2f}% of area, {transients_total:5.2f}% of transients",
+                va="center", ha="left", fontsize=7.5, clip_on=False)
+    for row, col in zip(*np.nonzero(dead)):  # a handful of cells: label them
+        ax.text(col, row, "dead", ha="center", va="center", fontsize=5.5, color="0.3")
+    # cells beyond the colour scale (CCD 31's half, a failing amplifier) get their value
+    for row, col in zip(*np.nonzero(~dead & (percent > vmax_percent))):
+        ax.text(col, row, f"{percent[row, col]:.0f}", ha="center", va="center", fontsize=6.5, color="white")
     colorbar = figure.colorbar(image, cax=cax, extend="max")
     colorbar.set_label("% of CCD area masked")
-    title = (f"Masked area per CCD and epoch ({_describe_options(fp_rate, x_bin, y_bin, floor)});"
-             " grey: dead CCD (no transients, masked entirely)")
+    figure.suptitle(
+        f"Masked area per CCD and epoch\n{_describe_options(fp_rate, x_bin, y_bin, floor)};"
+        f" above {vmax_percent:g}% the value is written in the cell; grey: dead CCD (no transients)",
+        x=0.06, ha="left", y=1 - 0.1 / figure.get_figheight(), va="top", fontsize=11,
+    )
     if demo:
-        title += "    DEMO DATA (synthetic maps)"
-    figure.suptitle(title, fontsize=11, color="red" if demo else "black")
+        figure.text(0.99, 1 - 0.1 / figure.get_figheight(), "DEMO DATA (synthetic maps)", ha="right",
+                    va="top", fontsize=12, weight="bold", color="red", gid="demo")
     if path is not None:
         _save_figure(figure, path, overwrite=overwrite, dpi=dpi,
                      inputs=[maps.path] if getattr(maps, "path", None) else [])

@@ -228,7 +228,7 @@ def test_focal_plane_places_every_ccd(epoch_mask, tmp_path):
             continue
         image = by_gid(figure, f"counts_{ccdnum}")
         assert image.get_extent() == pytest.approx([x_c - 15.36, x_c + 15.36, y_c - 30.72, y_c + 30.72])
-        background = max(epoch_mask.mode[ccdnum - 1], 1)
+        background = tm._ccd_background(epoch_mask)[ccdnum - 1]
         np.testing.assert_allclose(image.get_array(), epoch_mask.counts[ccdnum - 1] / background)
         # the overlay marks a block exactly when one of its cells is masked
         overlay = ~np.ma.getmaskarray(by_gid(figure, f"mask_{ccdnum}").get_array())
