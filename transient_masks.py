@@ -1821,38 +1821,35 @@ def _add_plot_arguments(parser, modes):
 
 
 def _run_plot(args) -> int:
-    """Run --plot EPOCH or --summary."""
-    counts = getattr(args, "counts", None)
-    options = dict(
-        fp_rate=getattr(args, "fp_rate", DEFAULT_FP_RATE),
-        x_bin=getattr(args, "x_bin", 1),
-        y_bin=getattr(args, "y_bin", 1),
-        floor=getattr(args, "floor", DEFAULT_FLOOR),
-    )
-    overwrite = bool(getattr(args, "overwrite", False))
+    """Run --plot EPOCH or --summary: write the figures into --plot_dir."""
+    options = dict(fp_rate=args.fp_rate, x_bin=args.x_bin, y_bin=args.y_bin, floor=args.floor)
     plot_dir = args.plot_dir
     if not os.path.isdir(plot_dir):
         raise BadInputError(f"--plot_dir {plot_dir}: not a directory")
-    maps = CountMaps(counts)
-    inputs = [maps.path] if getattr(maps, "path", None) else []
-    written = []
+    maps = CountMaps(args.counts)
+    if args.summary:
+        stem, pdf_pages = "survey_summary", None
+    else:
+        if args.plot not in maps.epochs:
+            raise BadInputError(
+                f"{maps.path}: no epoch {args.plot!r} in the count maps (they have {', '.join(maps.epochs)})"
+            )
+        stem, pdf_pages = f"{args.plot}_focal_plane", os.path.join(plot_dir, f"{args.plot}_ccds.pdf")
+    figures = [os.path.join(plot_dir, f"{stem}.{suffix}") for suffix in ("png", "pdf")]
+    outputs = ([pdf_pages] if pdf_pages else []) + figures
+    # refuse before any work rather than after half the files are written
+    existing = [path for path in outputs if os.path.exists(path)]
+    if existing and not args.overwrite:
+        raise BadInputError(f"{existing[0]}: output exists (use --overwrite to replace it)")
     if args.summary:
         figure = plot_survey_summary(maps, None, **options)
-        for suffix in ("png", "pdf"):
-            path = os.path.join(plot_dir, f"survey_summary.{suffix}")
-            _save_figure(figure, path, overwrite=overwrite, dpi=150, inputs=inputs)
-            written.append(path)
     else:
-        epoch_mask = _epoch_mask_for(args.plot, maps, **options)
-        path = os.path.join(plot_dir, f"{args.plot}_ccds.pdf")
-        plot_epoch(epoch_mask, path, overwrite=overwrite)
-        written.append(path)
+        epoch_mask = EpochMask.from_maps(maps, args.plot, **options)
+        plot_epoch(epoch_mask, pdf_pages, overwrite=args.overwrite)
         figure = plot_focal_plane(epoch_mask)
-        for suffix in ("png", "pdf"):
-            path = os.path.join(plot_dir, f"{args.plot}_focal_plane.{suffix}")
-            _save_figure(figure, path, overwrite=overwrite, dpi=150, inputs=inputs)
-            written.append(path)
-    for path in written:
+    for path in figures:
+        _save_figure(figure, path, overwrite=args.overwrite, dpi=150, inputs=[maps.path])
+    for path in outputs:
         print(path)
     return 0
 

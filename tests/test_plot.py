@@ -174,12 +174,13 @@ def test_ccd31_right_half_shown_masked(epoch_mask):
     assert "masked entirely" in all_text(figure)
 
 
-def test_plot_epoch_writes_62_pages(tmp_path, epoch_mask):
+def test_plot_epoch_writes_a_page_per_ccd(tmp_path, epoch_mask):
+    # all 62 pages are checked through the command line (test_cli_plot_writes_the_files)
     pdf = tmp_path / "y2e1.pdf"
-    returned = tm.plot_epoch(epoch_mask, str(pdf))
+    returned = tm.plot_epoch(epoch_mask, str(pdf), ccdnums=[1, 31, DEAD_CCD])
     assert returned is epoch_mask
-    assert pdf_page_count(pdf) == 62
-    assert re.search(rb"/Count 62\b", pdf.read_bytes())
+    assert pdf_page_count(pdf) == 3
+    assert re.search(rb"/Count 3\b", pdf.read_bytes())
     with pytest.raises(tm.BadInputError, match="exists"):
         tm.plot_epoch(epoch_mask, str(pdf))
     assert list(tmp_path.iterdir()) == [pdf]  # no temporary left behind
@@ -250,7 +251,7 @@ def test_focal_plane_files_and_demo_note(epoch_mask, tmp_path):
     demo = tm.EpochMask(make_counts(), epoch="Y2E1", demo=True)
     for suffix, magic in (("png", b"\x89PNG"), ("pdf", b"%PDF")):
         path = tmp_path / f"fp.{suffix}"
-        figure = tm.plot_focal_plane(demo, str(path))
+        figure = tm.plot_focal_plane(demo, str(path), dpi=40)
         assert path.read_bytes()[:4] == magic
     assert "DEMO DATA" in by_gid(figure, "demo").get_text()
 
@@ -284,6 +285,7 @@ def test_cli_plot_writes_the_files(tmp_path, capsys):
     names = sorted(p.name for p in out.iterdir())
     assert names == ["Y2E1_ccds.pdf", "Y2E1_focal_plane.pdf", "Y2E1_focal_plane.png"]
     assert pdf_page_count(out / "Y2E1_ccds.pdf") == 62
+    assert re.search(rb"/Count 62\b", (out / "Y2E1_ccds.pdf").read_bytes())
     for name in names:
         assert name in captured.out
     # again without --overwrite: refused in one line, nothing changed
@@ -292,12 +294,19 @@ def test_cli_plot_writes_the_files(tmp_path, capsys):
     assert code == 2 and "exists" in err and err.count("\n") == 1
 
 
-def test_cli_summary(tmp_path, capsys):
+def test_cli_summary_overwrite(tmp_path, capsys):
     counts_file = write_count_file(tmp_path / "maps.fits")
     code = tm.main(["--summary", "--counts", counts_file, "--plot_dir", str(tmp_path)])
     assert code == 0, capsys.readouterr().err
     assert (tmp_path / "survey_summary.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "survey_summary.pdf").read_bytes()[:4] == b"%PDF"
+    before = (tmp_path / "survey_summary.png").read_bytes()
+    assert tm.main(["--summary", "--counts", counts_file, "--plot_dir", str(tmp_path)]) == 2
+    assert "exists" in capsys.readouterr().err
+    code = tm.main(["--summary", "--counts", counts_file, "--plot_dir", str(tmp_path), "--overwrite",
+                    "--fp_rate", "0.01"])
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "survey_summary.png").read_bytes() != before  # a looser fp_rate masks more
 
 
 def test_cli_bad_epoch(tmp_path, capsys):
@@ -317,3 +326,14 @@ def test_import_does_not_load_matplotlib():
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                             cwd=str(__import__('pathlib').Path(tm.__file__).parent))
     assert result.stdout.strip() == "False"
+
+
+def test_cli_summary_options_and_bad_values(tmp_path, capsys):
+    counts_file = write_count_file(tmp_path / "maps.fits")
+    code = tm.main(["--summary", "--counts", counts_file, "--plot_dir", str(tmp_path), "--x_bin", "3"])
+    err = capsys.readouterr().err
+    assert code == 2 and "x_bin" in err and err.count("\n") == 1
+    code = tm.main(["--summary", "--counts", counts_file, "--plot_dir", str(tmp_path / "nowhere")])
+    err = capsys.readouterr().err
+    assert code == 2 and "nowhere" in err and err.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["maps.fits"]
