@@ -407,7 +407,7 @@ class CountMaps:
                     f"a {CCD_NX} x {CCD_NY} CCD"
                 )
             if data.dtype.kind not in "ui":
-                raise BadInputError(f"{where}: counts are {data.dtype}, expected integers")
+                raise BadInputError(f"{where}: counts are {data.dtype.name}, expected integers")
             if data.dtype.kind == "i" and data.min() < 0:
                 raise BadInputError(f"{where}: negative counts")
             self._counts[epoch] = data
@@ -856,6 +856,19 @@ class TransientMasks:
         self._masks = {}
         self._warned = set()
 
+    def provenance(self) -> list:
+        """(keyword, value, comment) cards recorded in filtered tables."""
+        return [
+            ("TM_VERS", __version__, "filtered by transient_masks, this version"),
+            ("TM_COUNT", os.path.basename(self.maps.path), "count-map file of the masks"),
+            ("TM_FPRAT", self.options["fp_rate"], "masks: false-positive rate per cell"),
+            ("TM_XBIN", self.options["x_bin"], "masks: extra binning along x"),
+            ("TM_YBIN", self.options["y_bin"], "masks: extra binning along y"),
+            ("TM_FLOOR", self.options["floor"], "masks: threshold floor statistic"),
+            ("TM_NOEP", self.keep_no_epoch, "T = events in no epoch were kept"),
+            ("DEMO", bool(self.maps.demo), "T = masks from SYNTHETIC demo counts"),
+        ]
+
     def epoch_index(self, expnum) -> np.ndarray:
         """Row of the epoch table of each EXPNUM; -1 for none."""
         return epoch_index(expnum, self.epochs["MINEXPNUM"], self.epochs["MAXEXPNUM"])
@@ -1100,6 +1113,8 @@ def _filter_fits_stream(input_path, output_path, masks, names, drop_bad, chunk_r
             data = data + zero
         return data.astype(dtype, copy=False)
 
+    for card in masks.provenance():
+        header[card[0]] = card[1:]
     header["NAXIS2"] = 0  # patched once the number of kept rows is known
     for key in ("CHECKSUM", "DATASUM"):
         header.remove(key, ignore_missing=True)
@@ -1139,7 +1154,7 @@ def _filter_fits_stream(input_path, output_path, masks, names, drop_bad, chunk_r
 def filter_file(input_path: str, output_path: str, masks: "TransientMasks", *,
                 expnum_col="EXPNUM", ccdnum_col="CCDNUM", x_col="XWIN_IMAGE",
                 y_col="YWIN_IMAGE", drop_bad=False, table_format=None,
-                output_format=None, overwrite=False, chunk_rows=1_000_000) -> FilterCounts:
+                output_format=None, overwrite=False, chunk_rows=500_000) -> FilterCounts:
     """Write a copy of an event table without the events in masked regions.
 
     Reads any format astropy's Table reads (FITS, ECSV, CSV, HDF5, Parquet...),
@@ -1172,6 +1187,7 @@ def filter_file(input_path: str, output_path: str, masks: "TransientMasks", *,
             raise BadInputError(f"{input_path}: cannot read as a table ({type(exc).__name__}: {exc})") from None
         kept, counts = filter_table(table, masks, expnum_col=expnum_col, ccdnum_col=ccdnum_col,
                                     x_col=x_col, y_col=y_col, drop_bad=drop_bad, source=input_path)
+        kept.meta.update((key, value) for key, value, _ in masks.provenance())
         write_options = {"format": output_format} if output_format else {}
         if output_path.lower().endswith((".h5", ".hdf5")):
             write_options.update(path=read_options.get("path", "data"), serialize_meta=True)

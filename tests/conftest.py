@@ -1,4 +1,7 @@
 """Shared fixtures: small DES-format count-map files made in the tests."""
+import gzip
+import io
+
 import numpy as np
 import pytest
 from astropy.io import fits
@@ -19,8 +22,15 @@ def write_count_maps(path, cubes, demo=False, epochs=None):
         if demo:
             hdu.header["DEMO"] = True
         hdus.append(hdu)
-    fits.HDUList(hdus).writeto(path)
-    return str(path)
+    path = str(path)
+    if path.endswith(".gz"):  # gzip level 1: astropy's level 9 is slow on noisy counts
+        buffer = io.BytesIO()
+        fits.HDUList(hdus).writeto(buffer)
+        with open(path, "wb") as out:
+            out.write(gzip.compress(buffer.getvalue(), compresslevel=1))
+    else:
+        fits.HDUList(hdus).writeto(path)
+    return path
 
 
 def poisson_cube(rng, mean=4.0, shape=(tm.MAP_NY, tm.MAP_NX)):
