@@ -185,9 +185,10 @@ def read_epochs(path: str = None):
 
     Parameters
     ----------
-    path : str, optional
-        A FITS table with columns NAME, MINNITE, MAXNITE, MINEXPNUM, MAXEXPNUM.
-        Default: the ``ops_epochs.fits`` shipped with transient_masks.
+    path : str or astropy.table.Table, optional
+        A FITS table with columns NAME, MINNITE, MAXNITE, MINEXPNUM, MAXEXPNUM
+        (or such a table, which is copied).  Default: the ``ops_epochs.fits``
+        shipped with transient_masks.
 
     Returns
     -------
@@ -197,16 +198,19 @@ def read_epochs(path: str = None):
     Examples
     --------
     >>> epochs = read_epochs()
-    >>> list(epochs["NAME"][:3])
+    >>> epochs["NAME"][:3].tolist()
     ['SVE1', 'SVE2', 'Y1E1']
     """
     from astropy.table import Table
 
-    path = path or data_path(EPOCHS_FILENAME)
-    try:
-        epochs = Table.read(path, hdu=1)
-    except (OSError, ValueError, IndexError) as exc:
-        raise BadInputError(f"{path}: cannot read the epoch table ({exc})") from None
+    if hasattr(path, "colnames"):  # already a table
+        epochs, path = path.copy(), "epoch table"
+    else:
+        path = path or data_path(EPOCHS_FILENAME)
+        try:
+            epochs = Table.read(path, hdu=1)
+        except (OSError, ValueError, IndexError) as exc:
+            raise BadInputError(f"{path}: cannot read the epoch table ({exc})") from None
     missing = {"NAME", "MINEXPNUM", "MAXEXPNUM"} - set(epochs.colnames)
     if missing:
         raise BadInputError(f"{path}: epoch table lacks column(s) {', '.join(sorted(missing))}")
@@ -460,8 +464,10 @@ def poisson_threshold(mode, centre, fp_rate: float = DEFAULT_FP_RATE, floor_fact
     Examples
     --------
     >>> from scipy.stats import poisson
-    >>> float(poisson_threshold(3, 3.2, 1e-4)) == max(7, poisson(4).isf(1e-4))
-    True
+    >>> float(poisson_threshold(3, 3.2, 1e-4))  # ceil(6.4) = 7 < Poisson(4).isf(1e-4)
+    13.0
+    >>> float(poisson(4).isf(1e-4))
+    13.0
     """
     from scipy.stats import poisson
 
@@ -850,7 +856,7 @@ class TransientMasks:
                  keep_no_epoch: bool = False):
         _check_options(fp_rate, x_bin, y_bin, floor)
         self.maps = counts if isinstance(counts, CountMaps) else CountMaps(counts)
-        self.epochs = epochs if hasattr(epochs, "colnames") else read_epochs(epochs)
+        self.epochs = read_epochs(epochs)
         self.options = {"fp_rate": fp_rate, "x_bin": x_bin, "y_bin": y_bin, "floor": floor}
         self.keep_no_epoch = keep_no_epoch
         self._masks = {}
