@@ -276,6 +276,10 @@ def test_survey_summary(tmp_path):
         assert np.ma.getmaskarray(data[row])[DEAD_CCD - 1]  # dead: drawn grey, not as 100%
     labels = [t.get_text() for t in image.axes.get_yticklabels()]
     assert labels == ["Y2E1", "Y2E2"]
+    # beyond the colour scale (CCD 31: half masked) the value is written in the cell
+    cell_texts = {tuple(np.round(t.get_position(), 3)): t.get_text() for t in image.axes.texts}
+    assert cell_texts[(30, 0)] == f"{data[0, 30]:.0f}" and data[0, 30] >= 50
+    assert cell_texts[(DEAD_CCD - 1, 1)] == "dead"
     xlabels = [t.get_text() for t in image.axes.get_xticklabels()]
     assert xlabels[0] == "S29 1" and xlabels[DEAD_CCD - 1] == "N30 61"
 
