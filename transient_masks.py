@@ -1396,7 +1396,9 @@ class _CcdPage:
         ax.set_xlabel("x [pixel]")
         ax.set_ylabel("y [pixel]")
         # amplifier boundary: S CCDs have amp A on the right (x 1025-2048), N CCDs on the left
-        ax.axvline(CCD_NX / 2 + 0.5, color="0.6", lw=0.6, ls=":", zorder=4)
+        # (a tick above the CCD, not a line across it: defects often sit on that boundary)
+        ax.plot([CCD_NX / 2 + 0.5] * 2, [1.0, 1.025], transform=ax.get_xaxis_transform(), color="0.3",
+                lw=1.0, clip_on=False)
         self.amp_labels = [
             ax.text(x, 1.005, "", transform=ax.transAxes, ha="center", va="bottom", fontsize=9, color="0.3")
             for x in (0.25, 0.75)
@@ -1589,10 +1591,9 @@ def plot_focal_plane(epoch_mask, path: str = None, *, overwrite: bool = False, v
                      layout_file: str = None, dpi: int = 150):
     """Draw the whole focal plane of one epoch: all 62 CCDs at their DECam positions.
 
-    Each CCD's count map is divided by its own background (its median cell
-    count, at least 1; CCD 31's from its left half) so that CCDs of different
-    depth compare; masked cells are overlaid; each CCD is labelled with DETPOS
-    and CCDNUM.
+    Each CCD's count map is divided by its own background (the mean count of
+    its unmasked cells) so that CCDs of different depth compare; masked cells
+    are overlaid; each CCD is labelled with DETPOS and CCDNUM.
 
     Parameters
     ----------
@@ -1686,7 +1687,7 @@ def plot_focal_plane(epoch_mask, path: str = None, *, overwrite: bool = False, v
     )
     if image is not None:
         colorbar = figure.colorbar(image, cax=cax, extend="max")
-        colorbar.set_label("transients per cell / the CCD's median cell count")
+        colorbar.set_label("transients per cell / the CCD's mean unmasked cell count")
     else:
         cax.set_visible(False)
     ax.legend(handles=[Patch(facecolor=mask_cmap.colors[0], label="masked"),
@@ -1701,15 +1702,21 @@ def plot_focal_plane(epoch_mask, path: str = None, *, overwrite: bool = False, v
 
 
 def _ccd_background(epoch_mask):
-    """Each CCD's background for display: its median cell count, at least 1.
+    """Each CCD's background for display: the mean count of its unmasked cells.
 
-    CCD 31 uses its left half, as the masks do (its right half is unstable).
+    The mean, not the median or mode, because those are whole numbers: at the
+    low counts of a shallow epoch they would shift whole CCDs by a colour step.
+    Masked cells (defects; CCD 31's right half) are left out.  At least 1e-3
+    so that a CCD with only masked transients still divides.
     """
-    counts = epoch_mask.counts
-    half = counts.shape[2] * (CCD_NX // 2) // CCD_NX
-    background = np.median(counts.reshape(counts.shape[0], -1), axis=1)
-    background[HALF_MASKED_CCD - 1] = np.median(counts[HALF_MASKED_CCD - 1, :, :half])
-    return np.maximum(background, 1.0)
+    n_ccd = epoch_mask.counts.shape[0]
+    counts = epoch_mask.counts.reshape(n_ccd, -1)
+    unmasked = ~np.asarray(epoch_mask.mask, bool).reshape(n_ccd, -1)
+    total = np.where(unmasked, counts, 0).sum(axis=1)
+    cells = unmasked.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        background = np.where(cells > 0, total / np.maximum(cells, 1), 0.0)
+    return np.maximum(background, 1e-3)
 
 
 def _save_figure(figure, path: str, *, overwrite: bool, dpi: int, inputs=()):
@@ -1776,9 +1783,10 @@ def plot_survey_summary(maps, path: str = None, *, fp_rate: float = DEFAULT_FP_R
         totals.append((100 * epoch_mask.area_fraction, 100 * epoch_mask.transient_fraction))
         demo = demo or bool(getattr(epoch_mask, "demo", False))
 
-    row_height, bottom_margin, top_margin = 0.32, 1.05, 0.75  # inches
-    figure = Figure(figsize=(15.0, bottom_margin + row_height * len(epochs) + top_margin))
-    height = row_height * len(epochs) / figure.get_figheight()
+    # inches; a few epochs get taller rows so that the colour bar keeps a readable length
+    rows_height, bottom_margin, top_margin = max(0.32 * len(epochs), 1.8), 0.9, 0.75
+    figure = Figure(figsize=(15.0, bottom_margin + rows_height + top_margin))
+    height = rows_height / figure.get_figheight()
     bottom = bottom_margin / figure.get_figheight()
     ax = figure.add_axes((0.06, bottom, 0.74, height))
     cax = figure.add_axes((0.95, bottom, 0.008, height))
@@ -1869,10 +1877,12 @@ def _run_plot(args) -> int:
         epoch_mask = EpochMask.from_maps(maps, args.plot, **options)
         plot_epoch(epoch_mask, pdf_pages, overwrite=args.overwrite)
         figure = plot_focal_plane(epoch_mask)
-    for path in figures:
+    for path in figures:  # each written file is logged
         _save_figure(figure, path, overwrite=args.overwrite, dpi=150, inputs=[maps.path])
-    for path in outputs:
-        print(path)
+    demo = " [SYNTHETIC DEMO DATA]" if maps.demo else ""
+    what = f"{len(maps.epochs)} epochs" if args.summary else args.plot
+    print(f"{what}{demo}: wrote {', '.join(os.path.basename(path) for path in outputs)} in {plot_dir}",
+          file=sys.stderr)
     return 0
 
 

@@ -295,8 +295,8 @@ def test_cli_plot_writes_the_files(tmp_path, capsys):
     assert names == ["Y2E1_ccds.pdf", "Y2E1_focal_plane.pdf", "Y2E1_focal_plane.png"]
     assert pdf_page_count(out / "Y2E1_ccds.pdf") == 62
     assert re.search(rb"/Count 62\b", (out / "Y2E1_ccds.pdf").read_bytes())
-    for name in names:
-        assert name in captured.out
+    summary = captured.err.strip().splitlines()[-1]
+    assert summary.startswith("Y2E1: wrote ") and all(name in summary for name in names)
     # again without --overwrite: refused in one line, nothing changed
     code = tm.main(["--plot", "Y2E1", "--counts", counts_file, "--plot_dir", str(out)])
     err = capsys.readouterr().err
