@@ -1249,8 +1249,9 @@ def _run_simulate(args) -> int:
 # display, no global state leaks, and `import transient_masks` stays fast because
 # matplotlib is imported only inside these functions.
 
-_CCD_WIDTH_MM = CCD_NX * 0.015  # 15 um pixels: 30.72 mm along x
-_CCD_HEIGHT_MM = CCD_NY * 0.015  # 61.44 mm along y
+_PIXEL_MM = 0.015  # DECam pixels are 15 um
+_CCD_WIDTH_MM = CCD_NX * _PIXEL_MM  # 30.72 mm along x
+_CCD_HEIGHT_MM = CCD_NY * _PIXEL_MM  # 61.44 mm along y
 _MASK_RGBA = (0.93, 0.0, 0.55, 0.45)  # masked-cell overlay: translucent magenta
 _MASK_EDGE = (0.93, 0.0, 0.55, 1.0)  # and its outline
 _DEAD_RGBA = (0.80, 0.80, 0.80, 1.0)
@@ -1657,15 +1658,15 @@ def plot_focal_plane(epoch_mask, path: str = None, *, overwrite: bool = False, v
             counts = epoch_mask.counts[index] / background[index]
             # the drawn extent covers the cells the (re-binned) map has
             cells = _cell_extent(epoch_mask)
-            drawn = (extent[0], extent[0] + (cells[1] - 0.5) * 0.015, extent[2],
-                     extent[2] + (cells[3] - 0.5) * 0.015)
+            drawn = (extent[0], extent[0] + (cells[1] - 0.5) * _PIXEL_MM, extent[2],
+                     extent[2] + (cells[3] - 0.5) * _PIXEL_MM)
             image = ax.imshow(counts, origin="lower", extent=drawn, cmap="viridis", vmin=0, vmax=vmax,
                               interpolation="antialiased", aspect="equal", zorder=1)
             image.set_gid(f"counts_{ccdnum}")
             blocks = _block_any(np.asarray(epoch_mask.mask[index], bool), factor_y, factor_x)
             n_y, n_x = blocks.shape
-            block_extent = (drawn[0], drawn[0] + n_x * factor_x * cell_nx * 0.015, drawn[2],
-                            drawn[2] + n_y * factor_y * cell_ny * 0.015)
+            block_extent = (drawn[0], drawn[0] + n_x * factor_x * cell_nx * _PIXEL_MM, drawn[2],
+                            drawn[2] + n_y * factor_y * cell_ny * _PIXEL_MM)
             overlay = ax.imshow(np.ma.masked_array(np.ones(blocks.shape), mask=~blocks), origin="lower",
                                 extent=block_extent, cmap=mask_cmap, vmin=0, vmax=1,
                                 interpolation="nearest", aspect="equal", zorder=2)
@@ -1697,7 +1698,8 @@ def plot_focal_plane(epoch_mask, path: str = None, *, overwrite: bool = False, v
         ax.text(0.98, 0.98, "DEMO DATA\n(synthetic maps)", transform=ax.transAxes, ha="right", va="top",
                 fontsize=14, weight="bold", color="red", gid="demo")
     if path is not None:
-        _save_figure(figure, path, overwrite=overwrite, dpi=dpi)
+        source = getattr(epoch_mask, "source", None)
+        _save_figure(figure, path, overwrite=overwrite, dpi=dpi, inputs=[source] if source else [])
     return figure
 
 
