@@ -28,9 +28,10 @@ them the bundled synthetic demo maps are used, and every output says so::
 From Python::
 
     >>> import transient_masks as tm
-    >>> maps = tm.CountMaps()                       # doctest: +SKIP
-    >>> mask = tm.EpochMask.from_maps(maps, "Y2E1")  # doctest: +SKIP
-    >>> mask.apply(ccdnum, x, y)                     # doctest: +SKIP
+    >>> maps = tm.CountMaps(tm.data_path(tm.DEMO_COUNTS_FILENAME))  # or tm.CountMaps()
+    >>> mask = tm.EpochMask.from_maps(maps, "Y2E1")
+    >>> mask.apply(ccdnum=[31, 31, 46], x=[500.0, 1500.0, 1000.0], y=[100.0, 100.0, 2000.0])
+    array([False,  True, False])
 """
 import argparse
 import contextlib
@@ -45,9 +46,23 @@ import numpy as np
 __version__ = "0.1.0"
 
 __all__ = [
+    # constants
+    "N_CCD", "CCD_NX", "CCD_NY", "MAP_NX", "MAP_NY", "DETPOS", "HALF_MASKED_CCD", "MASK_BITS",
+    "DEFAULT_FP_RATE", "FLOORS", "DEFAULT_FLOOR", "DEFAULT_COLUMNS", "SIM_SOURCES",
+    "KEEP", "MASKED", "NO_EPOCH", "BAD",
     "BadInputError",
-    "read_epochs",
-    "epoch_index",
+    # files, epochs and count maps
+    "data_path", "atomic_output", "read_epochs", "epoch_index", "find_counts_file", "CountMaps",
+    # masks
+    "rebin_counts", "poisson_threshold", "EpochMask", "TransientMasks",
+    # filtering event tables
+    "FilterCounts", "resolve_columns", "filter_table", "filter_file",
+    # gathering and simulation
+    "GatherResult", "bin_events", "gather_arrays", "gather_data", "write_count_maps",
+    "SimTruth", "simulate", "simulate_to_file", "write_fits_rows",
+    # plotting
+    "read_ccd_layout", "plot_ccd", "plot_epoch", "plot_focal_plane", "plot_survey_summary",
+    "main",
 ]
 
 log = logging.getLogger(__name__)
@@ -318,10 +333,10 @@ class CountMaps:
 
     Examples
     --------
-    >>> maps = CountMaps()                              # doctest: +SKIP
-    >>> maps.epochs                                     # doctest: +SKIP
-    ['Y1E1', 'Y2E1', 'Y4E2', 'Y6']
-    >>> maps.counts("Y2E1").shape                       # doctest: +SKIP
+    >>> maps = CountMaps(data_path(DEMO_COUNTS_FILENAME))  # CountMaps() finds the real maps
+    >>> maps.epochs, maps.demo
+    (['Y2E1', 'Y4E2', 'Y6'], True)
+    >>> maps.counts("Y2E1").shape
     (62, 256, 256)
     """
 
@@ -846,9 +861,12 @@ class TransientMasks:
 
     Examples
     --------
-    >>> masks = TransientMasks()                                 # doctest: +SKIP
-    >>> masks.apply(expnum=[350000], ccdnum=[5], x=[805.0], y=[200.0])  # doctest: +SKIP
-    array([False])
+    >>> masks = TransientMasks(data_path(DEMO_COUNTS_FILENAME))  # TransientMasks(): the real maps
+    >>> masks.epoch_of([350000, 400000]).tolist()
+    ['Y2E1', 'Y2E2']
+    >>> # Y2E2 has no map in the demo file: its events are masked (keep_no_epoch=False)
+    >>> masks.apply(expnum=[350000, 400000], ccdnum=[5, 5], x=[805.0, 805.0], y=[200.0, 200.0])
+    array([False,  True])
     """
 
     def __init__(self, counts=None, *, epochs=None, fp_rate: float = DEFAULT_FP_RATE,
@@ -1740,9 +1758,10 @@ def gather_data(catalogs, output: str = None, *, epochs=None, expnum_col: str = 
 
     Examples
     --------
-    >>> result = gather_data("transients.fits", "my_maps.fits.gz")  # doctest: +SKIP
-    >>> result.summary()                                             # doctest: +SKIP
-    '81234567 rows read, 81200000 binned, 34567 in no epoch, 0 bad rows skipped; ...'
+    >>> n_rows = simulate_to_file("transients.fits", ["Y2E1"], seed=3, background=0.05)
+    >>> result = gather_data("transients.fits", "my_maps.fits.gz")
+    >>> result.summary()
+    '195413 rows read, 195413 binned, 0 in no epoch, 0 bad rows skipped; epochs with transients: Y2E1'
     """
     if isinstance(catalogs, (str, os.PathLike)):
         catalogs = [catalogs]
@@ -1808,7 +1827,9 @@ def write_count_maps(path: str, result: GatherResult, *, demo: bool = False, ove
     Examples
     --------
     >>> result = gather_arrays([345031], [5], [100.0], [200.0])
-    >>> write_count_maps("maps.fits.gz", result, demo=True)  # doctest: +SKIP
+    >>> write_count_maps("maps.fits.gz", result, demo=True)
+    >>> CountMaps("maps.fits.gz").epochs
+    ['Y2E1']
     """
     from astropy.io import fits
 
@@ -1924,8 +1945,10 @@ class SimTruth:
 
     Examples
     --------
-    >>> catalog, truth = simulate(["Y2E1"], seed=1, background=0.5)  # doctest: +SKIP
-    >>> ratio = truth.ratio("Y2E1")                                  # doctest: +SKIP
+    >>> catalog, truth = simulate(["Y2E1"], seed=1, background=0.5)
+    >>> ratio = truth.ratio("Y2E1")
+    >>> ratio.shape
+    (62, 256, 256)
     """
 
     def __init__(self):
@@ -2400,7 +2423,7 @@ def write_fits_rows(path: str, blocks, *, header_cards=(), overwrite: bool = Fal
     Examples
     --------
     >>> blocks = ({"A": np.arange(3, dtype=np.int32)} for _ in range(2))
-    >>> write_fits_rows("rows.fits", blocks)  # doctest: +SKIP
+    >>> write_fits_rows("rows.fits", blocks)
     6
     """
     from astropy.io import fits
@@ -2464,8 +2487,8 @@ def simulate_to_file(path: str, epochs=("Y2E1",), *, seed: int = 0, background: 
 
     Examples
     --------
-    >>> simulate_to_file("sim.fits", ["Y2E1", "Y6"], seed=42)  # doctest: +SKIP
-    24641234
+    >>> simulate_to_file("sim.fits", ["Y2E1", "Y6"], seed=42, background=0.05)
+    382223
     """
     epochs = [epochs] if isinstance(epochs, str) else list(epochs)
     options = dict(seed=seed, background=background, n_exposures=n_exposures,
@@ -2777,8 +2800,8 @@ def plot_ccd(epoch_mask, ccdnum: int, *, figure=None):
 
     Examples
     --------
-    >>> mask = EpochMask.from_maps(CountMaps(), "Y2E1")  # doctest: +SKIP
-    >>> plot_ccd(mask, 46).savefig("n15.png")            # doctest: +SKIP
+    >>> mask = EpochMask.from_maps(CountMaps(data_path(DEMO_COUNTS_FILENAME)), "Y2E1")
+    >>> plot_ccd(mask, 46).savefig("n15.png")
     """
     return _CcdPage(epoch_mask, figure).draw(ccdnum)
 
@@ -2822,8 +2845,12 @@ def plot_epoch(epoch_mask_or_epoch, pdf_file: str, *, maps=None, fp_rate: float 
 
     Examples
     --------
-    >>> plot_epoch("Y2E1", "y2e1_ccds.pdf")                  # doctest: +SKIP
-    >>> plot_epoch(mask, "y2e1_ccds.pdf", overwrite=True)    # doctest: +SKIP
+    >>> maps = CountMaps(data_path(DEMO_COUNTS_FILENAME))
+    >>> mask = plot_epoch("Y2E1", "n15.pdf", maps=maps, ccdnums=[46])
+    >>> mask.epoch, mask.mask.shape
+    ('Y2E1', (62, 256, 256))
+    >>> binned = EpochMask.from_maps(maps, "Y2E1", x_bin=4, y_bin=2)
+    >>> mask = plot_epoch(binned, "n15.pdf", ccdnums=[46], overwrite=True)
     """
     from matplotlib.backends.backend_pdf import PdfPages
 
@@ -2889,8 +2916,8 @@ def plot_focal_plane(epoch_mask, path: str = None, *, overwrite: bool = False, v
 
     Examples
     --------
-    >>> mask = EpochMask.from_maps(CountMaps(), "Y2E1")    # doctest: +SKIP
-    >>> plot_focal_plane(mask, "y2e1_focal_plane.png")     # doctest: +SKIP
+    >>> mask = EpochMask.from_maps(CountMaps(data_path(DEMO_COUNTS_FILENAME)), "Y2E1")
+    >>> figure = plot_focal_plane(mask, "y2e1_focal_plane.png")
     """
     from matplotlib import patheffects
     from matplotlib.colors import ListedColormap
@@ -3033,7 +3060,7 @@ def plot_survey_summary(maps, path: str = None, *, fp_rate: float = DEFAULT_FP_R
 
     Examples
     --------
-    >>> plot_survey_summary(CountMaps(), "survey_summary.png")   # doctest: +SKIP
+    >>> figure = plot_survey_summary(CountMaps(data_path(DEMO_COUNTS_FILENAME)), "survey_summary.png")
     """
     from matplotlib.figure import Figure
 
