@@ -1292,6 +1292,7 @@ class _CountAccumulator:
         self.n_epochs = n_epochs
         self.totals = {}  # epoch index -> flat (62 * 65536,) uint16 counts
         self.clipped = {}  # epoch index -> bool flags of the cells clipped at 65535
+        self.peak = {}  # epoch index -> an upper bound of its largest count
         self.n_events = np.zeros(n_epochs, dtype=np.int64)
         self.n_read = self.n_bad = self.n_no_epoch = 0
         # Cells waiting to be binned, per epoch: binning many small groups one
@@ -1307,7 +1308,7 @@ class _CountAccumulator:
         if not n_rows:
             return
         # Cell indices in cache-sized blocks; -1 marks bad rows and rows in no epoch.
-        flat = np.empty(n_rows, dtype=np.intp)
+        flat = np.empty(n_rows, dtype=np.int32)  # 62 x 65536 cells fit
         for start in range(0, n_rows, _BIN_BLOCK):
             stop = start + _BIN_BLOCK
             block_flat, good = _cell_index(ccdnum[start:stop], x[start:stop], y[start:stop])
@@ -1328,13 +1329,14 @@ class _CountAccumulator:
         if first == last:  # one epoch in the chunk: no selection at all
             groups = [(first, flat)]
         else:
-            # Catalogs sorted by exposure: contiguous slices, else a selection per epoch.
+            # Catalogs sorted by exposure give contiguous slices per epoch; other
+            # orders are sorted by epoch first (a radix sort of small integers).
             running = np.maximum.accumulate(epoch_idx)
-            if ((running == epoch_idx) | no_epoch).all():
-                bounds = np.searchsorted(running, np.arange(first, last + 2))
-                groups = [(first + i, flat[bounds[i]:bounds[i + 1]]) for i in range(last - first + 1)]
-            else:
-                groups = [(index, flat[epoch_idx == index]) for index in range(first, last + 1)]
+            if not ((running == epoch_idx) | no_epoch).all():
+                order = np.argsort(epoch_idx, kind="stable")
+                running, flat = epoch_idx[order], flat[order]
+            bounds = np.searchsorted(running, np.arange(first, last + 2))
+            groups = [(first + i, flat[bounds[i]:bounds[i + 1]]) for i in range(last - first + 1)]
         for index, cells in groups:
             if cells.size and cells.min() < 0:
                 cells = cells[cells >= 0]
@@ -1358,8 +1360,16 @@ class _CountAccumulator:
         if total is None:
             total = self.totals[index] = np.zeros(N_CCD * _MAP_CELLS, dtype=np.uint16)
         binned = np.bincount(cells, minlength=total.size)
+        # The sum cannot pass 65535 while the two maxima add up to less: then
+        # one in-place add does (the common case, by far).
+        peak = self.peak.get(index, 0) + int(binned.max())
+        if peak <= _UINT16_MAX:
+            np.add(total, binned, out=total, casting="unsafe")
+            self.peak[index] = peak
+            return
         binned += total
         over = binned > _UINT16_MAX
+        self.peak[index] = _UINT16_MAX
         if over.any():
             if index in self.clipped:
                 self.clipped[index] |= over
@@ -1376,8 +1386,8 @@ class _CountAccumulator:
 
 #: Events whose cells are computed at a time (fits the CPU cache).
 _BIN_BLOCK = 1 << 18
-#: Cells kept waiting before binning (32 MB).
-_PENDING_EVENTS = 1 << 22
+#: Cells kept waiting before binning (32 MB of int32).
+_PENDING_EVENTS = 1 << 23
 
 
 class _EpochLookup:
@@ -1558,24 +1568,6 @@ def _finish_gather(accumulator, table) -> GatherResult:
     return result
 
 
-def _catalog_columns(colnames, names, source):
-    """The EXPNUM, CCDNUM, x, y column names, checked (X_IMAGE/Y_IMAGE fallback)."""
-    expnum_col, ccdnum_col, x_col, y_col = names
-    colnames = list(colnames)
-    if (x_col, y_col) == (DEFAULT_COLUMNS["x"], DEFAULT_COLUMNS["y"]) and not (
-            x_col in colnames and y_col in colnames):
-        for fx, fy in (("X_IMAGE", "Y_IMAGE"), ("X", "Y")):
-            if fx in colnames and fy in colnames:
-                log.info("%s: no %s/%s columns; using %s/%s", source, x_col, y_col, fx, fy)
-                x_col, y_col = fx, fy
-                break
-    for role, name in (("expnum", expnum_col), ("ccdnum", ccdnum_col), ("x", x_col), ("y", y_col)):
-        if name not in colnames:
-            raise BadInputError(f"{source}: no column {name!r} (set --{role}_col; columns are "
-                                f"{', '.join(colnames[:20])})")
-    return expnum_col, ccdnum_col, x_col, y_col
-
-
 def _fits_table_chunks(path, names, chunk_rows):
     """Yield (expnum, ccdnum, x, y) blocks of the first FITS table, row range by row range.
 
@@ -1601,7 +1593,7 @@ def _fits_table_chunks(path, names, chunk_rows):
             raise BadInputError(f"{path}: no table HDU")
         header = hdu.header.copy()
         columns = hdu.columns
-        names = _catalog_columns(columns.names, names, path)
+        names = resolve_columns(columns.names, *names, source=path)
         streamable = (isinstance(hdu, fits.BinTableHDU) and header.get("PCOUNT", 0) == 0
                       and columns.dtype.itemsize == header["NAXIS1"])
         if streamable:
@@ -1657,7 +1649,7 @@ def _parquet_chunks(path, names, chunk_rows):
     except Exception as exc:  # pyarrow raises its own error types
         raise BadInputError(f"{path}: not a readable Parquet file ({exc})") from None
     with parquet:
-        names = _catalog_columns(parquet.schema_arrow.names, names, path)
+        names = resolve_columns(parquet.schema_arrow.names, *names, source=path)
         for batch in parquet.iter_batches(batch_size=chunk_rows, columns=list(dict.fromkeys(names))):
             arrays = []
             for name in names:
@@ -1687,7 +1679,7 @@ def _table_chunks(path, names, table_format):
         raise
     except Exception as exc:  # astropy raises many types for unreadable files
         raise BadInputError(f"{path}: cannot read as a table ({type(exc).__name__}: {exc})") from None
-    names = _catalog_columns(table.colnames, names, path)
+    names = resolve_columns(table.colnames, *names, source=path)
     values = []
     for name, fill in zip(names, (-1, 0, np.nan, np.nan)):
         column = table[name]
@@ -3251,10 +3243,10 @@ def _add_mask_arguments(parser, modes):
                        help="--input: drop rows with CCDNUM outside 1..62 or a NaN or off-CCD "
                             "position (default: stop with an error naming them)")
     group.add_argument("--format", metavar="FORMAT", dest="table_format",
-                       help="--input: astropy table format of input and output (default: by extension)")
+                       help="--input, --gather: astropy table format of the tables (default: by extension)")
     for role, default in DEFAULT_COLUMNS.items():
         group.add_argument(f"--{role}_col", default=default, metavar="NAME",
-                           help=f"--input: {role} column (default %(default)s"
+                           help=f"--input, --gather: {role} column (default %(default)s"
                                 + ("; falls back to X_IMAGE/Y_IMAGE or X/Y)" if role in "xy" else ")"))
 
 
