@@ -1861,36 +1861,19 @@ def _add_gather_arguments(parser, modes):
                        help="build DES-format count maps from transient catalog(s) "
                             "(FITS, Parquet, or any table astropy reads); writes -o")
     group = parser.add_argument_group("gathering count maps (--gather)")
-    _add_option_once(parser, group, "-o", "--output", default=None,
-                     help="output file (--gather: default transient_maps.fits.gz)")
-    _add_option_once(parser, group, "--overwrite", action="store_true",
-                     help="replace an existing output file")
-    for role, default in DEFAULT_COLUMNS.items():
-        _add_option_once(parser, group, f"--{role}_col", default=default,
-                         help=f"catalog column of {role} (default {default})")
-    _add_option_once(parser, group, "--epochs_file", default=None, metavar="FITS",
-                     help="the epoch table (default: the shipped DES OPS_EPOCH table)")
     group.add_argument("--demo", action="store_true",
                        help="--gather: flag the maps as synthetic demo data (DEMO = T)")
-    group.add_argument("--chunk_rows", type=int, default=GATHER_CHUNK_ROWS,
+    group.add_argument("--chunk_rows", type=_positive_int, default=GATHER_CHUNK_ROWS,
                        help=f"--gather: catalog rows read at a time (default {GATHER_CHUNK_ROWS})")
 
 
-def _add_option_once(parser, group, *flags, **options):
-    """Add an option unless another section already defined it (shared options)."""
-    known = parser._option_string_actions  # argparse has no public lookup
-    flags = [flag for flag in flags if flag not in known]
-    if any(flag.startswith("--") for flag in flags):
-        group.add_argument(*flags, **options)
-
-
 def _run_gather(args) -> int:
-    output = getattr(args, "output", None) or "transient_maps.fits.gz"
+    output = args.output or "transient_maps.fits.gz"
     result = gather_data(
-        args.gather, output, epochs=getattr(args, "epochs_file", None),
+        args.gather, output, epochs=args.epochs_file,
         expnum_col=args.expnum_col, ccdnum_col=args.ccdnum_col, x_col=args.x_col, y_col=args.y_col,
-        chunk_rows=args.chunk_rows, table_format=getattr(args, "table_format", None),
-        demo=args.demo, overwrite=getattr(args, "overwrite", False),
+        chunk_rows=args.chunk_rows, table_format=args.table_format,
+        demo=args.demo, overwrite=args.overwrite,
     )
     demo = " [SYNTHETIC DEMO maps: DEMO = T]" if args.demo else ""
     print(f"{result.summary()}; wrote {output}{demo}", file=sys.stderr)
@@ -2462,12 +2445,8 @@ def _add_simulate_arguments(parser, modes):
     group.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     group.add_argument("--sim_background", type=float, default=3.0,
                        help="mean astrophysical transients per 8x16 px cell per epoch (default 3)")
-    group.add_argument("--sim_exposures", type=int, default=None,
+    group.add_argument("--sim_exposures", type=_positive_int, default=None,
                        help="exposures per epoch (default: 19.4%% of the epoch's expnums)")
-    _add_option_once(parser, group, "--overwrite", action="store_true",
-                     help="replace an existing output file")
-    _add_option_once(parser, group, "--epochs_file", default=None, metavar="FITS",
-                     help="the epoch table (default: the shipped DES OPS_EPOCH table)")
 
 
 def simulate_to_file(path: str, epochs=("Y2E1",), *, seed: int = 0, background: float = 3.0,
@@ -2517,8 +2496,8 @@ def _astropy_format(path):
 def _run_simulate(args) -> int:
     n_rows = simulate_to_file(
         args.simulate, args.sim_epochs, seed=args.seed, background=args.sim_background,
-        n_exposures=args.sim_exposures, epoch_table=getattr(args, "epochs_file", None),
-        overwrite=getattr(args, "overwrite", False))
+        n_exposures=args.sim_exposures, epoch_table=args.epochs_file,
+        overwrite=args.overwrite)
     print(f"wrote {args.simulate}: {n_rows} simulated transients in {', '.join(args.sim_epochs)} "
           f"(seed {args.seed})", file=sys.stderr)
     return 0
@@ -3230,7 +3209,8 @@ def _add_mask_arguments(parser, modes):
                             "reproduces the published DES masks (default %(default)s)")
     group.add_argument("-o", "--output", metavar="FILE",
                        help="output file (default: transient_masks_EPOCH.fits.fz for --epoch, "
-                            "STEM_filtered.EXT in the working directory for --input)")
+                            "STEM_filtered.EXT in the working directory for --input, "
+                            "transient_maps.fits.gz for --gather)")
     group.add_argument("--overwrite", action="store_true", help="replace an existing output file")
     group.add_argument("--no-compress", dest="compress", action="store_false",
                        help="--epoch: write plain FITS (about 520 MB) instead of tile-compressed (about 1 MB)")
