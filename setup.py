@@ -22,8 +22,7 @@ def version():
 with open(os.path.join(HERE, "README.md")) as readme:
     long_description = readme.read()
 
-DATA_FILES = [name for name in ("ops_epochs.fits", "demo_transient_maps.fits.gz", "decam_ccds.csv")
-              if os.path.exists(os.path.join(HERE, name))]
+DATA_FILES = ["ops_epochs.fits", "demo_transient_maps.fits.gz", "decam_ccds.csv"]
 
 setup(
     name="transient_masks",
