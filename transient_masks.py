@@ -1457,21 +1457,6 @@ def _cell_index(ccdnum, x, y):
     return flat, good
 
 
-def _load_epoch_table(epochs):
-    """The epoch table (a path, a Table or None for the shipped one), sorted by MINEXPNUM."""
-    from astropy.table import Table
-
-    if epochs is None or isinstance(epochs, (str, os.PathLike)):
-        return read_epochs(None if epochs is None else os.fspath(epochs))
-    table = Table(epochs, copy=True)
-    missing = {"NAME", "MINEXPNUM", "MAXEXPNUM"} - set(table.colnames)
-    if missing:
-        raise BadInputError(f"epoch table lacks column(s) {', '.join(sorted(missing))}")
-    table["NAME"] = np.char.strip(np.asarray(table["NAME"]).astype(str))
-    table.sort("MINEXPNUM")
-    return table
-
-
 def bin_events(epoch_idx, ccdnum, x, y, n_epochs: int) -> np.ndarray:
     """Count events in the DES map cells of each epoch (integer arithmetic).
 
@@ -1533,7 +1518,7 @@ def gather_arrays(expnum, ccdnum, x, y, *, epochs=None,
     >>> list(result.counts), result.n_binned, result.n_no_epoch
     (['Y2E1'], 2, 1)
     """
-    table = _load_epoch_table(epochs)
+    table = read_epochs(epochs)
     accumulator = _CountAccumulator(len(table))
     expnum, ccdnum, x, y = (np.asarray(a) for a in (expnum, ccdnum, x, y))
     if not expnum.shape == ccdnum.shape == x.shape == y.shape:
@@ -1763,7 +1748,7 @@ def gather_data(catalogs, output: str = None, *, epochs=None, expnum_col: str = 
     if int(chunk_rows) < 1:
         raise BadInputError(f"chunk_rows={chunk_rows}: must be a positive integer")
     chunk_rows = int(chunk_rows)
-    table = _load_epoch_table(epochs)
+    table = read_epochs(epochs)
     if output is not None:  # fail before the long read, not after it
         _check_output(output, overwrite, catalogs)
     lookup = _EpochLookup(table["MINEXPNUM"], table["MAXEXPNUM"])
@@ -2237,7 +2222,7 @@ def _simulate_epoch(row, rng, camera, *, background, n_exposures, rate_scatter, 
 
 def _sim_rows(epochs, epoch_table):
     """The epoch-table rows of the named epochs, with their table index."""
-    table = _load_epoch_table(epoch_table)
+    table = read_epochs(epoch_table)
     names = list(table["NAME"])
     if isinstance(epochs, str):
         epochs = [epochs]
