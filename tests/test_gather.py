@@ -101,7 +101,10 @@ def test_epoch_lookup_matches_epoch_index(rng):
     assert (expected >= 0).any() and (expected < 0).any()
 
 
-def test_unsorted_mixed_epochs_equal_sorted(rng):
+@pytest.mark.parametrize("pending", [tm._PENDING_EVENTS, 2500])
+def test_unsorted_mixed_epochs_equal_sorted(rng, monkeypatch, pending):
+    """Also with a small backlog, so epochs are binned in many partial batches."""
+    monkeypatch.setattr(tm, "_PENDING_EVENTS", pending)
     catalog = random_catalog(rng, 20000, epochs=list(EPOCHS["NAME"]))
     mixed = tm.gather_arrays(*(catalog[c] for c in catalog.colnames), chunk_rows=3000)
     catalog.sort("EXPNUM")
