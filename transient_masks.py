@@ -52,7 +52,7 @@ __all__ = [
     "KEEP", "MASKED", "NO_EPOCH", "BAD",
     "BadInputError",
     # files, epochs and count maps
-    "data_path", "atomic_output", "read_epochs", "epoch_index", "find_counts_file", "CountMaps",
+    "data_path", "check_output", "atomic_output", "read_epochs", "epoch_index", "find_counts_file", "CountMaps",
     # masks
     "rebin_counts", "poisson_threshold", "EpochMask", "TransientMasks",
     # filtering event tables
@@ -141,6 +141,23 @@ def data_path(filename: str) -> str:
     raise FileNotFoundError(f"{filename}: not found in {', '.join(places)}")
 
 
+def check_output(path: str, overwrite: bool = False, inputs=()) -> None:
+    """Refuse an output path that would write over an input or, unless
+    ``overwrite``, an existing file, or that lies in no existing directory.
+
+    `atomic_output` checks this; call it early to refuse before a long job.
+    """
+    final = os.path.abspath(path)
+    for name in inputs:
+        if os.path.abspath(name) == final or (
+                os.path.exists(name) and os.path.exists(final) and os.path.samefile(name, final)):
+            raise BadInputError(f"{path}: refusing to write over the input file")
+    if os.path.exists(final) and not overwrite:
+        raise BadInputError(f"{path}: output exists (use --overwrite to replace it)")
+    if not os.path.isdir(os.path.dirname(final)):
+        raise BadInputError(f"{path}: output directory {os.path.dirname(final)} does not exist")
+
+
 @contextlib.contextmanager
 def atomic_output(path: str, overwrite: bool = False, inputs=()):
     """Context manager giving a temporary path that becomes ``path`` on success.
@@ -157,17 +174,9 @@ def atomic_output(path: str, overwrite: bool = False, inputs=()):
     inputs : iterable of str
         Input files that ``path`` must not be (never write over an input).
     """
+    check_output(path, overwrite, inputs)
     final = os.path.abspath(path)
-    for name in inputs:
-        if os.path.exists(name) and os.path.exists(final) and os.path.samefile(name, final):
-            raise BadInputError(f"{path}: refusing to write over the input file")
-        if os.path.abspath(name) == final:
-            raise BadInputError(f"{path}: refusing to write over the input file")
-    if os.path.exists(final) and not overwrite:
-        raise BadInputError(f"{path}: output exists (use --overwrite to replace it)")
     directory = os.path.dirname(final)
-    if not os.path.isdir(directory):
-        raise BadInputError(f"{path}: output directory {directory} does not exist")
     # Keep the final suffix so that writers that choose a format by extension
     # (astropy Table.write, savefig) see the right one.
     base = os.path.basename(final)
@@ -1750,7 +1759,7 @@ def gather_data(catalogs, output: str = None, *, epochs=None, expnum_col: str = 
     chunk_rows = int(chunk_rows)
     table = read_epochs(epochs)
     if output is not None:  # fail before the long read, not after it
-        _check_output(output, overwrite, catalogs)
+        check_output(output, overwrite, catalogs)
     lookup = _EpochLookup(table["MINEXPNUM"], table["MAXEXPNUM"])
     accumulator = _CountAccumulator(len(table))
     names = (expnum_col, ccdnum_col, x_col, y_col)
@@ -1778,19 +1787,6 @@ def gather_data(catalogs, output: str = None, *, epochs=None, expnum_col: str = 
                          extra_cards=simulation_cards)
         result.output = output
     return result
-
-
-def _check_output(output, overwrite, inputs):
-    """Refuse a bad output path before any work (atomic_output checks again)."""
-    final = os.path.abspath(output)
-    for name in inputs:
-        if os.path.abspath(name) == final or (
-                os.path.exists(name) and os.path.exists(final) and os.path.samefile(name, final)):
-            raise BadInputError(f"{output}: refusing to write over the input file")
-    if os.path.exists(final) and not overwrite:
-        raise BadInputError(f"{output}: output exists (use --overwrite to replace it)")
-    if not os.path.isdir(os.path.dirname(final)):
-        raise BadInputError(f"{output}: output directory {os.path.dirname(final)} does not exist")
 
 
 def write_count_maps(path: str, result: GatherResult, *, demo: bool = False, overwrite: bool = False,
@@ -3119,9 +3115,8 @@ def _run_plot(args) -> int:
     figures = [os.path.join(plot_dir, f"{stem}.{suffix}") for suffix in ("png", "pdf")]
     outputs = ([pdf_pages] if pdf_pages else []) + figures
     # refuse before any work rather than after half the files are written
-    existing = [path for path in outputs if os.path.exists(path)]
-    if existing and not args.overwrite:
-        raise BadInputError(f"{existing[0]}: output exists (use --overwrite to replace it)")
+    for path in outputs:
+        check_output(path, args.overwrite)
     if args.summary:
         figure = plot_survey_summary(maps, None, **options)
     else:
@@ -3139,15 +3134,69 @@ def _run_plot(args) -> int:
 
 # ---- Good background pixels
 
-# (issue 5) the CLI hooks of des_background live here; the work is in that module.
+# The work is in des_background.py (see the README for why it is a second
+# module); only its command-line mode lives here, and imports it when used.
+
+_BACKGROUND_FILES = ("se_image", "se_weight", "se_bmask", "coadd_weight", "coadd_bmask", "coadd_seg")
 
 
 def _add_background_arguments(parser, modes):
     """Add the --background mode and its options to the command-line parser."""
+    modes.add_argument("--background", action="store_true",
+                       help="find the good background pixels of a DES single-epoch image "
+                            "(give --info and --se_index, or the six image options)")
+    group = parser.add_argument_group(
+        "good background pixels (--background); images as PATH or PATH[EXT], EXT a name or number")
+    group.add_argument("--info", metavar="YAML", help="pizza-cutter info file of the coadd tile")
+    group.add_argument("--se_index", type=int, metavar="N",
+                       help="index of the SE image in the info's src_info (from 0)")
+    for role in _BACKGROUND_FILES:
+        group.add_argument(f"--{role}", metavar="FITS", help=f"the {role.replace('_', ' ')}")
+    group.add_argument("--ignore_bits", default="", metavar="NAMES",
+                       help="bmask bits to ignore in both bmasks, DES names, e.g. SUSPECT,STREAK")
+    group.add_argument("--no_transient_cut", action="store_true",
+                       help="do not cut the pixels in the transient masks")
+    group.add_argument("--png", metavar="FILE",
+                       help="the picture (default: the output name with .png)")
 
 
 def _run_background(args) -> int:
-    raise NotImplementedError("--background")
+    import des_background
+
+    explicit = [role for role in _BACKGROUND_FILES if getattr(args, role)]
+    if args.info is not None:
+        if args.se_index is None or explicit:
+            raise BadInputError("--background: give --info with --se_index, and none of --"
+                                + ", --".join(_BACKGROUND_FILES))
+        files = des_background.ImageFiles.from_info(args.info, args.se_index)
+    else:
+        missing = [role for role in _BACKGROUND_FILES if role not in explicit]
+        if missing:
+            raise BadInputError("--background: missing --" + ", --".join(missing)
+                                + " (or give --info and --se_index)")
+        files = des_background.ImageFiles(*(getattr(args, role) for role in _BACKGROUND_FILES))
+    ignore_bits = des_background.bits_value(args.ignore_bits)
+    if args.output:
+        output = args.output
+    else:
+        stem = os.path.basename(files.se_image[0])
+        output = f"{stem[: len(stem) - len(_suffix(stem))]}_goodbkg.fits"
+    png = args.png or f"{output[: len(output) - len(_suffix(output))]}.png"
+    for path in (output, png):  # refuse before the work
+        check_output(path, args.overwrite, files.paths())
+    masks = None
+    if not args.no_transient_cut:
+        masks = TransientMasks(args.counts, epochs=args.epochs_file, **_mask_options(args))
+    pixels = des_background.good_background(files, transient_masks=masks, ignore_bits=ignore_bits)
+    des_background.write_outputs(pixels, output, png, overwrite=args.overwrite)
+    table = pixels.summary()
+    table["FRACTION"].format = ".4f"
+    print("\n".join(table.pformat(max_lines=-1, max_width=-1)))
+    demo = " [transient masks from SYNTHETIC DEMO DATA]" if pixels.demo else ""
+    cut = f"transient masks of {pixels.epoch}" if pixels.epoch else "no transient-mask cut"
+    print(f"{files.se_image[0]}: {100 * pixels.good.mean():.2f}% good background pixels ({cut}){demo}; "
+          f"wrote {output}, {png}", file=sys.stderr)
+    return 0
 
 
 # ---- Command line
