@@ -235,7 +235,7 @@ def nearest_coadd_pixel(se_wcs, coadd_wcs, se_shape, coadd_shape, *, grid_step: 
     Returns
     -------
     (coadd_iy, coadd_ix, on_coadd, max_error) : ndarray, ndarray, ndarray, float
-        (ny, nx) int64 0-indexed coadd row and column (clipped into the coadd
+        (ny, nx) int32 0-indexed coadd row and column (clipped into the coadd
         where it is off); a bool array, True where the nearest coadd pixel is
         inside the coadd of shape ``coadd_shape``; and the interpolation error
         of `se_to_coadd`.
@@ -252,19 +252,30 @@ def nearest_coadd_pixel(se_wcs, coadd_wcs, se_shape, coadd_shape, *, grid_step: 
     """
     coadd_x, coadd_y, error = se_to_coadd(se_wcs, coadd_wcs, se_shape, grid_step=grid_step,
                                           n_check=n_check, tolerance=tolerance)
-    # A position within `margin` of a half-integer could round the other way exactly.
+    # A position within `margin` of a half-integer could round the other way
+    # exactly: those few pixels are recomputed exactly.
     margin = max(1e-6, 10 * error)
-    close = (np.abs((coadd_x % 1.0) - 0.5) < margin) | (np.abs((coadd_y % 1.0) - 0.5) < margin)
+    rounded = []
+    close = np.zeros(coadd_x.shape, dtype=bool)
+    for position in (coadd_x, coadd_y):
+        position += 0.5  # in place: nearest pixel = floor(position + 0.5)
+        index = np.floor(position)
+        position -= index  # now the distance above the pixel boundary, in [0, 1)
+        close |= position < margin
+        close |= position > 1.0 - margin
+        rounded.append(index)
+    coadd_ix, coadd_iy = rounded
     if close.any():
         rows, cols = np.nonzero(close)
-        coadd_x[rows, cols], coadd_y[rows, cols] = _exact_coadd_position(se_wcs, coadd_wcs, cols, rows)
+        exact_x, exact_y = _exact_coadd_position(se_wcs, coadd_wcs, cols, rows)
+        coadd_ix[rows, cols], coadd_iy[rows, cols] = np.floor(exact_x + 0.5), np.floor(exact_y + 0.5)
         log.debug("%d pixels near a coadd pixel boundary recomputed exactly", rows.size)
-    coadd_ix = np.floor(coadd_x + 0.5)
-    coadd_iy = np.floor(coadd_y + 0.5)
     n_y, n_x = coadd_shape
-    on_coadd = (coadd_ix >= 0) & (coadd_ix < n_x) & (coadd_iy >= 0) & (coadd_iy < n_y)
-    coadd_ix = np.clip(coadd_ix, 0, n_x - 1).astype(np.int64)
-    coadd_iy = np.clip(coadd_iy, 0, n_y - 1).astype(np.int64)
+    on_coadd = (coadd_ix >= 0) & (coadd_ix < n_x)
+    on_coadd &= coadd_iy >= 0
+    on_coadd &= coadd_iy < n_y
+    coadd_ix = np.clip(coadd_ix, 0, n_x - 1, out=coadd_ix).astype(np.int32)
+    coadd_iy = np.clip(coadd_iy, 0, n_y - 1, out=coadd_iy).astype(np.int32)
     return coadd_iy, coadd_ix, on_coadd, error
 
 
