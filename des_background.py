@@ -332,7 +332,8 @@ class ImageFiles:
     def from_info(cls, info_path: str, se_index: int) -> "ImageFiles":
         """The files of SE image ``se_index`` of a pizza-cutter info YAML.
 
-        Relative paths in the YAML are taken relative to the YAML's directory.
+        Environment variables (``$MEDS_DIR/...``) and ``~`` in its paths are
+        expanded; relative paths are taken relative to the YAML's directory.
 
         Examples
         --------
@@ -371,7 +372,7 @@ class ImageFiles:
             path = mapping.get(f"{key}_path")
             if not path:
                 raise tm.BadInputError(f"{info_path}: {where} has no {key}_path")
-            path = os.path.join(base, os.path.expanduser(str(path)))
+            path = os.path.join(base, os.path.expandvars(os.path.expanduser(str(path))))
             return path, mapping.get(f"{key}_ext", default_ext)
 
         where = f"src_info[{se_index}]"
@@ -392,8 +393,13 @@ class ImageFiles:
         return list(dict.fromkeys(getattr(self, role)[0] for role in ROLES))
 
 
-def _read_hdu(path, ext, role):
-    """(data, header) of one image HDU, with one-line errors naming file, extension and role."""
+def _read_image(path, ext, role, box=None):
+    """(data, header, shape) of one 2-d image HDU.
+
+    ``box`` = (y0, y1, x0, x1) reads only that part (through ``section``: for a
+    tile-compressed image only the tiles it needs); an empty box reads no data
+    (None).  One-line errors name the file, the extension and the option.
+    """
     from astropy.io import fits
 
     option = "--" + role
@@ -406,12 +412,41 @@ def _read_hdu(path, ext, role):
             except (KeyError, IndexError):
                 names = ", ".join(str(h.name or i) for i, h in enumerate(hdul))
                 raise tm.BadInputError(f"{path}: no extension {ext!r} ({option}; it has {names})") from None
-            data = hdu.data
-            if data is None or data.ndim != 2:
+            if not hdu.is_image or len(hdu.shape) != 2:
                 raise tm.BadInputError(f"{path}[{ext}]: not a 2-d image ({option})")
-            return np.array(data), hdu.header.copy()
+            header, shape = hdu.header.copy(), tuple(int(n) for n in hdu.shape)
+            if box is None:
+                return np.array(hdu.data), header, shape
+            y0, y1, x0, x1 = box
+            data = np.array(hdu.section[y0:y1, x0:x1]) if y1 > y0 and x1 > x0 else None
+            return data, header, shape
     except OSError as exc:
         raise tm.BadInputError(f"{path}: cannot read as FITS ({option}: {exc})") from None
+
+
+_NO_DATA = (0, 0, 0, 0)
+
+
+def _coadd_box(se_wcs, coadd_wcs, se_shape, coadd_shape, margin=2):
+    """(y0, y1, x0, x1): the part of the coadd under an SE image, plus ``margin``.
+
+    From the exact map of the SE image's edges and a coarse interior grid (the
+    map is smooth and nearly affine, so its extremes are on the edges);
+    `BackgroundPixels` checks that the box holds every pixel it needs.
+    """
+    n_y, n_x = se_shape
+    edge_x = np.r_[np.arange(n_x), np.arange(n_x), np.zeros(n_y), np.full(n_y, n_x - 1)]
+    edge_y = np.r_[np.zeros(n_x), np.full(n_x, n_y - 1), np.arange(n_y), np.arange(n_y)]
+    mesh_x, mesh_y = np.meshgrid(_grid(n_x, GRID_STEP), _grid(n_y, GRID_STEP))
+    x, y = _exact_coadd_position(se_wcs, coadd_wcs, np.r_[edge_x, mesh_x.ravel()],
+                                 np.r_[edge_y, mesh_y.ravel()])
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        return (0, coadd_shape[0], 0, coadd_shape[1])  # read it all; the map will complain
+    y0 = int(np.clip(np.floor(y.min() + 0.5) - margin, 0, coadd_shape[0]))
+    y1 = int(np.clip(np.floor(y.max() + 0.5) + margin + 1, 0, coadd_shape[0]))
+    x0 = int(np.clip(np.floor(x.min() + 0.5) - margin, 0, coadd_shape[1]))
+    x1 = int(np.clip(np.floor(x.max() + 0.5) + margin + 1, 0, coadd_shape[1]))
+    return (y0, y1, x0, x1) if y1 > y0 and x1 > x0 else _NO_DATA
 
 
 def _celestial_wcs(header, what):
@@ -453,6 +488,10 @@ class BackgroundPixels:
         ``"SUSPECT,STREAK"``), in both bmasks.
     se_image : array_like, optional
         The SE image itself, for the picture.
+    coadd_shape : (int, int), optional
+        The whole coadd's (ny, nx) when the coadd arrays are a cutout of it.
+    coadd_offset : (int, int)
+        The coadd pixel (y, x), 0-indexed, of the cutout's first pixel.
     grid_step, n_check, tolerance
         Of the SE -> coadd map (`se_to_coadd`).
 
@@ -472,8 +511,9 @@ class BackgroundPixels:
     """
 
     def __init__(self, se_wcs, coadd_wcs, *, se_weight, se_bmask, coadd_weight, coadd_bmask, coadd_seg,
-                 transient_mask=None, ignore_bits=0, se_image=None, grid_step: int = GRID_STEP,
-                 n_check: int = N_CHECK, tolerance: float = MAP_TOLERANCE):
+                 transient_mask=None, ignore_bits=0, se_image=None, coadd_shape=None,
+                 coadd_offset=(0, 0), grid_step: int = GRID_STEP, n_check: int = N_CHECK,
+                 tolerance: float = MAP_TOLERANCE):
         se_weight, se_bmask = np.asarray(se_weight), np.asarray(se_bmask)
         coadd_weight, coadd_bmask, coadd_seg = (np.asarray(a) for a in (coadd_weight, coadd_bmask, coadd_seg))
         _same_shape({"SE weight": se_weight, "SE bmask": se_bmask}
@@ -485,10 +525,25 @@ class BackgroundPixels:
         self.ignore_bits = int(~keep_bits)
         self.shape = se_weight.shape
 
+        coadd_shape = coadd_weight.shape if coadd_shape is None else tuple(coadd_shape)
         coadd_iy, coadd_ix, on_coadd, self.map_error = nearest_coadd_pixel(
-            se_wcs, coadd_wcs, self.shape, coadd_weight.shape, grid_step=grid_step, n_check=n_check,
+            se_wcs, coadd_wcs, self.shape, coadd_shape, grid_step=grid_step, n_check=n_check,
             tolerance=tolerance)
         self.on_coadd = on_coadd
+        # Indices into the (cutout) coadd arrays; they must hold every pixel on the coadd.
+        (y0, x0), (cut_ny, cut_nx) = coadd_offset, coadd_weight.shape
+        coadd_iy -= y0
+        coadd_ix -= x0
+        in_cutout = (coadd_iy >= 0) & (coadd_iy < cut_ny)
+        in_cutout &= coadd_ix >= 0
+        in_cutout &= coadd_ix < cut_nx
+        if (on_coadd & ~in_cutout).any():
+            raise MappingError(f"the coadd cutout ({cut_nx}x{cut_ny} at x0={x0}, y0={y0}) does not hold "
+                             "every coadd pixel the SE image needs")
+        if not on_coadd.any():
+            coadd_weight = coadd_bmask = coadd_seg = np.zeros((1, 1))  # nothing to look up
+        np.clip(coadd_iy, 0, max(cut_ny - 1, 0), out=coadd_iy)
+        np.clip(coadd_ix, 0, max(cut_nx - 1, 0), out=coadd_ix)
 
         def at_coadd(image):
             return image[coadd_iy, coadd_ix]
@@ -506,7 +561,6 @@ class BackgroundPixels:
         self.transient_cut = transient_mask is not None
         self.reason = _first_reason([self.failed[name] for name in REASONS[1:]])
         self.good = self.reason == 0
-        self.coadd_iy, self.coadd_ix = coadd_iy, coadd_ix
 
     def summary(self):
         """How many pixels each cut removed, as an astropy Table.
@@ -612,10 +666,11 @@ class BackgroundPixels:
         return figure
 
 
-def _same_shape(arrays):
-    shapes = {name: a.shape for name, a in arrays.items()}
+def _same_shape(shapes, source=""):
+    """One-line error unless every named shape (or array) is the same."""
+    shapes = {name: getattr(value, "shape", value) for name, value in shapes.items()}
     if len(set(shapes.values())) > 1:
-        raise tm.BadInputError("images of different shapes: " + ", ".join(
+        raise tm.BadInputError((f"{source}: " if source else "") + "images of different shapes: " + ", ".join(
             f"{name} {shape[1]}x{shape[0]}" if len(shape) == 2 else f"{name} {shape}"
             for name, shape in shapes.items()))
 
@@ -658,10 +713,15 @@ def good_background(files: ImageFiles, *, transient_masks=None, ignore_bits=0,
     transient_masks.BadInputError: se.fits: file not found (--se_image)
     """
     ignore = bits_value(ignore_bits) if isinstance(ignore_bits, str) else int(ignore_bits)
-    arrays, headers = {}, {}
-    for role in ROLES:
+    arrays, headers, shapes = {}, {}, {}
+    for role in ROLES:  # SE images whole; coadd headers only, for now
         path, ext = getattr(files, role)
-        arrays[role], headers[role] = _read_hdu(path, ext, role)
+        box = None if role.startswith("se_") else _NO_DATA
+        arrays[role], headers[role], shapes[role] = _read_image(path, ext, role, box)
+    where = files.source or files.se_image[0]
+    for kind in ("se", "coadd"):
+        _same_shape({role.replace("_", " ").replace("se ", "SE "): shapes[role]
+                     for role in ROLES if role.startswith(kind + "_")}, where)
     se_header = headers["se_image"]
     se_wcs = _celestial_wcs(se_header, files.se_image[0])
     if se_wcs is None:
@@ -673,21 +733,28 @@ def good_background(files: ImageFiles, *, transient_masks=None, ignore_bits=0,
     if coadd_wcs is None:
         raise tm.BadInputError(f"{files.coadd_weight[0]}: no usable celestial WCS in the coadd weight, "
                                "bmask or segmentation-map header")
+    coadd_shape = shapes["coadd_weight"]
+    # A DES coadd tile is 10000 x 10000: read only the part under the SE image.
+    box = _coadd_box(se_wcs, coadd_wcs, shapes["se_image"], coadd_shape)
+    for role in ("coadd_weight", "coadd_bmask", "coadd_seg"):
+        path, ext = getattr(files, role)
+        arrays[role] = _read_image(path, ext, role, box)[0]
+        if arrays[role] is None:  # the SE image is off the coadd
+            arrays[role] = np.zeros((0, 0))
+    log.debug("coadd cutout y %d..%d, x %d..%d of %s", *box, coadd_shape)
     expnum = files.expnum if files.expnum is not None else se_header.get("EXPNUM")
     ccdnum = files.ccdnum if files.ccdnum is not None else se_header.get("CCDNUM")
     transient_mask, epoch, demo = None, "", False
     if transient_masks is not None:
         transient_mask, epoch = _transient_pixels(transient_masks, expnum, ccdnum,
-                                                  arrays["se_weight"].shape, files.se_image[0])
+                                                  shapes["se_image"], files.se_image[0])
         demo = bool(transient_masks.maps.demo) and transient_mask is not None
-    try:
-        pixels = BackgroundPixels(
-            se_wcs, coadd_wcs, se_weight=arrays["se_weight"], se_bmask=arrays["se_bmask"],
-            coadd_weight=arrays["coadd_weight"], coadd_bmask=arrays["coadd_bmask"],
-            coadd_seg=arrays["coadd_seg"], transient_mask=transient_mask, ignore_bits=ignore,
-            se_image=arrays["se_image"], grid_step=grid_step)
-    except tm.BadInputError as exc:
-        raise tm.BadInputError(f"{files.source or files.se_image[0]}: {exc}") from None
+    pixels = BackgroundPixels(
+        se_wcs, coadd_wcs, se_weight=arrays["se_weight"], se_bmask=arrays["se_bmask"],
+        coadd_weight=arrays["coadd_weight"], coadd_bmask=arrays["coadd_bmask"],
+        coadd_seg=arrays["coadd_seg"], transient_mask=transient_mask, ignore_bits=ignore,
+        se_image=arrays["se_image"], coadd_shape=coadd_shape, coadd_offset=(box[0], box[2]),
+        grid_step=grid_step)
     pixels.files, pixels.se_header = files, se_header
     pixels.expnum, pixels.ccdnum, pixels.epoch, pixels.demo = expnum, ccdnum, epoch, demo
     return pixels

@@ -137,6 +137,11 @@ def test_whole_ccd_map_is_exact():
     assert np.array_equal(ix[on_coadd], true_ix[on_coadd]) and np.array_equal(iy[on_coadd], true_iy[on_coadd])
     # this CCD hangs over the tile's x = 10000 edge
     assert np.array_equal(on_coadd, true_ix < 10000) and 0 < on_coadd.mean() < 1
+    # good_background reads only the part of the tile under the CCD: a few % of it
+    y0, y1, x0, x1 = bg._coadd_box(se_wcs, coadd_wcs, (tm.CCD_NY, tm.CCD_NX), (10000, 10000))
+    assert (y0 <= iy[on_coadd]).all() and (iy[on_coadd] < y1).all()
+    assert (x0 <= ix[on_coadd]).all() and (ix[on_coadd] < x1).all()
+    assert (y1 - y0) * (x1 - x0) < 0.05 * 10000**2
 
 
 def test_map_checks_itself_loudly(wcs_pair):
@@ -191,6 +196,20 @@ def test_pixels_off_the_coadd_are_never_good(wcs_pair, rng):
     pixels = bg.BackgroundPixels(wcs_pair[2], wcs_pair[3], **perfect)
     assert (~pixels.on_coadd).any()
     np.testing.assert_array_equal(pixels.reason, np.where(pixels.on_coadd, 0, 1))
+
+
+def test_coadd_cutouts(wcs_pair, images):
+    """Coadd arrays may be a cutout of the coadd, if it holds every pixel needed."""
+    whole = make_pixels(wcs_pair, images)
+    # the SE image covers the coadd's rows 0..107 and columns 0..~224 of 244
+    y0, y1, x0, x1 = bg._coadd_box(wcs_pair[2], wcs_pair[3], SE_SHAPE, wcs_pair[4], margin=0)
+    assert (y0, y1, x0) == (0, wcs_pair[4][0], 0) and x1 < wcs_pair[4][1] - 10
+    cutout = {key: images[key][y0:y1, x0 + 2:x1] for key in ("coadd_weight", "coadd_bmask", "coadd_seg")}
+    with pytest.raises(bg.MappingError, match=r"cutout \(\d+x108 at x0=2, y0=0\) does not hold"):
+        make_pixels(wcs_pair, dict(images, **cutout), coadd_shape=wcs_pair[4], coadd_offset=(y0, x0 + 2))
+    cutout = {key: images[key][y0:y1, x0:x1] for key in ("coadd_weight", "coadd_bmask", "coadd_seg")}
+    pixels = make_pixels(wcs_pair, dict(images, **cutout), coadd_shape=wcs_pair[4], coadd_offset=(y0, x0))
+    np.testing.assert_array_equal(pixels.reason, whole.reason)
 
 
 def test_shapes_must_agree(wcs_pair, images):
@@ -352,7 +371,7 @@ def test_transient_cut_uses_the_epoch_and_ccd_of_the_exposure(files, wcs_pair, i
     (EXPLICIT[:4], "missing --se_bmask, --coadd_weight, --coadd_bmask, --coadd_seg"),
     ([*EXPLICIT[:5], "se.fits[bad]", *EXPLICIT[6:]], "se.fits: no extension 'bad' (--se_bmask; it has PRIMARY, SCI"),
     ([*EXPLICIT[:9], "se.fits[msk]", *EXPLICIT[10:]], "different shapes: coadd weight 244x108, coadd bmask 120x240"),
-    ([*EXPLICIT[:1], "coadd.fits[sci]", *EXPLICIT[2:]], "different shapes: SE weight"),
+    ([*EXPLICIT[:1], "coadd.fits[sci]", *EXPLICIT[2:]], "different shapes: SE image 244x108, SE weight 120x240"),
     ([*EXPLICIT, "--ignore_bits", "BPM,NOSUCH"], "unknown DES mask bit 'NOSUCH'"),
 ])
 def test_bad_input_is_one_line_exit_2(files, monkeypatch, capsys, args, message):
@@ -363,6 +382,19 @@ def test_bad_input_is_one_line_exit_2(files, monkeypatch, capsys, args, message)
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert digest(files) == before
     assert sorted(os.listdir(files)) == ["coadd.fits", "info.yaml", "se.fits", "seg.fits"]
+
+
+def test_se_image_off_the_coadd(files, wcs_pair, monkeypatch, capsys):
+    monkeypatch.chdir(files)
+    far = wcs_pair[1].copy()
+    far["CRPIX1"] += 5000  # the same sky, now far off this small coadd
+    for key in ("NAXIS", "NAXIS1", "NAXIS2"):
+        far.remove(key)
+    fits.PrimaryHDU(np.zeros(wcs_pair[4], np.int32), far).writeto("far.fits")
+    args = [*EXPLICIT[:6], "--coadd_weight", "far.fits", "--coadd_bmask", "far.fits", "--coadd_seg", "far.fits"]
+    assert tm.main(["--background", *args, "--no_transient_cut"]) == 0
+    capsys.readouterr()
+    assert (fits.getdata("se_goodbkg.fits") == bg.REASONS.index("OFF_COADD")).all()
 
 
 def test_no_usable_wcs(files, monkeypatch, capsys):
