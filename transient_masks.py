@@ -1344,7 +1344,7 @@ class _CountAccumulator:
             if not ((running == epoch_idx) | no_epoch).all():
                 order = np.argsort(epoch_idx, kind="stable")
                 running, flat = epoch_idx[order], flat[order]
-            bounds = np.searchsorted(running, np.arange(first, last + 2))
+            bounds = np.searchsorted(running, np.arange(first, last + 2, dtype=running.dtype))
             groups = [(first + i, flat[bounds[i]:bounds[i + 1]]) for i in range(last - first + 1)]
         for index, cells in groups:
             if cells.size and cells.min() < 0:
