@@ -3171,6 +3171,8 @@ def _run_background(args) -> int:
         files = des_background.ImageFiles.from_info(args.info, args.se_index)
     else:
         missing = [role for role in _BACKGROUND_FILES if role not in explicit]
+        if args.se_index is not None:
+            raise BadInputError("--background: --se_index needs --info")
         if missing:
             raise BadInputError("--background: missing --" + ", --".join(missing)
                                 + " (or give --info and --se_index)")

@@ -368,6 +368,7 @@ def test_transient_cut_uses_the_epoch_and_ccd_of_the_exposure(files, wcs_pair, i
     (["--info", "info.yaml", "--se_index", "0"], "missing.fits: file not found (--se_image)"),
     (["--info", "nothere.yaml", "--se_index", "0"], "nothere.yaml: pizza-cutter info file not found"),
     (["--info", "info.yaml"], "give --info with --se_index"),
+    ([*EXPLICIT, "--se_index", "1"], "--se_index needs --info"),
     (EXPLICIT[:4], "missing --se_bmask, --coadd_weight, --coadd_bmask, --coadd_seg"),
     ([*EXPLICIT[:5], "se.fits[bad]", *EXPLICIT[6:]], "se.fits: no extension 'bad' (--se_bmask; it has PRIMARY, SCI"),
     ([*EXPLICIT[:9], "se.fits[msk]", *EXPLICIT[10:]], "different shapes: coadd weight 244x108, coadd bmask 120x240"),
