@@ -3099,7 +3099,7 @@ def _add_plot_arguments(parser, modes):
 
 def _run_plot(args) -> int:
     """Run --plot EPOCH or --summary: write the figures into --plot_dir."""
-    options = dict(fp_rate=args.fp_rate, x_bin=args.x_bin, y_bin=args.y_bin, floor=args.floor)
+    options = _mask_options(args)
     plot_dir = args.plot_dir
     if not os.path.isdir(plot_dir):
         raise BadInputError(f"--plot_dir {plot_dir}: not a directory")
@@ -3366,4 +3366,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
+    # Run as a script, this module is __main__; des_background imports it by
+    # name, and must get this same module (one BadInputError class, one logger).
+    sys.modules.setdefault("transient_masks", sys.modules[__name__])
     sys.exit(main())

@@ -416,3 +416,15 @@ def test_existing_output_refused_before_work(files, monkeypatch, capsys):
     assert (files / "se_goodbkg.png").read_text() == "keep me"
     assert tm.main(["--background", *EXPLICIT, "--no_transient_cut", "-o", "se.fits"]) == 2
     assert "refusing to write over the input file" in capsys.readouterr().err
+
+
+def test_script_run_reports_bad_input_from_des_background(tmp_path):
+    """Run as a script, transient_masks is __main__: des_background's errors must still be exit 2."""
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(DATA), os.pardir, "transient_masks.py")
+    done = subprocess.run([sys.executable, script, "--background", "--info", "nothere.yaml", "--se_index", "0"],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 2
+    assert done.stderr.strip() == "transient_masks: error: nothere.yaml: pizza-cutter info file not found"
