@@ -7,10 +7,10 @@ coadd weights are both positive, the SE and coadd bmasks are both 0 (apart from
 bits the user chooses to ignore), and the pixel is outside the transient masks
 of its exposure's epoch and CCD (see `transient_masks`).
 
-The command line is `transient_masks.py --background`::
+The command line is `des_background.py` (console script ``des-background``)::
 
-    $ ./transient_masks.py --background --info DES2122+0001_r_pizza_info.yaml --se_index 3
-    $ ./transient_masks.py --background --se_image D00232321_r_c57_immasked.fits.fz[sci] \\
+    $ ./des_background.py --info DES2122+0001_r_pizza_info.yaml --se_index 3
+    $ ./des_background.py --se_image D00232321_r_c57_immasked.fits.fz[sci] \\
           --se_weight D00232321_r_c57_immasked.fits.fz[wgt] \\
           --se_bmask D00232321_r_c57_immasked.fits.fz[msk] \\
           --coadd_weight DES2122+0001_r.fits.fz[wgt] --coadd_bmask DES2122+0001_r.fits.fz[msk] \\
@@ -38,14 +38,20 @@ From Python, `good_background` reads the files of one SE image;
     >>> int(pixels.good.sum()), int((pixels.reason == REASONS.index("COADD_SEG")).sum())
     (2008, 40)
 """
+import argparse
 import logging
 import os
 import re
+import sys
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-import transient_masks as tm
+if __name__ == "__main__":
+    # Run as a script: import the masks module by name, once (see transient_masks).
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import transient_masks as tm  # noqa: E402
 
 __version__ = tm.__version__
 
@@ -60,6 +66,7 @@ __all__ = [
     "BackgroundPixels",
     "good_background",
     "write_outputs",
+    "main",
 ]
 
 log = logging.getLogger(__name__)
@@ -815,3 +822,83 @@ def write_outputs(pixels, fits_path: str, png_path: str = None, *, overwrite: bo
                  f"{pixels.ccdnum}" + (f"  transient masks {pixels.epoch}" if pixels.epoch else "")
                  + ("  [DEMO transient masks]" if pixels.demo else ""))
         pixels.plot(png_path, title=title, overwrite=overwrite, inputs=inputs)
+
+
+# ---- Command line
+
+#: The six images of the explicit form, in `ImageFiles` order.
+_IMAGE_ROLES = ("se_image", "se_weight", "se_bmask", "coadd_weight", "coadd_bmask", "coadd_seg")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser of ``des_background.py``."""
+    parser = tm._ArgumentParser(
+        prog="des_background.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    group = parser.add_argument_group(
+        "the SE image and coadd products; images as PATH or PATH[EXT], EXT a name or number")
+    group.add_argument("--info", metavar="YAML", help="pizza-cutter info file of the coadd tile")
+    group.add_argument("--se_index", type=int, metavar="N",
+                       help="index of the SE image in the info's src_info (from 0)")
+    for role in _IMAGE_ROLES:
+        group.add_argument(f"--{role}", metavar="FITS", help=f"the {role.replace('_', ' ')}")
+    group.add_argument("--ignore_bits", default="", metavar="NAMES",
+                       help="bmask bits to ignore in both bmasks, DES names, e.g. SUSPECT,STREAK")
+    group.add_argument("--no_transient_cut", action="store_true",
+                       help="do not cut the pixels in the transient masks")
+    group.add_argument("-o", "--output", metavar="FILE",
+                       help="output FITS file (default: STEM_goodbkg.fits of the SE image)")
+    group.add_argument("--png", metavar="FILE",
+                       help="the picture (default: the output name with .png)")
+    group.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    tm._add_mask_options(parser)
+    return parser
+
+
+def _run(args) -> int:
+    explicit = [role for role in _IMAGE_ROLES if getattr(args, role)]
+    if args.info is not None:
+        if args.se_index is None or explicit:
+            raise tm.BadInputError("give --info with --se_index, and none of --" + ", --".join(_IMAGE_ROLES))
+        files = ImageFiles.from_info(args.info, args.se_index)
+    else:
+        missing = [role for role in _IMAGE_ROLES if role not in explicit]
+        if args.se_index is not None:
+            raise tm.BadInputError("--se_index needs --info")
+        if missing:
+            raise tm.BadInputError("missing --" + ", --".join(missing) + " (or give --info and --se_index)")
+        files = ImageFiles(*(getattr(args, role) for role in _IMAGE_ROLES))
+    ignore_bits = bits_value(args.ignore_bits)
+    if args.output:
+        output = args.output
+    else:
+        stem = os.path.basename(files.se_image[0])
+        output = f"{stem[: len(stem) - len(tm._suffix(stem))]}_goodbkg.fits"
+    png = args.png or f"{output[: len(output) - len(tm._suffix(output))]}.png"
+    for path in (output, png):  # refuse before the work
+        tm.check_output(path, args.overwrite, files.paths())
+    masks = None
+    if not args.no_transient_cut:
+        masks = tm.TransientMasks(args.counts, epochs=args.epochs_file, **tm._mask_options(args))
+    pixels = good_background(files, transient_masks=masks, ignore_bits=ignore_bits)
+    write_outputs(pixels, output, png, overwrite=args.overwrite)
+    table = pixels.summary()
+    table["FRACTION"].format = ".4f"
+    print("\n".join(table.pformat(max_lines=-1, max_width=-1)))
+    demo = " [transient masks from SYNTHETIC DEMO DATA]" if pixels.demo else ""
+    cut = f"transient masks of {pixels.epoch}" if pixels.epoch else "no transient-mask cut"
+    print(f"{files.se_image[0]}: {100 * pixels.good.mean():.2f}% good background pixels ({cut}){demo}; "
+          f"wrote {output}, {png}", file=sys.stderr)
+    return 0
+
+
+def main(argv=None) -> int:
+    """Run the command line; returns the exit code (see `transient_masks.run_cli`)."""
+    return tm.run_cli(build_parser(), _run, argv, prog="des_background")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

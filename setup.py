@@ -32,7 +32,7 @@ setup(
     long_description_content_type="text/markdown",
     license="BSD-3-Clause",
     python_requires=">=3.9",
-    py_modules=["transient_masks", "des_background"],
+    py_modules=["transient_masks", "transient_sim", "des_background"],
     data_files=[("share/transient_masks", DATA_FILES)],
     install_requires=["numpy>=1.22", "scipy>=1.8", "astropy>=5.0", "matplotlib>=3.5", "pyyaml>=5.4"],
     extras_require={
@@ -40,7 +40,11 @@ setup(
         "parquet": ["pyarrow", "pandas"],
         "hdf5": ["h5py"],
     },
-    entry_points={"console_scripts": ["transient-masks = transient_masks:main"]},
+    entry_points={"console_scripts": [
+        "transient-masks = transient_masks:main",
+        "transient-sim = transient_sim:main",
+        "des-background = des_background:main",
+    ]},
     classifiers=[
         "Programming Language :: Python :: 3",
         "Topic :: Scientific/Engineering :: Astronomy",

@@ -35,11 +35,13 @@ From Python::
 """
 import argparse
 import contextlib
+import gzip
 import logging
 import os
 import site
 import sys
 import tempfile
+import threading
 
 import numpy as np
 
@@ -48,7 +50,7 @@ __version__ = "0.1.0"
 __all__ = [
     # constants
     "N_CCD", "CCD_NX", "CCD_NY", "MAP_NX", "MAP_NY", "DETPOS", "HALF_MASKED_CCD", "MASK_BITS",
-    "DEFAULT_FP_RATE", "FLOORS", "DEFAULT_FLOOR", "DEFAULT_COLUMNS", "SIM_SOURCES",
+    "DEFAULT_FP_RATE", "FLOORS", "DEFAULT_FLOOR", "DEFAULT_COLUMNS",
     "KEEP", "MASKED", "NO_EPOCH", "BAD",
     "BadInputError",
     # files, epochs and count maps
@@ -57,12 +59,12 @@ __all__ = [
     "rebin_counts", "poisson_threshold", "EpochMask", "TransientMasks",
     # filtering event tables
     "FilterCounts", "resolve_columns", "filter_table", "filter_file",
-    # gathering and simulation
-    "GatherResult", "bin_events", "gather_arrays", "gather_data", "write_count_maps",
-    "SimTruth", "simulate", "simulate_to_file", "write_fits_rows",
+    # gathering count maps
+    "GatherResult", "bin_events", "gather_arrays", "gather_data", "write_count_maps", "write_fits_rows",
     # plotting
     "read_ccd_layout", "plot_ccd", "plot_epoch", "plot_focal_plane", "plot_survey_summary",
-    "main",
+    # command line and parallel runs
+    "dask_client", "run_cli", "main",
 ]
 
 log = logging.getLogger(__name__)
@@ -199,6 +201,190 @@ def _suffix(filename: str) -> str:
             stem = filename[: -len(compressed)]
             return os.path.splitext(stem)[1] + filename[-len(compressed):]
     return os.path.splitext(filename)[1]
+
+
+# ---- FITS tables, block by block
+# Large event tables are read and written as raw FITS rows, a block of rows at
+# a time: memory stays at one block and every column, scaling, null value, unit
+# and keyword is kept exactly.  Filtering (`filter_file`), gathering
+# (`gather_data`) and `write_fits_rows` share these two classes.
+
+
+class _FitsRows:
+    """The rows of the first table HDU of a FITS file (plain or gzip-compressed).
+
+    ``streamable`` tells whether the table can be read as raw rows (a binary
+    table without a heap); other tables (ASCII, variable-length arrays) are
+    read whole with `read_whole`.
+    """
+
+    def __init__(self, path: str):
+        from astropy.io import fits
+
+        self.path = path
+        try:
+            hdul = fits.open(path, memmap=False, lazy_load_hdus=True)
+        except (OSError, ValueError) as exc:
+            raise BadInputError(f"{path}: not a readable FITS file ({exc})") from None
+        with hdul:
+            index, hdu = _first_table_hdu(hdul)
+            if index is None:
+                raise BadInputError(f"{path}: no table HDU")
+            self.index = index
+            self.header = hdu.header.copy()
+            self.primary_header = hdul[0].header.copy()
+            self.primary_has_data = bool(hdul[0].header.get("NAXIS", 0))
+            self.columns = hdu.columns
+            self.n_rows = self.header["NAXIS2"]
+            # ColDefs.dtype is in native byte order; the file holds big-endian rows.
+            self.raw_dtype = np.dtype(self.columns.dtype).newbyteorder(">")
+            self.streamable = (isinstance(hdu, fits.BinTableHDU) and self.header.get("PCOUNT", 0) == 0
+                               and self.raw_dtype.itemsize == self.header["NAXIS1"])
+            self.data_start = hdul.fileinfo(index)["datLoc"] if self.streamable else None
+            self._whole = None if self.streamable else hdu.data
+
+    def check_scalar(self, names):
+        """Refuse columns that hold arrays (one value per row is needed)."""
+        for name in names:
+            if self.columns[name].dim or self.raw_dtype[name].shape:
+                raise BadInputError(f"{self.path}: column {name!r} holds arrays, expected one value per row")
+
+    def blocks(self, chunk_rows: int):
+        """Yield (first row, raw records) blocks of at most ``chunk_rows`` rows."""
+        opener = gzip.open if _is_gzip(self.path) else open
+        row_bytes = self.raw_dtype.itemsize
+        with opener(self.path, "rb") as stream:
+            stream.seek(self.data_start)
+            for start in range(0, self.n_rows, chunk_rows):
+                n_block = min(chunk_rows, self.n_rows - start)
+                raw = stream.read(n_block * row_bytes)
+                if len(raw) != n_block * row_bytes:
+                    raise BadInputError(f"{self.path}: truncated table (rows {start}..{start + n_block})")
+                yield start, np.frombuffer(raw, dtype=self.raw_dtype)
+
+    def values(self, records, name: str) -> np.ndarray:
+        """A column of raw records in native byte order, TSCAL/TZERO applied.
+
+        Integers stored with an integer TZERO (unsigned columns) stay integers.
+        """
+        column = records[name]
+        scale, zero = self.columns[name].bscale, self.columns[name].bzero
+        scale = 1 if scale is None else scale
+        zero = 0 if zero is None else zero
+        if scale == 1 and zero == int(zero) and column.dtype.kind in "iu":
+            if zero:  # unsigned integers stored with TZERO
+                column = column.astype(np.int64) + int(zero)
+        elif scale != 1 or zero:
+            column = column.astype(np.float64) * scale + zero
+        return column.astype(column.dtype.newbyteorder("="), copy=False)
+
+    def read_whole(self, names):
+        """The named columns of a table that is not streamable, read whole."""
+        return tuple(np.asarray(self._whole[name]) for name in names)
+
+
+class _FitsRowWriter:
+    """Write a FITS file of one binary table whose rows come in blocks.
+
+    The headers are written first with NAXIS2 = 0, and NAXIS2 is patched in
+    place once every row is written (same cards, same header size).
+    """
+
+    def __init__(self, out, header, primary_header=None):
+        from astropy.io import fits
+
+        self.out = out
+        self.header = header
+        self.n_rows = 0
+        self.row_bytes = None
+        primary_header = primary_header if primary_header is not None else fits.PrimaryHDU().header
+        for key in ("CHECKSUM", "DATASUM"):
+            header.remove(key, ignore_missing=True)
+            primary_header.remove(key, ignore_missing=True)
+        header["NAXIS2"] = 0
+        out.write(primary_header.tostring().encode("ascii"))
+        self.header_start = out.tell()
+        self.header_text = header.tostring().encode("ascii")
+        out.write(self.header_text)
+
+    def write(self, records):
+        """Append a block of records (big-endian rows of the table's layout)."""
+        records.tofile(self.out)
+        self.n_rows += len(records)
+        self.row_bytes = records.dtype.itemsize
+
+    def close(self):
+        """Pad the data to a whole FITS block and patch NAXIS2."""
+        self.out.write(b"\0" * (-(self.n_rows * (self.row_bytes or 0)) % 2880))
+        self.header["NAXIS2"] = self.n_rows
+        new_text = self.header.tostring().encode("ascii")
+        if len(new_text) != len(self.header_text):
+            raise RuntimeError("FITS table header changed size while patching NAXIS2")
+        self.out.seek(self.header_start)
+        self.out.write(new_text)
+        self.out.seek(0, os.SEEK_END)
+
+
+def _first_table_hdu(hdul):
+    """(index, HDU) of the first table HDU of an open FITS file; (None, None) without one."""
+    from astropy.io import fits
+
+    for index, hdu in enumerate(hdul):
+        if isinstance(hdu, (fits.BinTableHDU, fits.TableHDU)):
+            return index, hdu
+    return None, None
+
+
+def _is_gzip(path):
+    with open(path, "rb") as stream:
+        return stream.read(2) == b"\x1f\x8b"
+
+
+def write_fits_rows(path: str, blocks, *, header_cards=(), overwrite: bool = False) -> int:
+    """Write a FITS binary table block by block (memory: one block).
+
+    Parameters
+    ----------
+    path : str
+        Output file (written atomically; uncompressed FITS).
+    blocks : iterable of dict
+        Column name -> 1-d array; every block has the same columns and dtypes.
+    header_cards : iterable of (key, value, comment)
+        Extra keywords of the table header.
+    overwrite : bool
+        Replace an existing file.
+
+    Returns
+    -------
+    int
+        The number of rows written.
+
+    Examples
+    --------
+    >>> blocks = ({"A": np.arange(3, dtype=np.int32)} for _ in range(2))
+    >>> write_fits_rows("rows.fits", blocks)
+    6
+    """
+    from astropy.io import fits
+
+    with atomic_output(path, overwrite=overwrite) as tmp, open(tmp, "wb") as out:
+        writer = None
+        for block in blocks:
+            names = list(block)
+            record = np.empty(len(block[names[0]]), dtype=[
+                (name, np.asarray(block[name]).dtype.newbyteorder(">")) for name in names])
+            for name in names:
+                record[name] = block[name]
+            if writer is None:
+                hdu = fits.BinTableHDU(data=record[:0])
+                for key, value, comment in header_cards:
+                    hdu.header[key] = (value, comment)
+                writer = _FitsRowWriter(out, hdu.header)
+            writer.write(record)
+        if writer is None:
+            raise BadInputError(f"{path}: nothing to write")
+        writer.close()
+    return writer.n_rows
 
 
 # ---- Epochs
@@ -1093,92 +1279,34 @@ def _is_plain_fits(path, table_format):
     return (table_format in (None, "fits")) and name.endswith(_FITS_SUFFIXES)
 
 
-def _first_table_hdu(hdul):
-    from astropy.io import fits
-
-    for index, hdu in enumerate(hdul):
-        if isinstance(hdu, (fits.BinTableHDU, fits.TableHDU)):
-            return index, hdu
-    return None, None
-
-
 def _filter_fits_stream(input_path, output_path, masks, names, drop_bad, chunk_rows):
     """Filter an uncompressed FITS binary table row block by row block.
 
-    The rows are copied as raw bytes, so every column, scaling, null value,
-    unit and header keyword is kept exactly; memory stays at one block.
-    Returns the FilterCounts, or None when the table does not suit (variable
-    length arrays, ASCII table) and the generic path must be used.
+    The rows are copied as raw bytes (`_FitsRows`, `_FitsRowWriter`), so every
+    column, scaling, null value, unit and header keyword is kept exactly;
+    memory stays at one block.  Returns the FilterCounts, or None when the
+    table does not suit (variable-length arrays, ASCII table, data in the
+    primary HDU) and the generic path must be used.
     """
-    from astropy.io import fits
-
-    with fits.open(input_path, memmap=False, lazy_load_hdus=True) as hdul:
-        index, hdu = _first_table_hdu(hdul)
-        if index is None:
-            raise BadInputError(f"{input_path}: no table HDU")
-        if not isinstance(hdu, fits.BinTableHDU) or hdu.header.get("PCOUNT", 0) != 0:
-            return None
-        header = hdu.header.copy()
-        primary_header = hdul[0].header.copy()
-        if hdul[0].header.get("NAXIS", 0):
-            return None
-        info = hdul.fileinfo(index)
-        columns = hdu.columns
-    names = resolve_columns(columns.names, *names, source=input_path)
-    row_bytes = header["NAXIS1"]
-    n_rows = header["NAXIS2"]
-    raw_dtype = np.dtype(columns.dtype).newbyteorder(">")  # one row as it is on disk
-    if raw_dtype.itemsize != row_bytes:
+    rows = _FitsRows(input_path)
+    if not rows.streamable or rows.primary_has_data:
         return None
-    scales = {}
-    for name in names:
-        column = columns[name]
-        if column.dim or raw_dtype[name].shape:
-            raise BadInputError(f"{input_path}: column {name!r} holds arrays, expected one value per row")
-        scales[name] = (column.bscale, column.bzero)
-
-    def values(block, name, dtype):
-        data = block[name].astype(dtype)
-        scale, zero = scales[name]
-        if scale not in (None, 1):
-            data = data * scale
-        if zero not in (None, 0):
-            data = data + zero
-        return data.astype(dtype, copy=False)
-
+    names = resolve_columns(rows.columns.names, *names, source=input_path)
+    rows.check_scalar(names)
+    header = rows.header
     for card in masks.provenance():
         header[card[0]] = card[1:]
-    header["NAXIS2"] = 0  # patched once the number of kept rows is known
-    for key in ("CHECKSUM", "DATASUM"):
-        header.remove(key, ignore_missing=True)
-    primary_header.remove("CHECKSUM", ignore_missing=True)
-    primary_header.remove("DATASUM", ignore_missing=True)
     counts = FilterCounts()
-    with open(input_path, "rb") as source_file, open(output_path, "wb") as out:
-        out.write(primary_header.tostring().encode("ascii"))
-        header_start = out.tell()
-        header_text = header.tostring().encode("ascii")
-        out.write(header_text)
-        source_file.seek(info["datLoc"])
-        for start in range(0, n_rows, chunk_rows):
-            n_block = min(chunk_rows, n_rows - start)
-            block = np.fromfile(source_file, dtype=raw_dtype, count=n_block)
-            if block.size != n_block:
-                raise BadInputError(f"{input_path}: truncated table (rows {start}..{start + n_block})")
-            codes = _classify_rows(
-                masks, values(block, names[0], np.int64), values(block, names[1], np.int64),
-                values(block, names[2], np.float64), values(block, names[3], np.float64),
-            )
+    with open(output_path, "wb") as out:
+        writer = _FitsRowWriter(out, header, rows.primary_header)
+        for start, block in rows.blocks(chunk_rows):
+            expnum, ccdnum, x, y = (rows.values(block, name).astype(dtype, copy=False) for name, dtype
+                                    in zip(names, (np.int64, np.int64, np.float64, np.float64)))
+            codes = _classify_rows(masks, expnum, ccdnum, x, y)
             kept = _keep(codes, masks.keep_no_epoch)
             counts.add(codes, kept, row_offset=start)
-            block[kept].tofile(out)
-        data_bytes = counts.written * row_bytes
-        out.write(b"\0" * (-data_bytes % 2880))
-        header["NAXIS2"] = counts.written
-        new_header = header.tostring().encode("ascii")
-        assert len(new_header) == len(header_text)  # same cards, same size
-        out.seek(header_start)
-        out.write(new_header)
+            writer.write(block[kept])
+        writer.close()
     if not drop_bad:
         counts.check_bad(input_path)  # the partial output is discarded
     return counts
@@ -1563,73 +1691,19 @@ def _finish_gather(accumulator, table) -> GatherResult:
 
 
 def _fits_table_chunks(path, names, chunk_rows):
-    """Yield (expnum, ccdnum, x, y) blocks of the first FITS table, row range by row range.
+    """Yield (header, (expnum, ccdnum, x, y)) blocks of the first FITS table.
 
-    Uncompressed or gzip-compressed binary tables are streamed with plain reads
-    (memory: one block); other FITS tables are read whole through astropy.
-    Also returns the table header through the first yield's side channel.
+    Uncompressed or gzip-compressed binary tables are streamed row range by row
+    range (`_FitsRows`; memory: one block); other FITS tables are read whole.
     """
-    import gzip
-
-    from astropy.io import fits
-
-    try:
-        hdul = fits.open(path, memmap=False, lazy_load_hdus=True)
-    except (OSError, ValueError) as exc:
-        raise BadInputError(f"{path}: not a readable FITS file ({exc})") from None
-    with hdul:
-        index = hdu = None
-        for i, candidate in enumerate(hdul):
-            if isinstance(candidate, (fits.BinTableHDU, fits.TableHDU)):
-                index, hdu = i, candidate
-                break
-        if hdu is None:
-            raise BadInputError(f"{path}: no table HDU")
-        header = hdu.header.copy()
-        columns = hdu.columns
-        names = resolve_columns(columns.names, *names, source=path)
-        streamable = (isinstance(hdu, fits.BinTableHDU) and header.get("PCOUNT", 0) == 0
-                      and columns.dtype.itemsize == header["NAXIS1"])
-        if streamable:
-            data_start = hdul.fileinfo(index)["datLoc"]
-        else:  # ASCII or variable-length tables: read whole
-            data = hdu.data
-            yield header, tuple(np.asarray(data[name]) for name in names)
-            return
-    # ColDefs.dtype is in native byte order; the file holds big-endian rows.
-    raw_dtype = columns.dtype.newbyteorder(">")
-    for name in names:
-        if raw_dtype[name].shape:
-            raise BadInputError(f"{path}: column {name!r} holds arrays, expected one value per row")
-    scales = {name: (columns[name].bscale, columns[name].bzero) for name in names}
-    n_rows = header["NAXIS2"]
-    opener = gzip.open if _is_gzip(path) else open
-    with opener(path, "rb") as stream:
-        stream.seek(data_start)
-        for start in range(0, n_rows, chunk_rows):
-            n_block = min(chunk_rows, n_rows - start)
-            raw = stream.read(n_block * raw_dtype.itemsize)
-            if len(raw) != n_block * raw_dtype.itemsize:
-                raise BadInputError(f"{path}: truncated table (rows {start}..{start + n_block})")
-            block = np.frombuffer(raw, dtype=raw_dtype)
-            values = []
-            for name in names:
-                column = block[name]
-                scale, zero = scales[name]
-                scale = 1 if scale is None else scale
-                zero = 0 if zero is None else zero
-                if scale == 1 and zero == int(zero) and column.dtype.kind in "iu":
-                    if zero:  # unsigned integers stored with TZERO
-                        column = column.astype(np.int64) + int(zero)
-                elif scale != 1 or zero:
-                    column = column.astype(np.float64) * scale + zero
-                values.append(column.astype(column.dtype.newbyteorder("="), copy=False))
-            yield header, tuple(values)
-
-
-def _is_gzip(path):
-    with open(path, "rb") as stream:
-        return stream.read(2) == b"\x1f\x8b"
+    rows = _FitsRows(path)
+    names = resolve_columns(rows.columns.names, *names, source=path)
+    if not rows.streamable:  # ASCII or variable-length tables
+        yield rows.header, rows.read_whole(names)
+        return
+    rows.check_scalar(names)
+    for _, block in rows.blocks(chunk_rows):
+        yield rows.header, tuple(rows.values(block, name) for name in names)
 
 
 def _parquet_chunks(path, names, chunk_rows):
@@ -1744,10 +1818,14 @@ def gather_data(catalogs, output: str = None, *, epochs=None, expnum_col: str = 
 
     Examples
     --------
-    >>> n_rows = simulate_to_file("transients.fits", ["Y2E1"], seed=3, background=0.05)
+    >>> rng = np.random.default_rng(3)
+    >>> events = {"EXPNUM": rng.integers(345031, 382974, 1000), "CCDNUM": rng.integers(1, 63, 1000),
+    ...           "XWIN_IMAGE": rng.uniform(0.5, 2048.5, 1000), "YWIN_IMAGE": rng.uniform(0.5, 4096.5, 1000)}
+    >>> write_fits_rows("transients.fits", [events])
+    1000
     >>> result = gather_data("transients.fits", "my_maps.fits.gz")
     >>> result.summary()
-    '195413 rows read, 195413 binned, 0 in no epoch, 0 bad rows skipped; epochs with transients: Y2E1'
+    '1000 rows read, 1000 binned, 0 in no epoch, 0 bad rows skipped; epochs with transients: Y2E1'
     """
     if isinstance(catalogs, (str, os.PathLike)):
         catalogs = [catalogs]
@@ -1861,627 +1939,45 @@ def _run_gather(args) -> int:
     return 0
 
 
-# ---- Simulation
-
-#: The sources of simulated events; the SOURCE column holds the index (code).
-SIM_SOURCES = ("astro", "edge", "hot_column", "hot_spot", "ccd31_amp", "ccd46_bulb", "ccd41_ampB")
-_SRC = {name: code for code, name in enumerate(SIM_SOURCES)}
-#: Fraction of all exposure numbers of an epoch that were DES exposures
-#: (about 80,000 DES exposures among the 412,959 expnums of the 14 epochs).
-SIM_EXPOSURE_FRACTION = 0.194
-#: Dead CCDs: CCDNUM -> (first dead night, last dead night or None) (FACTS.md;
-#: CCD 2 died between 12 and 29 Nov 2013: the middle of that span is used).
-SIM_DEAD_NIGHTS = {61: ("20121107", None), 2: ("20131120", "20161229")}
-#: CCD 46 light bulb: first expnum, centre (x, y) in pixels, Gaussian sigma in pixels.
-SIM_BULB = {"ccdnum": 46, "min_expnum": 674105, "centre": (795.0, 2620.0), "sigma": 200.0}
-#: CCD 41 amp B (x 1025-2048 on an N CCD) charge-transfer problem from this expnum.
-SIM_AMPB = {"ccdnum": 41, "min_expnum": 765533, "x_range": (1024.5, 2048.5)}
-#: CCD 31 amp A (x 1025-2048), unstable all survey.
-SIM_AMP31 = {"ccdnum": HALF_MASKED_CCD, "x_range": (1024.5, 2048.5)}
-
-#: Cell edges in pixel coordinates: cell X spans 8X+1 <= x < 8X+9, except that
-#: cell 0 starts at the CCD edge 0.5 and cell 255 ends at 2048.5 (y likewise).
-_X_EDGES = np.r_[0.5, _CELL_NX_PX * np.arange(1, MAP_NX) + 1.0, CCD_NX + 0.5]
-_Y_EDGES = np.r_[0.5, _CELL_NY_PX * np.arange(1, MAP_NY) + 1.0, CCD_NY + 0.5]
+# ---- Parallel runs (Dask)
 
 
-class SimTruth:
-    """The expected counts per DES map cell of a simulation, to score masks.
-
-    Attributes
-    ----------
-    epochs : list of str
-    background : dict
-        Epoch -> (62, 256, 256) float32: expected astrophysical transients per cell.
-    excess : dict
-        Epoch -> (62, 256, 256) float32: expected defect transients per cell
-        (all defect sources together).
-    n_exposures : dict
-        Epoch -> number of simulated exposures.
-
-    Examples
-    --------
-    >>> catalog, truth = simulate(["Y2E1"], seed=1, background=0.5)
-    >>> ratio = truth.ratio("Y2E1")
-    >>> ratio.shape
-    (62, 256, 256)
-    """
-
-    def __init__(self):
-        self.epochs = []
-        self.background, self.excess, self.n_exposures = {}, {}, {}
-
-    def ratio(self, epoch: str) -> np.ndarray:
-        """Excess over background per cell (inf where only defects, 0 where neither)."""
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = self.excess[epoch] / self.background[epoch]
-        return np.where(self.excess[epoch] > 0, ratio, 0.0)
-
-    def defect(self, epoch: str, min_excess: float = 0.0) -> np.ndarray:
-        """Bool (62, 256, 256): cells whose expected defect excess exceeds ``min_excess``."""
-        return self.excess[epoch] > min_excess
-
-
-def _night_day(night: str) -> int:
-    """Days since 1970 of a YYYYMMDD night string."""
-    import datetime
-
-    night = str(night).strip()
-    return datetime.date(int(night[:4]), int(night[4:6]), int(night[6:8])).toordinal()
-
-
-def _dead_expnum_ranges(row):
-    """CCDNUM -> inclusive (lo, hi) expnum range during which it is dead in this epoch.
-
-    Exposure numbers are taken as linear in time across the epoch's nights.
-    """
-    minexp, maxexp = int(row["MINEXPNUM"]), int(row["MAXEXPNUM"])
-    if "MINNITE" not in row.colnames or "MAXNITE" not in row.colnames:
-        return {61: (minexp, maxexp)}  # no nights: only the permanently dead CCD
-    day0, day1 = _night_day(row["MINNITE"]), _night_day(row["MAXNITE"])
-
-    def expnum_at(day):
-        fraction = np.clip((day - day0) / max(day1 - day0, 1), 0.0, 1.0)
-        return minexp + fraction * (maxexp - minexp)
-
-    ranges = {}
-    for ccdnum, (first, last) in SIM_DEAD_NIGHTS.items():
-        start = _night_day(first)
-        end = _night_day(last) if last else day1 + 1
-        if start <= day1 and end >= day0:
-            ranges[ccdnum] = (int(np.ceil(expnum_at(start))), int(np.floor(expnum_at(end))))
-    return ranges
-
-
-def _interval_overlap(edges, lo, hi):
-    """Length of [lo, hi) inside each cell [edges[i], edges[i+1]), shape (K, n_cells)."""
-    lo = np.asarray(lo, dtype=np.float64)[:, None]
-    hi = np.asarray(hi, dtype=np.float64)[:, None]
-    return np.clip(np.minimum(hi, edges[1:]) - np.maximum(lo, edges[:-1]), 0.0, None)
-
-
-def _gauss_overlap(edges, centre, sigma):
-    """Fraction of a 1D Gaussian inside each cell, shape (K, n_cells)."""
-    from scipy.special import ndtr
-
-    z = (edges[None, :] - np.asarray(centre, dtype=np.float64)[:, None]) / np.asarray(sigma)[:, None]
-    return np.diff(ndtr(z), axis=1)
-
-
-class _Components:
-    """Defect components of one epoch: uniform rectangles and Gaussian blobs.
-
-    Rectangles: density in events per pixel (over the epoch's exposures);
-    Gaussians: the total expected events over the whole plane (off-CCD events
-    are dropped, and the truth integrates the on-CCD part only).  Each component
-    is active for the exposures with expnum in [min_expnum, max_expnum].
-    """
-
-    def __init__(self):
-        self.rects = []  # (source, ccdnum, x0, x1, y0, y1, density, min_expnum)
-        self.gausses = []  # (source, ccdnum, xc, yc, sigma, total, min_expnum)
-
-    def rect(self, source, ccdnum, x0, x1, y0, y1, density, min_expnum=0):
-        self.rects.append((_SRC[source], ccdnum, x0, x1, y0, y1, density, min_expnum))
-
-    def gauss(self, source, ccdnum, xc, yc, sigma, total, min_expnum=0):
-        self.gausses.append((_SRC[source], ccdnum, xc, yc, sigma, total, min_expnum))
-
-
-def _camera_defects(seed, n_columns, n_spots, edge_fraction, edge_width, ratio_range):
-    """The persistent defects of the simulated camera (the same for every epoch).
-
-    Returns a dict of arrays per kind; amplitudes are excess/background ratios
-    per fully covered map cell, drawn log-uniform in ``ratio_range``.
-    """
-    rng = np.random.default_rng([seed, 7919])
-    log_lo, log_hi = np.log(ratio_range[0]), np.log(ratio_range[1])
-
-    def ratios(size):
-        return np.exp(rng.uniform(log_lo, log_hi, size))
-
-    # Hot and warm columns: 1-3 px wide, from a start row to the readout edge
-    # (y = 1 or y = 4096, per column); some with gaps.
-    n_col = rng.poisson(n_columns, N_CCD)
-    col_ccd = np.repeat(np.arange(1, N_CCD + 1), n_col)
-    k = col_ccd.size
-    col_x0 = rng.integers(1, CCD_NX - 2, k) - 0.5
-    col_width = rng.choice([1, 2, 3], size=k, p=[0.6, 0.3, 0.1])
-    col_length = rng.uniform(200.0, CCD_NY, k)
-    col_bottom = rng.random(k) < 0.5  # readout at y = 1 (else y = 4096)
-    col_gaps = np.where(rng.random(k) < 0.3, rng.integers(1, 4, k), 0)
-    columns = dict(ccdnum=col_ccd, x0=col_x0, width=col_width, length=col_length,
-                   bottom=col_bottom, gaps=col_gaps, ratio=ratios(k),
-                   gap_seed=rng.integers(0, 2**31, k))
-    # Compact hot spots of a few cells: Gaussian blobs.
-    n_spot = rng.poisson(n_spots, N_CCD)
-    spot_ccd = np.repeat(np.arange(1, N_CCD + 1), n_spot)
-    k = spot_ccd.size
-    spots = dict(ccdnum=spot_ccd, xc=rng.uniform(20, CCD_NX - 20, k),
-                 yc=rng.uniform(40, CCD_NY - 40, k), sigma=rng.uniform(3.0, 12.0, k),
-                 ratio=ratios(k))
-    # Glowing edges: a band of the given width along some CCD edges.
-    glows = rng.random((N_CCD, 4)) < edge_fraction
-    ccd_idx, side = np.nonzero(glows)
-    edges = dict(ccdnum=ccd_idx + 1, side=side, width=rng.uniform(*edge_width, side.size),
-                 ratio=ratios(side.size))
-    return {"columns": columns, "spots": spots, "edges": edges}
-
-
-def _column_segments(x0, width, length, bottom, gaps, gap_seed):
-    """The (y0, y1) segments of one hot column (the gaps cut out)."""
-    y0, y1 = (0.5, 0.5 + length) if bottom else (CCD_NY + 0.5 - length, CCD_NY + 0.5)
-    if not gaps:
-        return [(y0, y1)]
-    rng = np.random.default_rng(gap_seed)
-    starts = np.sort(rng.uniform(y0, y1, gaps))
-    ends = np.minimum(starts + rng.uniform(50.0, 400.0, gaps), y1)
-    segments, cursor = [], y0
-    for start, end in zip(starts, ends):
-        if start > cursor:
-            segments.append((cursor, start))
-        cursor = max(cursor, end)
-    if cursor < y1:
-        segments.append((cursor, y1))
-    return segments
-
-
-def _epoch_components(camera, rng, bg_density, min_expnum, active_fraction):
-    """The defect components of one epoch, with its amplitudes."""
-    comps = _Components()
-    bg_cell = bg_density * _CELL_NX_PX * _CELL_NY_PX  # mean background per full cell
-    # Persistent defects flicker: each is active in an epoch with probability
-    # active_fraction and its amplitude varies by about 30% between epochs.
-    cols = camera["columns"]
-    on = rng.random(cols["ccdnum"].size) < active_fraction
-    jitter = rng.lognormal(0.0, 0.3, cols["ccdnum"].size)
-    for i in np.flatnonzero(on):
-        ccd = int(cols["ccdnum"][i])
-        # Per full cell: excess = ratio * background; a w px column fills w/8 of a cell's width.
-        density = cols["ratio"][i] * jitter[i] * bg_cell[ccd - 1] / (cols["width"][i] * _CELL_NY_PX)
-        x0 = cols["x0"][i]
-        for y0, y1 in _column_segments(x0, cols["width"][i], cols["length"][i], cols["bottom"][i],
-                                       cols["gaps"][i], cols["gap_seed"][i]):
-            comps.rect("hot_column", ccd, x0, x0 + cols["width"][i], y0, y1, density)
-    spots = camera["spots"]
-    on = rng.random(spots["ccdnum"].size) < active_fraction
-    jitter = rng.lognormal(0.0, 0.3, spots["ccdnum"].size)
-    for i in np.flatnonzero(on):
-        ccd = int(spots["ccdnum"][i])
-        sigma = spots["sigma"][i]
-        # Peak-cell excess ~ ratio * background: total spread over ~2 pi sigma^2 / 128 cells.
-        n_cells = max(1.0, 2 * np.pi * sigma**2 / (_CELL_NX_PX * _CELL_NY_PX))
-        total = spots["ratio"][i] * jitter[i] * bg_cell[ccd - 1] * n_cells
-        comps.gauss("hot_spot", ccd, spots["xc"][i], spots["yc"][i], sigma, total)
-    edges = camera["edges"]
-    on = rng.random(edges["ccdnum"].size) < active_fraction
-    jitter = rng.lognormal(0.0, 0.3, edges["ccdnum"].size)
-    for i in np.flatnonzero(on):
-        ccd = int(edges["ccdnum"][i])
-        width = edges["width"][i]
-        density = edges["ratio"][i] * jitter[i] * bg_density[ccd - 1]
-        lo_x, hi_x, lo_y, hi_y = 0.5, CCD_NX + 0.5, 0.5, CCD_NY + 0.5
-        box = [(lo_x, lo_x + width, lo_y, hi_y), (hi_x - width, hi_x, lo_y, hi_y),
-               (lo_x, hi_x, lo_y, lo_y + width), (lo_x, hi_x, hi_y - width, hi_y)][edges["side"][i]]
-        comps.rect("edge", ccd, *box, density)
-    # CCD 31: the right half (amp A) is unstable: 8 bands along y, each with its
-    # own excess, 0.5x to 10x the background, redrawn every epoch.
-    ccd = SIM_AMP31["ccdnum"]
-    band_edges = np.linspace(0.5, CCD_NY + 0.5, 9)
-    band_ratio = np.exp(rng.uniform(np.log(0.5), np.log(10.0), 8))
-    for y0, y1, ratio in zip(band_edges[:-1], band_edges[1:], band_ratio):
-        comps.rect("ccd31_amp", ccd, *SIM_AMP31["x_range"], y0, y1, ratio * bg_density[ccd - 1])
-    # CCD 46 light bulb: a Gaussian glow, peak 3x-20x the background.
-    ccd = SIM_BULB["ccdnum"]
-    sigma = SIM_BULB["sigma"]
-    peak = rng.uniform(3.0, 20.0) * bg_density[ccd - 1]
-    comps.gauss("ccd46_bulb", ccd, *SIM_BULB["centre"], sigma, peak * 2 * np.pi * sigma**2,
-                min_expnum=SIM_BULB["min_expnum"])
-    # CCD 41 amp B: excess over the amplifier, growing away from the readout (y = 1)
-    # in 4 bands, 0.5x to 8x the background.
-    ccd = SIM_AMPB["ccdnum"]
-    band_edges = np.linspace(0.5, CCD_NY + 0.5, 5)
-    for y0, y1, ratio in zip(band_edges[:-1], band_edges[1:], np.geomspace(0.5, 8.0, 4)):
-        comps.rect("ccd41_ampB", ccd, *SIM_AMPB["x_range"], y0, y1, ratio * bg_density[ccd - 1],
-                   min_expnum=SIM_AMPB["min_expnum"])
-    return comps
-
-
-def _linear_sample(u01, gradient):
-    """Inverse CDF of a density prop. to 1 + g t on t in [-1, 1], for uniform u01."""
-    g = np.asarray(gradient, dtype=np.float64)
-    small = np.abs(g) < 1e-9
-    g_safe = np.where(small, 1.0, g)
-    # CDF: F(t) = ((t + 1) + g (t^2 - 1) / 2) / 2; solve g/2 t^2 + t + (1 - g/2 - 2F) = 0.
-    disc = 1.0 - 2.0 * g_safe * (1.0 - g_safe / 2.0 - 2.0 * u01)
-    t = (-1.0 + np.sqrt(np.maximum(disc, 0.0))) / g_safe
-    return np.clip(np.where(small, 2.0 * u01 - 1.0, t), -1.0, 1.0)
-
-
-def _simulate_epoch(row, rng, camera, *, background, n_exposures, rate_scatter, epoch_scatter,
-                    gradient, active_fraction, position_dtype):
-    """Events and truth of one epoch: (dict of columns, background cube, excess cube, n_exp)."""
-    minexp, maxexp = int(row["MINEXPNUM"]), int(row["MAXEXPNUM"])
-    n_range = maxexp - minexp + 1
-    if n_exposures is None:
-        n_exposures = max(1, int(round(SIM_EXPOSURE_FRACTION * n_range)))
-    n_exposures = min(int(n_exposures), n_range)
-    expnums = np.sort(rng.choice(n_range, size=n_exposures, replace=False)) + minexp
-    # Background density per pixel per CCD: rate scatter between CCDs and epochs.
-    ccd_factor = rng.lognormal(0.0, rate_scatter, N_CCD)
-    epoch_factor = rng.lognormal(0.0, epoch_scatter)
-    bg_density = background / (_CELL_NX_PX * _CELL_NY_PX) * ccd_factor * epoch_factor
-    gx = rng.uniform(-gradient, gradient, N_CCD)
-    gy = rng.uniform(-gradient, gradient, N_CCD)
-
-    # Truth of the astrophysical background: separable linear gradients, exact per cell.
-    x_mid = (_X_EDGES[1:] + _X_EDGES[:-1]) / 2
-    y_mid = (_Y_EDGES[1:] + _Y_EDGES[:-1]) / 2
-    tx = (x_mid - (CCD_NX + 1) / 2) / (CCD_NX / 2)
-    ty = (y_mid - (CCD_NY + 1) / 2) / (CCD_NY / 2)
-    ix = np.diff(_X_EDGES)[None, :] * (1 + gx[:, None] * tx[None, :])  # (62, 256)
-    iy = np.diff(_Y_EDGES)[None, :] * (1 + gy[:, None] * ty[None, :])
-    bg_truth = bg_density[:, None, None] * iy[:, :, None] * ix[:, None, :]
-    excess = np.zeros_like(bg_truth)
-
-    # Astrophysical events.
-    n_astro = rng.poisson(bg_density * CCD_NX * CCD_NY)
-    ccd_of = np.repeat(np.arange(1, N_CCD + 1), n_astro)
-    parts = [(
-        np.full(ccd_of.size, _SRC["astro"], np.uint8), ccd_of,
-        (CCD_NX + 1) / 2 + (CCD_NX / 2) * _linear_sample(rng.random(ccd_of.size), gx[ccd_of - 1]),
-        (CCD_NY + 1) / 2 + (CCD_NY / 2) * _linear_sample(rng.random(ccd_of.size), gy[ccd_of - 1]),
-        np.zeros(ccd_of.size, np.int64),
-    )]
-    comps = _epoch_components(camera, rng, bg_density, minexp, active_fraction)
-
-    def active_fraction_of(min_expnum):
-        return np.count_nonzero(expnums >= min_expnum) / expnums.size
-
-    if comps.rects:
-        src, ccd, x0, x1, y0, y1, density, min_e = (np.array(a) for a in zip(*comps.rects))
-        frac = np.array([active_fraction_of(m) for m in np.unique(min_e)])[
-            np.searchsorted(np.unique(min_e), min_e)]
-        expected = density * (x1 - x0) * (y1 - y0) * frac
-        ox = _interval_overlap(_X_EDGES, x0, x1)
-        oy = _interval_overlap(_Y_EDGES, y0, y1)
-        for k in range(src.size):  # a loop over defects, not events
-            xs = np.flatnonzero(ox[k])
-            ys = np.flatnonzero(oy[k])
-            if xs.size and ys.size:
-                excess[ccd[k] - 1, ys[0]:ys[-1] + 1, xs[0]:xs[-1] + 1] += (
-                    density[k] * frac[k] * np.outer(oy[k, ys[0]:ys[-1] + 1], ox[k, xs[0]:xs[-1] + 1]))
-        n = rng.poisson(expected)
-        rep = np.repeat(np.arange(src.size), n)
-        parts.append((src[rep].astype(np.uint8), ccd[rep],
-                      x0[rep] + (x1 - x0)[rep] * rng.random(rep.size),
-                      y0[rep] + (y1 - y0)[rep] * rng.random(rep.size), min_e[rep]))
-    if comps.gausses:
-        src, ccd, xc, yc, sigma, total, min_e = (np.array(a) for a in zip(*comps.gausses))
-        frac = np.array([active_fraction_of(m) for m in min_e])
-        ox = _gauss_overlap(_X_EDGES, xc, sigma)
-        oy = _gauss_overlap(_Y_EDGES, yc, sigma)
-        for k in range(src.size):
-            excess[ccd[k] - 1] += total[k] * frac[k] * np.outer(oy[k], ox[k])
-        n = rng.poisson(total * frac)
-        rep = np.repeat(np.arange(src.size), n)
-        parts.append((src[rep].astype(np.uint8), ccd[rep],
-                      xc[rep] + sigma[rep] * rng.standard_normal(rep.size),
-                      yc[rep] + sigma[rep] * rng.standard_normal(rep.size), min_e[rep]))
-    source, ccdnum, x, y, min_e = (np.concatenate(a) for a in zip(*parts))
-    ccdnum = ccdnum.astype(np.int16)
-    # Exposure of each event: uniform over the epoch's exposures from the
-    # component's first active expnum on.
-    first = np.searchsorted(expnums, min_e)
-    exposure = first + (rng.random(first.size) * (expnums.size - first)).astype(np.int64)
-    expnum = expnums[exposure]
-    keep = (x >= 0.5) & (x < CCD_NX + 0.5) & (y >= 0.5) & (y < CCD_NY + 0.5)
-    # Dead CCDs lose every event of their dead exposures.
-    for dead_ccd, (lo, hi) in _dead_expnum_ranges(row).items():
-        keep &= ~((ccdnum == dead_ccd) & (expnum >= lo) & (expnum <= hi))
-        alive = 1.0 - np.count_nonzero((expnums >= lo) & (expnums <= hi)) / expnums.size
-        bg_truth[dead_ccd - 1] *= alive
-        excess[dead_ccd - 1] *= alive
-    x = x[keep].astype(position_dtype)
-    y = y[keep].astype(position_dtype)
-    # float32 rounding must not push an event off the CCD.
-    np.clip(x, 0.5, np.nextafter(position_dtype(CCD_NX + 0.5), position_dtype(0)), out=x)
-    np.clip(y, 0.5, np.nextafter(position_dtype(CCD_NY + 0.5), position_dtype(0)), out=y)
-    columns = {"EXPNUM": expnum[keep].astype(np.int32), "CCDNUM": ccdnum[keep], "XWIN_IMAGE": x,
-               "YWIN_IMAGE": y, "SOURCE": source[keep]}
-    # Order by exposure, as DES catalogs are (a 16-bit key sorts by radix: fast).
-    exposure = exposure[keep]
-    order = np.argsort(exposure.astype(np.uint16) if expnums.size <= 65536 else exposure, kind="stable")
-    columns = {name: values[order] for name, values in columns.items()}
-    return columns, bg_truth.astype(np.float32), excess.astype(np.float32), n_exposures
-
-
-def _sim_rows(epochs, epoch_table):
-    """The epoch-table rows of the named epochs, with their table index."""
-    table = read_epochs(epoch_table)
-    names = list(table["NAME"])
-    if isinstance(epochs, str):
-        epochs = [epochs]
-    rows = []
-    for name in epochs:
-        if name not in names:
-            raise BadInputError(f"epoch {name!r}: not in the epoch table ({', '.join(names)})")
-        rows.append((names.index(name), table[names.index(name)]))
-    if not rows:
-        raise BadInputError("simulate: no epoch given")
-    return rows
-
-
-def _iter_simulation(epochs, *, seed, background, n_exposures, epoch_table, rate_scatter,
-                     epoch_scatter, gradient, n_columns, n_spots, edge_fraction, edge_width,
-                     ratio_range, active_fraction, position_dtype):
-    """Yield (name, columns, background, excess, n_exposures) epoch by epoch."""
-    if not background > 0:
-        raise BadInputError(f"background={background}: must be positive")
-    if not 0 < ratio_range[0] <= ratio_range[1]:
-        raise BadInputError(f"ratio_range={ratio_range}: must be 0 < low <= high")
-    camera = _camera_defects(seed, n_columns, n_spots, edge_fraction, edge_width, ratio_range)
-    for index, row in _sim_rows(epochs, epoch_table):
-        # One stream per (seed, epoch): an epoch's events do not depend on the
-        # other epochs requested.
-        rng = np.random.default_rng([seed, index])
-        columns, bg, excess, n_exp = _simulate_epoch(
-            row, rng, camera, background=background, n_exposures=n_exposures,
-            rate_scatter=rate_scatter, epoch_scatter=epoch_scatter, gradient=gradient,
-            active_fraction=active_fraction, position_dtype=position_dtype)
-        yield str(row["NAME"]), columns, bg, excess, n_exp
-
-
-def _sim_meta(epochs, seed, background):
-    meta = {"SIMSEED": seed, "SIMBKG": background, "SIMEPOCH": ",".join(epochs)[:68],
-            "SIMVERS": __version__}
-    for code, name in enumerate(SIM_SOURCES):
-        meta[f"SRC{code}"] = name
-    return meta
-
-
-def simulate(epochs=("Y2E1",), *, seed: int = 0, background: float = 3.0, n_exposures: int = None,
-             epoch_table=None, rate_scatter: float = 0.15, epoch_scatter: float = 0.1,
-             gradient: float = 0.2, n_columns: float = 1.5, n_spots: float = 1.0,
-             edge_fraction: float = 0.3, edge_width=(5.0, 15.0), ratio_range=(0.3, 30.0),
-             active_fraction: float = 0.85, position_dtype=np.float32):
-    """Simulate a DES transient catalog for chosen epochs, and its truth per cell.
-
-    Populations (``SOURCE`` code in brackets, see `SIM_SOURCES`):
-
-    - astrophysical transients [0 "astro"]: uniform on the array with a mean of
-      ``background`` events per 8 x 16 pixel cell per epoch, times a per-CCD
-      factor (log-normal, sigma ``rate_scatter``) and a per-epoch factor
-      (log-normal, sigma ``epoch_scatter``), with a linear gradient across each
-      CCD of up to +-``gradient`` along x and y (separable);
-    - glowing edges [1 "edge"]: each CCD edge glows with probability
-      ``edge_fraction``: a band ``edge_width`` (uniform, pixels) wide with an
-      excess density of ratio x the background;
-    - hot and warm columns [2 "hot_column"]: Poisson(``n_columns``) per CCD,
-      1-3 px wide, from a random row to the readout edge (y = 1 or 4096), 30%
-      with 1-3 gaps of 50-400 px; a cell holding the column gets ratio x its
-      background;
-    - hot spots [3 "hot_spot"]: Poisson(``n_spots``) per CCD, Gaussian blobs of
-      sigma 3-12 px covering a few cells, peak cell about ratio x background;
-    - CCD 31 amp A [4 "ccd31_amp"]: the right half (x 1025-2048), 8 bands along
-      y each with an excess of 0.5x-10x the background, redrawn every epoch;
-    - CCD 46 light bulb [5 "ccd46_bulb"]: for expnum >= 674105, a Gaussian glow
-      (sigma 200 px) at (795, 2620), peak 3x-20x the background;
-    - CCD 41 amp B [6 "ccd41_ampB"]: for expnum >= 765533, x 1025-2048, 4 bands
-      from 0.5x (at the readout, y = 1) to 8x the background;
-    - dead CCDs: CCD 61 from 2012-11-07 and CCD 2 from 2013-11-20 to 2016-12-29
-      (`SIM_DEAD_NIGHTS`) lose every event of those exposures (expnums are taken
-      linear in time across an epoch's nights).
-
-    The ratio of each column, spot and edge is log-uniform in ``ratio_range``
-    (0.3x to 30x by default).  The defects belong to the camera (the same for
-    every epoch of one seed); each is active in an epoch with probability
-    ``active_fraction``, and its amplitude varies by about 30% between epochs.
-    Every event falls on an exposure of its epoch: ``n_exposures`` distinct
-    expnums drawn in MINEXPNUM..MAXEXPNUM (default 19.4% of them, as DES had
-    about 80,000 exposures).
+@contextlib.contextmanager
+def dask_client(jobs: int = None, scheduler: str = None):
+    """A `dask.distributed.Client` for a parallel run, closed on exit.
 
     Parameters
     ----------
-    epochs : str or sequence of str
-        Epoch names of the epoch table.
-    seed : int
-        Seed; the same seed gives the same catalog, and an epoch's events do
-        not depend on which other epochs are simulated.
-    background : float
-        Mean astrophysical transients per DES map cell (8 x 16 px) per epoch.
-    n_exposures : int, optional
-        Exposures per epoch.
-    epoch_table : str or astropy.table.Table, optional
-        Default: the shipped DES table.
-    rate_scatter, epoch_scatter, gradient, n_columns, n_spots, edge_fraction,
-    edge_width, ratio_range, active_fraction
-        Population parameters (above).
-    position_dtype : numpy dtype
-        Of XWIN_IMAGE / YWIN_IMAGE (float32 halves the memory; float64 works).
+    jobs : int, optional
+        Start a local cluster of this many single-threaded worker processes.
+    scheduler : str, optional
+        Instead, connect to the ``dask.distributed`` scheduler at this address
+        (e.g. ``tcp://10.0.0.5:8786``, or a cluster of dask-jobqueue).
 
-    Returns
-    -------
-    (astropy.table.Table, SimTruth)
-        The catalog (EXPNUM int32, CCDNUM int16, XWIN_IMAGE, YWIN_IMAGE
-        continuous FITS 1-indexed positions on the CCD, SOURCE uint8), sorted by
-        EXPNUM, with the seed and the source names in its meta; and the
-        expected background and defect excess per map cell of each epoch.
-
-    Examples
-    --------
-    >>> catalog, truth = simulate("Y2E1", seed=3, background=0.2)
-    >>> catalog.colnames
-    ['EXPNUM', 'CCDNUM', 'XWIN_IMAGE', 'YWIN_IMAGE', 'SOURCE']
-    >>> bool((catalog["CCDNUM"] == 2).any())          # CCD 2 is dead in Y2E1
-    False
-    >>> truth.excess["Y2E1"].shape
-    (62, 256, 256)
+    Raises
+    ------
+    BadInputError
+        When Dask is not installed (the ``dask`` extra) or the scheduler
+        cannot be reached.
     """
-    from astropy.table import Table
-
-    epochs = [epochs] if isinstance(epochs, str) else list(epochs)
-    truth = SimTruth()
-    blocks = []
-    for name, columns, bg, excess, n_exp in _iter_simulation(
-            epochs, seed=seed, background=background, n_exposures=n_exposures,
-            epoch_table=epoch_table, rate_scatter=rate_scatter, epoch_scatter=epoch_scatter,
-            gradient=gradient, n_columns=n_columns, n_spots=n_spots, edge_fraction=edge_fraction,
-            edge_width=edge_width, ratio_range=ratio_range, active_fraction=active_fraction,
-            position_dtype=position_dtype):
-        blocks.append(columns)
-        truth.epochs.append(name)
-        truth.background[name], truth.excess[name], truth.n_exposures[name] = bg, excess, n_exp
-    catalog = Table({name: np.concatenate([block[name] for block in blocks]) for name in blocks[0]},
-                    meta=_sim_meta(epochs, seed, background))
-    return catalog, truth
-
-
-def write_fits_rows(path: str, blocks, *, header_cards=(), overwrite: bool = False) -> int:
-    """Write a FITS binary table block by block (memory: one block).
-
-    Parameters
-    ----------
-    path : str
-        Output file (written atomically; uncompressed FITS).
-    blocks : iterable of dict
-        Column name -> 1-d array; every block has the same columns and dtypes.
-    header_cards : iterable of (key, value, comment)
-        Extra keywords of the table header.
-    overwrite : bool
-        Replace an existing file.
-
-    Returns
-    -------
-    int
-        The number of rows written.
-
-    Examples
-    --------
-    >>> blocks = ({"A": np.arange(3, dtype=np.int32)} for _ in range(2))
-    >>> write_fits_rows("rows.fits", blocks)
-    6
-    """
-    from astropy.io import fits
-
-    n_rows = 0
-    with atomic_output(path, overwrite=overwrite) as tmp, open(tmp, "wb") as out:
-        header_start = header_text = None
-        for block in blocks:
-            names = list(block)
-            record = np.empty(len(block[names[0]]), dtype=[
-                (name, np.asarray(block[name]).dtype.newbyteorder(">")) for name in names])
-            for name in names:
-                record[name] = block[name]
-            if header_text is None:
-                hdu = fits.BinTableHDU(data=record[:0])
-                for key, value, comment in header_cards:
-                    hdu.header[key] = (value, comment)
-                out.write(fits.PrimaryHDU().header.tostring().encode("ascii"))
-                header_start = out.tell()
-                header = hdu.header
-                header_text = header.tostring().encode("ascii")
-                out.write(header_text)
-            record.tofile(out)
-            n_rows += record.size
-        if header_text is None:
-            raise BadInputError(f"{path}: nothing to write")
-        out.write(b"\0" * (-(n_rows * record.dtype.itemsize) % 2880))
-        header["NAXIS2"] = n_rows  # same cards, same length: patch in place
-        new_text = header.tostring().encode("ascii")
-        assert len(new_text) == len(header_text)
-        out.seek(header_start)
-        out.write(new_text)
-    return n_rows
-
-
-def _add_simulate_arguments(parser, modes):
-    """Add the --simulate mode and its options to the command-line parser."""
-    modes.add_argument("--simulate", metavar="CATALOG",
-                       help="write a synthetic transient catalog (FITS streams epoch by epoch; "
-                            "other formats astropy writes)")
-    group = parser.add_argument_group("simulation (--simulate)")
-    group.add_argument("--sim_epochs", nargs="+", default=["Y2E1"], metavar="EPOCH",
-                       help="epochs to simulate (default Y2E1)")
-    group.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    group.add_argument("--sim_background", type=float, default=3.0,
-                       help="mean astrophysical transients per 8x16 px cell per epoch (default 3)")
-    group.add_argument("--sim_exposures", type=_positive_int, default=None,
-                       help="exposures per epoch (default: 19.4%% of the epoch's expnums)")
-
-
-def simulate_to_file(path: str, epochs=("Y2E1",), *, seed: int = 0, background: float = 3.0,
-                     n_exposures: int = None, epoch_table=None, overwrite: bool = False) -> int:
-    """Simulate (see `simulate`) straight into a catalog file; returns the rows written.
-
-    A FITS file (``.fits``) is written epoch by epoch, so memory holds one
-    epoch; other formats are built whole and written by astropy.
-
-    Examples
-    --------
-    >>> simulate_to_file("sim.fits", ["Y2E1", "Y6"], seed=42, background=0.05)
-    382223
-    """
-    epochs = [epochs] if isinstance(epochs, str) else list(epochs)
-    options = dict(seed=seed, background=background, n_exposures=n_exposures,
-                   epoch_table=epoch_table)
-    if path.lower().endswith((".fits", ".fit", ".fts")):
-        _sim_rows(epochs, epoch_table)  # bad epoch names fail before any output
-        defaults = dict(rate_scatter=0.15, epoch_scatter=0.1, gradient=0.2, n_columns=1.5,
-                        n_spots=1.0, edge_fraction=0.3, edge_width=(5.0, 15.0),
-                        ratio_range=(0.3, 30.0), active_fraction=0.85, position_dtype=np.float32)
-        blocks = (columns for _, columns, _, _, _ in _iter_simulation(epochs, **options, **defaults))
-        meta = _sim_meta(epochs, seed, background)
-        cards = [(key, value, "") for key, value in meta.items()]
-        return write_fits_rows(path, blocks, header_cards=cards, overwrite=overwrite)
-    catalog, _ = simulate(epochs, **options)
-    with atomic_output(path, overwrite=overwrite) as tmp:
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        raise BadInputError("parallel runs need Dask: pip install 'transient_masks[dask]'") from None
+    if scheduler:
         try:
-            catalog.write(tmp, format=_astropy_format(path))
-        except Exception as exc:  # astropy raises many types for unknown formats
-            raise BadInputError(f"{path}: cannot write this table format ({exc})") from None
-    return len(catalog)
-
-
-def _astropy_format(path):
-    """The astropy table format of a file name (atomic_output's temporary name hides it)."""
-    lower = path.lower()
-    for suffixes, name in (((".parquet", ".parq", ".pq"), "parquet"), ((".csv",), "ascii.csv"),
-                           ((".ecsv",), "ascii.ecsv"), ((".fits.gz", ".fits"), "fits"),
-                           ):
-        if lower.endswith(suffixes):
-            return name
-    raise BadInputError(f"{path}: unknown catalog format (use .fits, .parquet, .csv or .ecsv)")
-
-
-def _run_simulate(args) -> int:
-    n_rows = simulate_to_file(
-        args.simulate, args.sim_epochs, seed=args.seed, background=args.sim_background,
-        n_exposures=args.sim_exposures, epoch_table=args.epochs_file,
-        overwrite=args.overwrite)
-    print(f"wrote {args.simulate}: {n_rows} simulated transients in {', '.join(args.sim_epochs)} "
-          f"(seed {args.seed})", file=sys.stderr)
-    return 0
+            client = Client(scheduler, timeout="20s")
+        except (OSError, TimeoutError, ValueError) as exc:
+            raise BadInputError(f"--scheduler {scheduler}: cannot connect ({exc})") from None
+        with client:
+            yield client
+        return
+    jobs = int(jobs or os.cpu_count() or 1)
+    if jobs < 1:
+        raise BadInputError(f"jobs={jobs}: must be a positive integer")
+    with LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        yield client
 
 
 # ---- Plotting
@@ -3132,75 +2628,6 @@ def _run_plot(args) -> int:
     return 0
 
 
-# ---- Good background pixels
-
-# The work is in des_background.py (see the README for why it is a second
-# module); only its command-line mode lives here, and imports it when used.
-
-_BACKGROUND_FILES = ("se_image", "se_weight", "se_bmask", "coadd_weight", "coadd_bmask", "coadd_seg")
-
-
-def _add_background_arguments(parser, modes):
-    """Add the --background mode and its options to the command-line parser."""
-    modes.add_argument("--background", action="store_true",
-                       help="find the good background pixels of a DES single-epoch image "
-                            "(give --info and --se_index, or the six image options)")
-    group = parser.add_argument_group(
-        "good background pixels (--background); images as PATH or PATH[EXT], EXT a name or number")
-    group.add_argument("--info", metavar="YAML", help="pizza-cutter info file of the coadd tile")
-    group.add_argument("--se_index", type=int, metavar="N",
-                       help="index of the SE image in the info's src_info (from 0)")
-    for role in _BACKGROUND_FILES:
-        group.add_argument(f"--{role}", metavar="FITS", help=f"the {role.replace('_', ' ')}")
-    group.add_argument("--ignore_bits", default="", metavar="NAMES",
-                       help="bmask bits to ignore in both bmasks, DES names, e.g. SUSPECT,STREAK")
-    group.add_argument("--no_transient_cut", action="store_true",
-                       help="do not cut the pixels in the transient masks")
-    group.add_argument("--png", metavar="FILE",
-                       help="the picture (default: the output name with .png)")
-
-
-def _run_background(args) -> int:
-    import des_background
-
-    explicit = [role for role in _BACKGROUND_FILES if getattr(args, role)]
-    if args.info is not None:
-        if args.se_index is None or explicit:
-            raise BadInputError("--background: give --info with --se_index, and none of --"
-                                + ", --".join(_BACKGROUND_FILES))
-        files = des_background.ImageFiles.from_info(args.info, args.se_index)
-    else:
-        missing = [role for role in _BACKGROUND_FILES if role not in explicit]
-        if args.se_index is not None:
-            raise BadInputError("--background: --se_index needs --info")
-        if missing:
-            raise BadInputError("--background: missing --" + ", --".join(missing)
-                                + " (or give --info and --se_index)")
-        files = des_background.ImageFiles(*(getattr(args, role) for role in _BACKGROUND_FILES))
-    ignore_bits = des_background.bits_value(args.ignore_bits)
-    if args.output:
-        output = args.output
-    else:
-        stem = os.path.basename(files.se_image[0])
-        output = f"{stem[: len(stem) - len(_suffix(stem))]}_goodbkg.fits"
-    png = args.png or f"{output[: len(output) - len(_suffix(output))]}.png"
-    for path in (output, png):  # refuse before the work
-        check_output(path, args.overwrite, files.paths())
-    masks = None
-    if not args.no_transient_cut:
-        masks = TransientMasks(args.counts, epochs=args.epochs_file, **_mask_options(args))
-    pixels = des_background.good_background(files, transient_masks=masks, ignore_bits=ignore_bits)
-    des_background.write_outputs(pixels, output, png, overwrite=args.overwrite)
-    table = pixels.summary()
-    table["FRACTION"].format = ".4f"
-    print("\n".join(table.pformat(max_lines=-1, max_width=-1)))
-    demo = " [transient masks from SYNTHETIC DEMO DATA]" if pixels.demo else ""
-    cut = f"transient masks of {pixels.epoch}" if pixels.epoch else "no transient-mask cut"
-    print(f"{files.se_image[0]}: {100 * pixels.good.mean():.2f}% good background pixels ({cut}){demo}; "
-          f"wrote {output}, {png}", file=sys.stderr)
-    return 0
-
-
 # ---- Command line
 
 
@@ -3222,12 +2649,13 @@ def _masked_value(text):
             f"{text}: not a number nor a DES mask bit ({', '.join(MASK_BITS)})") from None
 
 
-def _add_mask_arguments(parser, modes):
-    """Add the --epoch and --input modes and the masking options."""
-    modes.add_argument("--epoch", metavar="EPOCH",
-                       help="write the full-resolution masks of this epoch (e.g. Y2E1)")
-    modes.add_argument("--input", metavar="TABLE",
-                       help="write a copy of this event table without the events in masked regions")
+def _add_mask_options(parser):
+    """Add the options that choose the count maps, epochs and masking rule.
+
+    Shared by every command that builds masks (this module's modes and
+    ``des_background``); `_mask_options` turns them into `TransientMasks`
+    keywords.
+    """
     group = parser.add_argument_group("masking options")
     group.add_argument("--counts", metavar="FILE",
                        help=f"DES count-map file (default: {REAL_COUNTS_FILENAME} beside the module "
@@ -3243,6 +2671,21 @@ def _add_mask_arguments(parser, modes):
     group.add_argument("--floor", choices=FLOORS, default=DEFAULT_FLOOR,
                        help="threshold floor is twice this statistic of a CCD's cells; 'mean' "
                             "reproduces the published DES masks (default %(default)s)")
+    return group
+
+
+def _mask_options(args) -> dict:
+    """`EpochMask` / `TransientMasks` keywords from the options of `_add_mask_options`."""
+    return {"fp_rate": args.fp_rate, "x_bin": args.x_bin, "y_bin": args.y_bin, "floor": args.floor}
+
+
+def _add_mask_arguments(parser, modes):
+    """Add the --epoch and --input modes, the masking options and the output options."""
+    modes.add_argument("--epoch", metavar="EPOCH",
+                       help="write the full-resolution masks of this epoch (e.g. Y2E1)")
+    modes.add_argument("--input", metavar="TABLE",
+                       help="write a copy of this event table without the events in masked regions")
+    group = _add_mask_options(parser)
     group.add_argument("-o", "--output", metavar="FILE",
                        help="output file (default: transient_masks_EPOCH.fits.fz for --epoch, "
                             "STEM_filtered.EXT in the working directory for --input, "
@@ -3264,10 +2707,6 @@ def _add_mask_arguments(parser, modes):
         group.add_argument(f"--{role}_col", default=default, metavar="NAME",
                            help=f"--input, --gather: {role} column (default %(default)s"
                                 + ("; falls back to X_IMAGE/Y_IMAGE or X/Y)" if role in "xy" else ")"))
-
-
-def _mask_options(args) -> dict:
-    return {"fp_rate": args.fp_rate, "x_bin": args.x_bin, "y_bin": args.y_bin, "floor": args.floor}
 
 
 def _run_epoch(args) -> int:
@@ -3298,6 +2737,24 @@ def _run_filter(args) -> int:
     return 0
 
 
+#: Former modes that are commands of their own now: option -> the command to use.
+_MOVED_MODES = {
+    "simulate": "transient_sim.py CATALOG --epochs ... (console script transient-sim)",
+    "background": "des_background.py --info ... --se_index ... (console script des-background)",
+}
+
+
+def _add_moved_modes(parser, modes):
+    """Accept the former --simulate and --background modes, to point to their commands."""
+    modes.add_argument("--simulate", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    modes.add_argument("--background", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+
+def _run_moved(args) -> int:
+    mode = next(name for name in _MOVED_MODES if getattr(args, name, None) is not None)
+    raise BadInputError(f"--{mode} is a command of its own now: {_MOVED_MODES[mode]}")
+
+
 class _ArgumentParser(argparse.ArgumentParser):
     """argparse with one-line usage errors (exit code 2)."""
 
@@ -3305,15 +2762,70 @@ class _ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+class _Terminated(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM, so that every ``finally`` runs."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
+def run_cli(parser: argparse.ArgumentParser, run, argv=None, prog: str = None) -> int:
+    """Parse ``argv``, run ``run(args)`` and turn the outcome into an exit code.
+
+    The one place where exceptions become exit codes, shared by the commands of
+    transient_masks, transient_sim and des_background: 0 done (or what ``run``
+    returns), 2 bad input or usage (`BadInputError`, argparse errors: one line
+    on stderr), 130 interrupted (SIGINT), 143 terminated (SIGTERM), 1 an
+    unexpected failure (one line naming the exception).  Temporary outputs are
+    removed on every path (`atomic_output`).  The library loggers of the
+    project's modules are shown on stderr while ``run`` runs.
+    """
+    import signal
+
+    prog = prog or parser.prog
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 for --help
+        return exc.code
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{prog}: %(message)s"))
+    loggers = [logging.getLogger(name) for name in ("transient_masks", "transient_sim", "des_background")]
+    for logger in loggers:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
+    try:
+        return run(args)
+    except BadInputError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except _Terminated:
+        print(f"{prog}: terminated; no output written", file=sys.stderr)
+        return 143
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; no output written", file=sys.stderr)
+        return 130
+    except Exception as exc:  # an unexpected failure: one line too, and exit 1
+        print(f"{prog}: unexpected failure: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+        for logger in loggers:
+            logger.removeHandler(handler)
+
+
 #: Each mode: (the args attribute that selects it, the function that runs it).
 _MODES = [
     ("epoch", "_run_epoch"),
     ("input", "_run_filter"),
     ("gather", "_run_gather"),
-    ("simulate", "_run_simulate"),
     ("plot", "_run_plot"),
     ("summary", "_run_plot"),
-    ("background", "_run_background"),
+    ("simulate", "_run_moved"),
+    ("background", "_run_moved"),
 ]
 
 
@@ -3326,47 +2838,24 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     modes = parser.add_mutually_exclusive_group(required=True)
-    for add_arguments in (
-        _add_mask_arguments,
-        _add_gather_arguments,
-        _add_simulate_arguments,
-        _add_plot_arguments,
-        _add_background_arguments,
-    ):
+    for add_arguments in (_add_mask_arguments, _add_gather_arguments, _add_plot_arguments,
+                          _add_moved_modes):
         add_arguments(parser, modes)
     return parser
 
 
 def main(argv=None) -> int:
-    """Run the command line; returns the exit code (0 ok, 2 bad input, 1 failure)."""
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # argparse exits 2 on usage errors, 0 for --help
-        return exc.code
-    run = next(globals()[name] for dest, name in _MODES if getattr(args, dest, None))
-    # Library modules log; the command line shows their messages on stderr.
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("transient_masks: %(message)s"))
-    loggers = [logging.getLogger(name) for name in (__name__, "des_background")]
-    for logger in loggers:
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-    try:
-        return run(args)
-    except BadInputError as exc:
-        print(f"transient_masks: error: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # an unexpected failure: one line too, and exit 1
-        print(f"transient_masks: unexpected failure: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        for logger in loggers:
-            logger.removeHandler(handler)
+    """Run the command line; returns the exit code (see `run_cli`)."""
+
+    def run(args):
+        mode = next(name for dest, name in _MODES if getattr(args, dest, None) not in (None, False))
+        return globals()[mode](args)
+
+    return run_cli(build_parser(), run, argv, prog="transient_masks")
 
 
 if __name__ == "__main__":
-    # Run as a script, this module is __main__; des_background imports it by
+    # Run as a script, this module is __main__; the other modules import it by
     # name, and must get this same module (one BadInputError class, one logger).
     sys.modules.setdefault("transient_masks", sys.modules[__name__])
     sys.exit(main())

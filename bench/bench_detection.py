@@ -4,7 +4,7 @@
     python bench/bench_detection.py                       # Y2E1, Y4E2, Y6, seed 7
     python bench/bench_detection.py --epochs Y1E1 Y6 --seed 3 --background 5
 
-Simulates the epochs (`transient_masks.simulate`), gathers the catalog into DES
+Simulates the epochs (`transient_sim.simulate`), gathers the catalog into DES
 count maps (`gather_arrays`), builds each epoch's mask with the default rule
 (`EpochMask`: fp_rate 1e-4, floor 2 x median, no extra binning) and scores it
 against the simulation truth:
@@ -28,6 +28,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import transient_masks as tm  # noqa: E402
+import transient_sim as ts  # noqa: E402
 
 RATIO_BINS = [0, 0.5, 1, 2, 3, 5, 10, np.inf]
 
@@ -49,7 +50,7 @@ def score_epoch(epoch, catalog, truth, counts, **mask_options):
     in_epoch = (catalog["EXPNUM"] >= row["MINEXPNUM"]) & (catalog["EXPNUM"] <= row["MAXEXPNUM"])
     events = catalog[in_epoch]
     masked = mask.apply(events["CCDNUM"], events["XWIN_IMAGE"], events["YWIN_IMAGE"])
-    is_defect = events["SOURCE"] != tm.SIM_SOURCES.index("astro")
+    is_defect = events["SOURCE"] != ts.SIM_SOURCES.index("astro")
     return {
         "ratio": ratio[defect], "found": mask.mask[defect],
         "n_clean": int(clean.sum()), "n_fp": int((mask.mask & clean).sum()),
@@ -87,7 +88,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
-    catalog, truth = tm.simulate(args.epochs, seed=args.seed, background=args.background)
+    catalog, truth = ts.simulate(args.epochs, seed=args.seed, background=args.background)
     result = tm.gather_arrays(catalog["EXPNUM"], catalog["CCDNUM"], catalog["XWIN_IMAGE"],
                               catalog["YWIN_IMAGE"])
     scores = [score_epoch(epoch, catalog, truth, result.counts[epoch], fp_rate=args.fp_rate,

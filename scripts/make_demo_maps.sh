@@ -16,7 +16,7 @@ EPOCHS="Y2E1 Y4E2 Y6"
 BACKGROUND=3
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/demo_maps.XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
-python transient_masks.py --simulate "$tmp/demo_catalog.fits" --sim_epochs $EPOCHS \
-    --seed $SEED --sim_background $BACKGROUND
+python transient_sim.py "$tmp/demo_catalog.fits" --epochs $EPOCHS \
+    --seed $SEED --background $BACKGROUND
 python transient_masks.py --gather "$tmp/demo_catalog.fits" --demo \
     -o demo_transient_maps.fits.gz --overwrite

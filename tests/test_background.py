@@ -274,7 +274,7 @@ def digest(directory):
 def test_cli_writes_the_image_picture_and_summary(files, wcs_pair, images, monkeypatch, capsys):
     monkeypatch.chdir(files)
     before = digest(files)
-    assert tm.main(["--background", *EXPLICIT, "--no_transient_cut"]) == 0
+    assert bg.main([*EXPLICIT, "--no_transient_cut"]) == 0
     out, err = capsys.readouterr()
     assert digest(files) == before  # inputs untouched
     with fits.open("se_goodbkg.fits") as hdul:
@@ -307,11 +307,11 @@ def test_cli_writes_the_image_picture_and_summary(files, wcs_pair, images, monke
 
 def test_yaml_and_explicit_forms_agree(files, monkeypatch, capsys):
     monkeypatch.chdir(files)
-    assert tm.main(["--background", *EXPLICIT, "--counts", "maps.fits", "-o", "explicit.fits"]) == 2
+    assert bg.main([*EXPLICIT, "--counts", "maps.fits", "-o", "explicit.fits"]) == 2
     assert "maps.fits: count-map file not found" in capsys.readouterr().err
     write_count_maps(files / "maps.fits", {"Y6": hot_maps(np.random.default_rng(1), hot_x=7)})
-    assert tm.main(["--background", *EXPLICIT, "--counts", "maps.fits", "-o", "explicit.fits"]) == 0
-    assert tm.main(["--background", "--info", "info.yaml", "--se_index", "1", "--counts", "maps.fits",
+    assert bg.main([*EXPLICIT, "--counts", "maps.fits", "-o", "explicit.fits"]) == 0
+    assert bg.main(["--info", "info.yaml", "--se_index", "1", "--counts", "maps.fits",
                     "-o", "from_yaml.fits"]) == 0
     capsys.readouterr()
     explicit, from_yaml = fits.getdata("explicit.fits"), fits.getdata("from_yaml.fits")
@@ -378,7 +378,7 @@ def test_transient_cut_uses_the_epoch_and_ccd_of_the_exposure(files, wcs_pair, i
 def test_bad_input_is_one_line_exit_2(files, monkeypatch, capsys, args, message):
     monkeypatch.chdir(files)
     before = digest(files)
-    assert tm.main(["--background", *args, "--no_transient_cut"]) == 2
+    assert bg.main([*args, "--no_transient_cut"]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert digest(files) == before
@@ -393,7 +393,7 @@ def test_se_image_off_the_coadd(files, wcs_pair, monkeypatch, capsys):
         far.remove(key)
     fits.PrimaryHDU(np.zeros(wcs_pair[4], np.int32), far).writeto("far.fits")
     args = [*EXPLICIT[:6], "--coadd_weight", "far.fits", "--coadd_bmask", "far.fits", "--coadd_seg", "far.fits"]
-    assert tm.main(["--background", *args, "--no_transient_cut"]) == 0
+    assert bg.main([*args, "--no_transient_cut"]) == 0
     capsys.readouterr()
     assert (fits.getdata("se_goodbkg.fits") == bg.REASONS.index("OFF_COADD")).all()
 
@@ -403,28 +403,28 @@ def test_no_usable_wcs(files, monkeypatch, capsys):
     with fits.open("se.fits") as hdul:
         data = hdul["sci"].data
     fits.PrimaryHDU(data).writeto("nowcs.fits")
-    assert tm.main(["--background", "--se_image", "nowcs.fits", *EXPLICIT[2:], "--no_transient_cut"]) == 2
+    assert bg.main(["--se_image", "nowcs.fits", *EXPLICIT[2:], "--no_transient_cut"]) == 2
     assert "nowcs.fits[0]: no usable celestial WCS in the SE image header" in capsys.readouterr().err
 
 
 def test_existing_output_refused_before_work(files, monkeypatch, capsys):
     monkeypatch.chdir(files)
     (files / "se_goodbkg.png").write_text("keep me")
-    assert tm.main(["--background", *EXPLICIT, "--no_transient_cut"]) == 2
+    assert bg.main([*EXPLICIT, "--no_transient_cut"]) == 2
     assert "se_goodbkg.png: output exists" in capsys.readouterr().err
     assert not (files / "se_goodbkg.fits").exists()
     assert (files / "se_goodbkg.png").read_text() == "keep me"
-    assert tm.main(["--background", *EXPLICIT, "--no_transient_cut", "-o", "se.fits"]) == 2
+    assert bg.main([*EXPLICIT, "--no_transient_cut", "-o", "se.fits"]) == 2
     assert "refusing to write over the input file" in capsys.readouterr().err
 
 
-def test_script_run_reports_bad_input_from_des_background(tmp_path):
-    """Run as a script, transient_masks is __main__: des_background's errors must still be exit 2."""
+def test_script_run_reports_bad_input(tmp_path):
+    """Run as a script, des_background is __main__: its bad-input errors must still be exit 2."""
     import subprocess
     import sys
 
-    script = os.path.join(os.path.dirname(DATA), os.pardir, "transient_masks.py")
-    done = subprocess.run([sys.executable, script, "--background", "--info", "nothere.yaml", "--se_index", "0"],
+    script = os.path.join(os.path.dirname(DATA), os.pardir, "des_background.py")
+    done = subprocess.run([sys.executable, script, "--info", "nothere.yaml", "--se_index", "0"],
                           cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 2
-    assert done.stderr.strip() == "transient_masks: error: nothere.yaml: pizza-cutter info file not found"
+    assert done.stderr.strip() == "des_background: error: nothere.yaml: pizza-cutter info file not found"

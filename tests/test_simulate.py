@@ -7,17 +7,18 @@ from astropy.io import fits
 from astropy.table import Table
 
 import transient_masks as tm
+import transient_sim as ts
 
 EPOCHS = tm.read_epochs()
 ROW = {name: row for name, row in zip(EPOCHS["NAME"], EPOCHS)}
-CODE = {name: code for code, name in enumerate(tm.SIM_SOURCES)}
+CODE = {name: code for code, name in enumerate(ts.SIM_SOURCES)}
 # A low background keeps these tests fast (about 200k events per epoch).
 BACKGROUND = 0.05
 
 
 @pytest.fixture(scope="module")
 def sim():
-    return tm.simulate(["Y1E1", "Y2E1", "Y5E1", "Y6"], seed=11, background=BACKGROUND)
+    return ts.simulate(["Y1E1", "Y2E1", "Y5E1", "Y6"], seed=11, background=BACKGROUND)
 
 
 def rows_of(catalog, epoch):
@@ -39,7 +40,7 @@ def test_columns_ranges_and_order(sim):
     x, y = catalog["XWIN_IMAGE"], catalog["YWIN_IMAGE"]
     assert ((x >= 0.5) & (x < 2048.5) & (y >= 0.5) & (y < 4096.5)).all()
     assert ((catalog["CCDNUM"] >= 1) & (catalog["CCDNUM"] <= 62)).all()
-    assert set(np.unique(catalog["SOURCE"])) == set(range(len(tm.SIM_SOURCES)))
+    assert set(np.unique(catalog["SOURCE"])) == set(range(len(ts.SIM_SOURCES)))
     assert (np.diff(catalog["EXPNUM"]) >= 0).all()  # ordered by exposure, like DES catalogs
     # Positions are continuous, not pixel centres.
     assert np.mean(x != np.round(x)) > 0.99
@@ -47,10 +48,10 @@ def test_columns_ranges_and_order(sim):
 
 
 def test_reproducible_from_seed_and_epoch_independent():
-    one, truth_one = tm.simulate("Y2E1", seed=4, background=BACKGROUND)
-    again, truth_again = tm.simulate("Y2E1", seed=4, background=BACKGROUND)
-    other, _ = tm.simulate("Y2E1", seed=5, background=BACKGROUND)
-    two, truth_two = tm.simulate(["Y1E1", "Y2E1"], seed=4, background=BACKGROUND)
+    one, truth_one = ts.simulate("Y2E1", seed=4, background=BACKGROUND)
+    again, truth_again = ts.simulate("Y2E1", seed=4, background=BACKGROUND)
+    other, _ = ts.simulate("Y2E1", seed=5, background=BACKGROUND)
+    two, truth_two = ts.simulate(["Y1E1", "Y2E1"], seed=4, background=BACKGROUND)
     for name in one.colnames:
         np.testing.assert_array_equal(one[name], again[name])
         np.testing.assert_array_equal(one[name], rows_of(two, "Y2E1")[name])
@@ -129,18 +130,17 @@ def test_rates_gradients_and_amplitudes(sim):
 
 def test_bad_parameters():
     with pytest.raises(tm.BadInputError, match="'Y9'"):
-        tm.simulate(["Y9"])
+        ts.simulate(["Y9"])
     with pytest.raises(tm.BadInputError, match="background"):
-        tm.simulate(["Y2E1"], background=0)
+        ts.simulate(["Y2E1"], background=0)
 
 
 def test_cli_simulate_then_gather(tmp_path, capsys):
     catalog_path = str(tmp_path / "sim.fits")
-    argv = ["--simulate", catalog_path, "--sim_epochs", "Y2E1", "Y6", "--seed", "3",
-            "--sim_background", str(BACKGROUND)]
-    assert tm.main(argv) == 0
+    argv = [catalog_path, "--epochs", "Y2E1", "Y6", "--seed", "3", "--background", str(BACKGROUND)]
+    assert ts.main(argv) == 0
     assert "simulated transients" in capsys.readouterr().err
-    expected, _ = tm.simulate(["Y2E1", "Y6"], seed=3, background=BACKGROUND)
+    expected, _ = ts.simulate(["Y2E1", "Y6"], seed=3, background=BACKGROUND)
     written = Table.read(catalog_path)
     assert len(written) == len(expected)
     for name in expected.colnames:
@@ -155,18 +155,36 @@ def test_cli_simulate_then_gather(tmp_path, capsys):
         assert hdul[1].header["SIMSEED"] == 3  # provenance carried from the catalog
     # Parquet output through astropy.
     parquet_path = str(tmp_path / "sim.parquet")
-    assert tm.main(["--simulate", parquet_path, "--sim_epochs", "Y2E1", "--seed", "3",
-                    "--sim_background", str(BACKGROUND)]) == 0
+    assert ts.main([parquet_path, "--epochs", "Y2E1", "--seed", "3", "--background", str(BACKGROUND)]) == 0
     np.testing.assert_array_equal(Table.read(parquet_path)["XWIN_IMAGE"],
                                   rows_of(expected, "Y2E1")["XWIN_IMAGE"])
 
 
 def test_cli_simulate_bad_epoch_exit_2_no_output(tmp_path, capsys):
     output = tmp_path / "sim.fits"
-    assert tm.main(["--simulate", str(output), "--sim_epochs", "Y2E1", "Y7"]) == 2
+    assert ts.main([str(output), "--epochs", "Y2E1", "Y7"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and "'Y7'" in err
     assert not output.exists() and not os.listdir(tmp_path)
+
+
+def test_moved_modes_point_to_their_commands(capsys):
+    """transient_masks --simulate / --background: a one-line pointer, exit 2."""
+    for mode, command in (("--simulate", "transient_sim.py"), ("--background", "des_background.py")):
+        assert tm.main([mode, "x.fits"]) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1 and command in err
+
+
+def test_masks_module_does_not_import_the_other_jobs():
+    """The import arrows go one way: the simulator and the background job use the masks."""
+    import subprocess
+    import sys
+
+    probe = "import sys, transient_masks; print(sorted(m for m in ('transient_sim', 'des_background') if m in sys.modules))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert done.stdout.strip() == "[]"
 
 
 def test_shipped_demo_maps():
