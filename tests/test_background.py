@@ -9,11 +9,13 @@ TAN image on the same tangent point that covers most, not all, of it.
 import hashlib
 import logging
 import os
+import shutil
 
 import numpy as np
 import pytest
 import yaml
 from astropy.io import fits
+from astropy.table import Table
 from astropy.wcs import WCS
 
 import des_background as bg
@@ -274,7 +276,7 @@ def digest(directory):
 def test_cli_writes_the_image_picture_and_summary(files, wcs_pair, images, monkeypatch, capsys):
     monkeypatch.chdir(files)
     before = digest(files)
-    assert bg.main([*EXPLICIT, "--no_transient_cut"]) == 0
+    assert bg.main([*EXPLICIT, "--no_transient_cut", "--png"]) == 0
     out, err = capsys.readouterr()
     assert digest(files) == before  # inputs untouched
     with fits.open("se_goodbkg.fits") as hdul:
@@ -363,59 +365,19 @@ def test_transient_cut_uses_the_epoch_and_ccd_of_the_exposure(files, wcs_pair, i
     assert "EXPNUM 400000 is in epoch Y2E2, which the count maps do not have" in caplog.text
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--info", "info.yaml", "--se_index", "2"], "info.yaml: se_index 2 out of range (src_info has 2 entries"),
-    (["--info", "info.yaml", "--se_index", "0"], "missing.fits: file not found (--se_image)"),
-    (["--info", "nothere.yaml", "--se_index", "0"], "nothere.yaml: pizza-cutter info file not found"),
-    (["--info", "info.yaml"], "give --info with --se_index"),
-    ([*EXPLICIT, "--se_index", "1"], "--se_index needs --info"),
-    (EXPLICIT[:4], "missing --se_bmask, --coadd_weight, --coadd_bmask, --coadd_seg"),
-    ([*EXPLICIT[:5], "se.fits[bad]", *EXPLICIT[6:]], "se.fits: no extension 'bad' (--se_bmask; it has PRIMARY, SCI"),
-    ([*EXPLICIT[:9], "se.fits[msk]", *EXPLICIT[10:]], "different shapes: coadd weight 244x108, coadd bmask 120x240"),
-    ([*EXPLICIT[:1], "coadd.fits[sci]", *EXPLICIT[2:]], "different shapes: SE image 244x108, SE weight 120x240"),
-    ([*EXPLICIT, "--ignore_bits", "BPM,NOSUCH"], "unknown DES mask bit 'NOSUCH'"),
-])
-def test_bad_input_is_one_line_exit_2(files, monkeypatch, capsys, args, message):
-    monkeypatch.chdir(files)
-    before = digest(files)
-    assert bg.main([*args, "--no_transient_cut"]) == 2
-    err = capsys.readouterr().err
-    assert message in err and len(err.strip().splitlines()) == 1, err
-    assert digest(files) == before
-    assert sorted(os.listdir(files)) == ["coadd.fits", "info.yaml", "se.fits", "seg.fits"]
-
-
-def test_se_image_off_the_coadd(files, wcs_pair, monkeypatch, capsys):
-    monkeypatch.chdir(files)
-    far = wcs_pair[1].copy()
-    far["CRPIX1"] += 5000  # the same sky, now far off this small coadd
-    for key in ("NAXIS", "NAXIS1", "NAXIS2"):
-        far.remove(key)
-    fits.PrimaryHDU(np.zeros(wcs_pair[4], np.int32), far).writeto("far.fits")
-    args = [*EXPLICIT[:6], "--coadd_weight", "far.fits", "--coadd_bmask", "far.fits", "--coadd_seg", "far.fits"]
-    assert bg.main([*args, "--no_transient_cut"]) == 0
-    capsys.readouterr()
-    assert (fits.getdata("se_goodbkg.fits") == bg.REASONS.index("OFF_COADD")).all()
-
-
-def test_no_usable_wcs(files, monkeypatch, capsys):
-    monkeypatch.chdir(files)
-    with fits.open("se.fits") as hdul:
-        data = hdul["sci"].data
-    fits.PrimaryHDU(data).writeto("nowcs.fits")
-    assert bg.main(["--se_image", "nowcs.fits", *EXPLICIT[2:], "--no_transient_cut"]) == 2
-    assert "nowcs.fits[0]: no usable celestial WCS in the SE image header" in capsys.readouterr().err
-
-
-def test_existing_output_refused_before_work(files, monkeypatch, capsys):
-    monkeypatch.chdir(files)
-    (files / "se_goodbkg.png").write_text("keep me")
-    assert bg.main([*EXPLICIT, "--no_transient_cut"]) == 2
-    assert "se_goodbkg.png: output exists" in capsys.readouterr().err
-    assert not (files / "se_goodbkg.fits").exists()
-    assert (files / "se_goodbkg.png").read_text() == "keep me"
-    assert bg.main([*EXPLICIT, "--no_transient_cut", "-o", "se.fits"]) == 2
-    assert "refusing to write over the input file" in capsys.readouterr().err
+def listing(directory):
+    """Every file below ``directory`` (hidden ones too) with its sha256."""
+    found = {}
+    for root, dirs, names in os.walk(directory):
+        for name in dirs + names:
+            path = os.path.join(root, name)
+            key = os.path.relpath(path, directory)
+            if os.path.isfile(path) and not os.path.islink(path):
+                with open(path, "rb") as stream:
+                    found[key] = hashlib.sha256(stream.read()).hexdigest()
+            else:
+                found[key] = "not a file"
+    return found
 
 
 def test_script_run_reports_bad_input(tmp_path):
@@ -428,3 +390,575 @@ def test_script_run_reports_bad_input(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 2
     assert done.stderr.strip() == "des_background: error: nothere.yaml: pizza-cutter info file not found"
+
+
+def test_existing_output_refused_before_work(files, monkeypatch, capsys):
+    monkeypatch.chdir(files)
+    (files / "se_goodbkg.png").write_text("keep me")
+    assert bg.main([*EXPLICIT, "--no_transient_cut", "--png"]) == 2
+    assert "se_goodbkg.png: output exists" in capsys.readouterr().err
+    assert not (files / "se_goodbkg.fits").exists()
+    assert (files / "se_goodbkg.png").read_text() == "keep me"
+    # with --overwrite it is replaced, by a real picture
+    assert bg.main([*EXPLICIT, "--no_transient_cut", "--png", "--overwrite"]) == 0
+    assert (files / "se_goodbkg.png").read_bytes()[:4] == b"\x89PNG"
+
+
+# ---- The defects of issue 11
+
+
+def test_wholly_off_coadd_arrays_in_memory_are_all_off_coadd(wcs_pair, images):
+    """Coadd arrays in memory that the SE image misses: all OFF_COADD (it raised IndexError)."""
+    coadd_shape = wcs_pair[4]
+    far = wcs_pair[1].copy()
+    far["CRPIX1"] += 5000
+    pixels = make_pixels((None, None, wcs_pair[2], WCS(far)), images)
+    assert not pixels.overlaps and pixels.map_error == 0.0
+    assert (pixels.reason == bg.REASONS.index("OFF_COADD")).all() and not pixels.good.any()
+    assert pixels.counts[1] == pixels.reason.size and pixels.summary()["FIRST"][1] == pixels.reason.size
+    # the SE cuts are still known, the coadd ones are not evaluated
+    np.testing.assert_array_equal(pixels.failed["SE_WEIGHT"], ~(images["se_weight"] > 0))
+    assert not pixels.failed["COADD_SEG"].any()
+    # also for a cutout of the coadd that is empty, and an empty coadd
+    empty = {key: images[key][:0, :0] for key in ("coadd_weight", "coadd_bmask", "coadd_seg")}
+    pixels = make_pixels((None, None, wcs_pair[2], WCS(far)), dict(images, **empty), coadd_shape=coadd_shape)
+    assert (pixels.reason == 1).all()
+
+
+def opposite_hemisphere(header):
+    """A copy of an SE header moved to the other side of the sky (the coadd's TAN is not finite there)."""
+    header = header.copy()
+    header["CRVAL1"] = (header["CRVAL1"] + 180.0) % 360.0
+    header["CRVAL2"] = -header["CRVAL2"]
+    return header
+
+
+def test_se_image_in_the_other_hemisphere_is_off_coadd_without_reading_it(files, wcs_pair, images, monkeypatch,
+                                                                           capsys, caplog):
+    far = WCS(opposite_hemisphere(wcs_pair[0]))
+    pixels = make_pixels((None, None, far, wcs_pair[3]), images)
+    assert (pixels.reason == 1).all() and not pixels.overlaps
+    # from files: the coadd is never read, and the command says why there is no output
+    monkeypatch.chdir(files)
+    with fits.open("se.fits") as hdul:
+        hdus = [fits.PrimaryHDU()] + [fits.ImageHDU(hdul[name].data, opposite_hemisphere(hdul[name].header),
+                                                    name=name) for name in ("sci", "msk", "wgt")]
+    fits.HDUList(hdus).writeto("south.fits")
+
+    def no_reading(*args):
+        raise AssertionError("the coadd was read")
+
+    monkeypatch.setattr(bg.Coadd, "cutout", no_reading)
+    args = ["--se_image", "south.fits[sci]", "--se_weight", "south.fits[wgt]", "--se_bmask", "south.fits[msk]",
+            *EXPLICIT[6:], "--no_transient_cut"]
+    with caplog.at_level(logging.WARNING, logger="des_background"):
+        pixels = bg.good_background(bg.ImageFiles(*args[1:12:2]))
+    assert (pixels.reason == 1).all()
+    assert "the SE image and the coadd do not overlap" in caplog.text
+    assert bg.main(args) == 0
+    err = capsys.readouterr().err
+    assert "south.fits[sci]: the SE image and the coadd do not overlap: skipped, no output written" in err
+    assert not os.path.exists("south_goodbkg.fits")
+    summary = Table.read("south_goodbkg_summary.ecsv")
+    assert list(summary["STATUS"]) == ["skipped"] and summary["N_OFF_COADD"][0] == SE_SHAPE[0] * SE_SHAPE[1]
+
+
+def test_ccd_wholly_off_the_coadd_warns(files, wcs_pair, monkeypatch, capsys):
+    monkeypatch.chdir(files)
+    far = wcs_pair[1].copy()
+    far["CRPIX1"] += 5000  # the same sky, now far off this small coadd
+    for key in ("NAXIS", "NAXIS1", "NAXIS2"):
+        far.remove(key)
+    fits.PrimaryHDU(np.zeros(wcs_pair[4], np.int32), far).writeto("far.fits")
+    args = [*EXPLICIT[:6], "--coadd_weight", "far.fits", "--coadd_bmask", "far.fits[0]", "--coadd_seg",
+            "seg.fits"]
+    assert bg.main([*args, "--no_transient_cut"]) == 2  # far.fits and far.fits[0] are one image
+    assert "--coadd_weight and --coadd_bmask are the same image, HDU 0 of far.fits" in capsys.readouterr().err
+    fits.PrimaryHDU(np.zeros(wcs_pair[4], np.int32), far).writeto("far2.fits")
+    fits.PrimaryHDU(np.zeros(wcs_pair[4], np.int32), far).writeto("far3.fits")
+    args = [*EXPLICIT[:6], "--coadd_weight", "far.fits", "--coadd_bmask", "far2.fits", "--coadd_seg", "far3.fits"]
+    assert bg.main([*args, "--no_transient_cut"]) == 0
+    err = capsys.readouterr().err
+    assert "do not overlap" in err and "skipped" in err
+    assert not os.path.exists("se_goodbkg.fits")
+
+
+def test_fpacked_segmap_without_extension_takes_its_first_image(tmp_path, monkeypatch, capsys):
+    """fpack puts the image in HDU 1 after an empty primary: no [EXT] means that image."""
+    monkeypatch.chdir(tmp_path)
+    paths = bg.write_example_tile(".", n_images=1, se_shape=(256, 128))
+    se = os.path.basename(paths["se"][0])
+    args = ["--se_image", f"{se}[sci]", "--se_weight", f"{se}[wgt]", "--se_bmask", f"{se}[msk]",
+            "--coadd_weight", "DES2122+0001_r.fits.fz[wgt]", "--coadd_bmask", "DES2122+0001_r.fits.fz[msk]",
+            "--coadd_seg", "DES2122+0001_r_segmap.fits.fz", "--no_transient_cut"]
+    assert bg.main(args) == 0
+    capsys.readouterr()
+    header = fits.getheader("D00791215_r_c57_goodbkg.fits")
+    assert header["BGIN5"] == "DES2122+0001_r_segmap.fits.fz[1]"
+    assert header["BGNPIX6"] > 0  # the objects of the segmentation map are seen
+    assert bg.main(["--info", "DES2122+0001_r_pizza_info.yaml", "--se_index", "0", "--no_transient_cut",
+                    "-o", "from_info.fits"]) == 0
+    np.testing.assert_array_equal(fits.getdata("from_info.fits"), fits.getdata("D00791215_r_c57_goodbkg.fits"))
+
+
+def test_quoted_extension_number_is_an_hdu_number(files):
+    info = yaml.safe_load((files / "info.yaml").read_text())
+    info["seg_ext"] = "0"
+    info["src_info"][1].update(image_ext=" 1", bmask_ext="2", weight_ext="WGT")
+    (files / "info.yaml").write_text(yaml.safe_dump(info))
+    tile = bg.PizzaInfo(files / "info.yaml")
+    chosen = tile.files(1)
+    assert chosen.se_image[1] == 1 and chosen.se_bmask[1] == 2 and chosen.coadd_seg[1] == 0
+    assert chosen.se_weight[1] == "WGT"
+    pixels = bg.good_background(chosen)
+    expected = bg.good_background(bg.ImageFiles(*(str(files / f) for f in EXPLICIT[1::2])))
+    np.testing.assert_array_equal(pixels.reason, expected.reason)
+
+
+# ---- Many SE images
+
+
+@pytest.fixture
+def tile(tmp_path):
+    """A synthetic tile in DES layout (fpacked) with 4 small SE images."""
+    paths = bg.write_example_tile(tmp_path / "tile", n_images=4, se_shape=(256, 128))
+    return tmp_path, paths
+
+
+def test_parse_se_index():
+    assert bg.parse_se_index(" 3 ", 5) == [3]
+    assert bg.parse_se_index("0,4,2,4", 5) == [0, 4, 2]
+    assert bg.parse_se_index("1-3,0", 5) == [1, 2, 3, 0]
+    assert bg.parse_se_index("ALL", 3) == [0, 1, 2]
+    for bad, message in [("", "give N"), ("1-", "give N"), ("-1", "give N"), ("a", "give N"), ("1.5", "give N"),
+                         ("3-1", "runs backwards"), ("5", "out of range"), ("0-5", "out of range")]:
+        with pytest.raises(tm.BadInputError, match=message):
+            bg.parse_se_index(bad, 5)
+
+
+def test_many_se_images_one_summary(tile, monkeypatch, capsys):
+    tmp_path, paths = tile
+    monkeypatch.chdir(tmp_path)
+    maps = write_count_maps("maps.fits", {"Y6": hot_maps(np.random.default_rng(2), hot_x=3, ccdnum=58)})
+    info = "tile/DES2122+0001_r_pizza_info.yaml"
+    assert bg.main(["--info", info, "--se_index", "0-2", "-o", "out/", "--counts", maps, "--png"]) == 0
+    out, err = capsys.readouterr()
+    names = ["D00791215_r_c57", "D00791216_r_c58", "D00791217_r_c59"]
+    assert sorted(os.listdir("out")) == sorted([f"{n}_goodbkg.{e}" for n in names for e in ("fits", "png")]
+                                               + ["DES2122+0001_r_goodbkg_summary.ecsv"])
+    assert "3 SE images: 3 done" in err and out == ""
+    summary = Table.read("out/DES2122+0001_r_goodbkg_summary.ecsv")
+    assert list(summary["INDEX"]) == [0, 1, 2] and list(summary["STATUS"]) == ["done"] * 3
+    assert list(summary["EXPNUM"]) == [791215, 791216, 791217] and list(summary["CCDNUM"]) == [57, 58, 59]
+    assert list(summary["EPOCH"]) == ["Y6"] * 3 and summary.meta["DEMO"] is False
+    assert summary["SE_IMAGE"][1].endswith("D00791216_r_c58_immasked.fits.fz[sci]")
+    assert summary["OUTPUT"][1] == "out/D00791216_r_c58_goodbkg.fits"
+    for row, name in zip(summary, names):
+        reason = fits.getdata(f"out/{name}_goodbkg.fits")
+        for code, reason_name in enumerate(bg.REASONS):
+            assert row[f"N_{reason_name}"] == np.count_nonzero(reason == code)
+        assert row["N_PIXELS"] == reason.size and row["GOOD_FRAC"] == pytest.approx(np.mean(reason == 0))
+    # the hot cells of CCD 58 cut that image only
+    assert summary["N_TRANSIENT"][1] > 0 and summary["N_TRANSIENT"][0] == summary["N_TRANSIENT"][2] == 0
+    # the same images one at a time give the same outputs
+    for index, name in enumerate(names):
+        assert bg.main(["--info", info, "--se_index", str(index), "-o", f"one_{index}.fits", "--counts", maps]) == 0
+        np.testing.assert_array_equal(fits.getdata(f"one_{index}.fits"), fits.getdata(f"out/{name}_goodbkg.fits"))
+
+
+def test_one_bad_se_image_does_not_stop_the_others(tile, monkeypatch, capsys):
+    tmp_path, paths = tile
+    monkeypatch.chdir(tmp_path)
+    with open(paths["se"][1], "r+b") as stream:
+        stream.truncate(20000)  # image 1 cut short
+    os.remove(paths["se"][2])  # image 2 gone
+    info = "tile/DES2122+0001_r_pizza_info.yaml"
+    assert bg.main(["--info", info, "--se_index", "all", "-o", "out", "--no_transient_cut"]) == bg.EXIT_SOME_FAILED
+    err = capsys.readouterr().err
+    assert "src_info[1]: failed:" in err and "src_info[2]: failed:" in err and "4 SE images: 2 done" in err
+    summary = Table.read("out/DES2122+0001_r_goodbkg_summary.ecsv")
+    assert list(summary["STATUS"]) == ["done", "failed", "failed", "done"]
+    assert "D00791216_r_c58_immasked.fits.fz: truncated FITS file" in summary["MESSAGE"][1]
+    assert "D00791217_r_c59_immasked.fits.fz: file not found (--se_image)" in summary["MESSAGE"][2]
+    assert "\n" not in "".join(summary["MESSAGE"].filled(""))
+    assert summary["N_PIXELS"][1] == 0 and np.isnan(summary["GOOD_FRAC"][1])
+    assert sorted(os.listdir("out")) == ["D00791215_r_c57_goodbkg.fits", "D00791218_r_c60_goodbkg.fits",
+                                         "DES2122+0001_r_goodbkg_summary.ecsv"]
+
+
+def test_from_python_one_call_yields_every_image(tile, monkeypatch):
+    tmp_path, paths = tile
+    monkeypatch.chdir(tmp_path)
+    images = bg.PizzaInfo(paths["info"]).images("3,1")
+    opened = []
+    real_init = bg.Coadd.__init__
+
+    def counting_init(self, *args):
+        opened.append(args)
+        real_init(self, *args)
+
+    monkeypatch.setattr(bg.Coadd, "__init__", counting_init)
+    results = list(bg.iter_good_background(images, ignore_bits="SUSPECT"))
+    assert len(opened) == 1  # the coadd is opened once for the run
+    assert [r.index for r in results] == [3, 1] and all(r.status == "done" and not r.outputs for r in results)
+    assert not os.path.exists("D00791218_r_c60_goodbkg.fits")  # nothing written without output_dir
+    for result in results:
+        single = bg.good_background(images[0] if result.index == 3 else images[1], ignore_bits="SUSPECT")
+        np.testing.assert_array_equal(result.pixels.reason, single.reason)
+        assert result.counts == tuple(single.counts) and result.good_fraction == single.good_fraction
+    table = bg.summary_table(results)
+    assert list(table["INDEX"]) == [1, 3] and table["N_GOOD"][1] == results[0].counts[0]
+
+
+def test_parallel_run_matches_one_process(tile, monkeypatch, capsys):
+    pytest.importorskip("distributed")
+    import subprocess
+    import sys
+
+    tmp_path, paths = tile
+    monkeypatch.chdir(tmp_path)
+    info = "tile/DES2122+0001_r_pizza_info.yaml"
+    assert bg.main(["--info", info, "--se_index", "all", "-o", "serial/", "--no_transient_cut"]) == 0
+    # as a script, in parallel: the workers must find the module's functions by name
+    script = os.path.join(os.path.dirname(DATA), os.pardir, "des_background.py")
+    done = subprocess.run([sys.executable, script, "--info", info, "--se_index", "all", "-o", "parallel/",
+                           "--no_transient_cut", "--jobs", "2"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert sorted(os.listdir("parallel")) == sorted(os.listdir("serial"))
+    for name in os.listdir("serial"):
+        if name.endswith(".fits"):
+            np.testing.assert_array_equal(fits.getdata(f"parallel/{name}"), fits.getdata(f"serial/{name}"))
+    serial, parallel = (Table.read(f"{d}/DES2122+0001_r_goodbkg_summary.ecsv") for d in ("serial", "parallel"))
+    for column in ("INDEX", "STATUS", "N_GOOD", "N_COADD_SEG", "GOOD_FRAC"):
+        assert list(serial[column]) == list(parallel[column])
+    # without --jobs, Dask is not imported at all
+    probe = ("import sys, des_background as bg; bg.main(['--info', %r, '--se_index', '0', '-o', 'probe.fits', "
+             "'--no_transient_cut', '--quiet']); print(sorted(m for m in sys.modules if m.split('.')[0] in "
+             "('dask', 'distributed')))" % info)
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          env=dict(os.environ, PYTHONPATH=os.path.join(os.path.dirname(DATA), os.pardir)))
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stderr
+
+
+def test_interrupt_leaves_no_temporary_file(tile, monkeypatch, capsys):
+    tmp_path, paths = tile
+    monkeypatch.chdir(tmp_path)
+
+    def interrupted(figure, tmp, path):
+        with open(tmp, "wb") as out:
+            out.write(b"half a picture")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bg, "_save_picture", interrupted)
+    before = listing(tmp_path)
+    info = "tile/DES2122+0001_r_pizza_info.yaml"
+    assert bg.main(["--info", info, "--se_index", "0", "--no_transient_cut", "--png"]) == 130
+    assert capsys.readouterr().err.strip() == "des_background: interrupted; no output written"
+    assert listing(tmp_path) == before
+    # what a killed worker leaves, the run removes
+    with pytest.raises(RuntimeError), tm.atomic_output("out.fits") as tmp:
+        with open(tmp, "w") as out:
+            out.write("left behind")
+        bg._remove_temporaries(["out.fits"])
+        assert not os.path.exists(tmp)
+        raise RuntimeError
+    assert listing(tmp_path) == before
+
+
+def test_non_ascii_file_names(tile, monkeypatch, capsys):
+    tmp_path, paths = tile
+    monkeypatch.chdir(tmp_path)
+    se = paths["se"][0]
+    os.rename(se, "tile/Dé_ñ.fits.fz")
+    args = ["--se_image", "tile/Dé_ñ.fits.fz[sci]", "--se_weight", "tile/Dé_ñ.fits.fz[wgt]", "--se_bmask",
+            "tile/Dé_ñ.fits.fz[msk]", "--coadd_weight", paths["coadd"][0], "--coadd_bmask", paths["coadd"][1],
+            "--coadd_seg", paths["coadd"][2], "--no_transient_cut", "-o", "sortie_é.fits"]
+    assert bg.main(args) == 0
+    assert fits.getheader("sortie_é.fits")["BGIN0"] == "D\\xe9_\\xf1.fits.fz[sci]"
+    assert Table.read("sortie_é_summary.ecsv")["SE_IMAGE"][0] == "tile/Dé_ñ.fits.fz[sci]"
+
+
+# ---- The picture
+
+
+def test_picture_bins_big_images_and_keeps_the_majority():
+    codes = np.zeros((2100, 1030), dtype=np.uint8)
+    codes[:, :520] = 6
+    codes[1000:1003, 700] = 7  # a thin line: a minority in its blocks
+    factor = -(-2100 // bg.PICTURE_SIDE)
+    binned = bg._bin_mode(codes, factor, len(bg.REASONS))
+    assert binned.shape == (700, 344) and set(np.unique(binned)) == {0, 6}
+    # columns 519..521 make block 173: one of them is 6, so it shows 0
+    assert (binned[:, :173] == 6).all() and (binned[:, 173:] == 0).all()
+    image = np.arange(12.0).reshape(3, 4)
+    image[0, 0] = np.nan
+    np.testing.assert_allclose(bg._bin_mean(image, 2), [[(1 + 4 + 5) / 3, 4.5], [8.5, 10.5]])
+
+
+def test_picture_of_a_whole_ccd(rng):
+    """A whole CCD is drawn binned down to at most PICTURE_SIDE pixels a side."""
+    shape = (tm.CCD_NY, tm.CCD_NX)
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.cd = [[-7.3e-5, 0.0], [0.0, 7.3e-5]]
+    seg = np.zeros(shape, np.int32)
+    seg[:, :1024] = 1
+    pixels = bg.BackgroundPixels(wcs, wcs, se_weight=np.ones(shape, np.float32), se_bmask=np.zeros(shape, np.int16),
+                                 coadd_weight=np.ones(shape, np.float32), coadd_bmask=np.zeros(shape, np.int16),
+                                 coadd_seg=seg, se_image=rng.normal(size=shape).astype(np.float32))
+    figure = pixels.plot()
+    artist = next(a for ax in figure.axes for a in ax.get_images() if a.get_gid() == "reasons")
+    assert artist.get_array().shape == (1024, 512) and list(artist.get_extent()) == [0.5, 2048.5, 0.5, 4096.5]
+    assert (artist.get_array()[:, :256] == 6).all() and (artist.get_array()[:, 256:] == 0).all()
+    assert any("50.0% of the pixels" in ax.get_title() for ax in figure.axes)
+
+
+# ---- Bad input: one line, exit 2, nothing written, inputs unchanged
+
+
+def explicit(**roles):
+    """The explicit form with some images replaced."""
+    chosen = dict(zip(bg.ROLES, EXPLICIT[1::2]), **roles)
+    return [item for role in bg.ROLES for item in (f"--{role}", chosen[role])]
+
+
+def se_copy(name, transform=None, compress=False):
+    """Write a copy of se.fits (sci, msk, wgt), its HDUs passed through ``transform``."""
+    def setup(directory):
+        with fits.open(directory / "se.fits") as hdul:
+            hdus = [fits.PrimaryHDU()]
+            for hdu in hdul[1:]:
+                data, header = (transform or (lambda d, h: (d, h)))(hdu.data, hdu.header.copy())
+                kind = fits.CompImageHDU if compress else fits.ImageHDU
+                hdus.append(kind(data, header, name=hdu.name))
+            fits.HDUList(hdus).writeto(directory / name)
+    return setup
+
+
+def cut_short(source, name, fraction):
+    def setup(directory):
+        if not (directory / source).exists():
+            SETUPS[source](directory)
+        data = (directory / source).read_bytes()
+        (directory / name).write_bytes(data[: int(len(data) * fraction)])
+    return setup
+
+
+def gzipped(source, name, damage=None):
+    import gzip
+
+    def setup(directory):
+        data = bytearray(gzip.compress((directory / source).read_bytes(), compresslevel=1))
+        if damage == "cut":
+            data = data[: len(data) // 2]
+        elif damage == "flip":
+            middle = len(data) // 2
+            data[middle: middle + 64] = bytes(255 - b for b in data[middle: middle + 64])
+        (directory / name).write_bytes(bytes(data))
+    return setup
+
+
+def scrambled_heap(directory):
+    """se.fits.fz with garbage in the middle of the compressed data of its weight."""
+    se_copy("se.fits.fz", compress=True)(directory)
+    with fits.open(directory / "se.fits.fz", disable_image_compression=True) as hdul:
+        info, header = hdul.fileinfo(3), hdul[3].header
+        start = info["datLoc"] + header.get("THEAP", header["NAXIS1"] * header["NAXIS2"])
+        size = header["PCOUNT"]
+    data = bytearray((directory / "se.fits.fz").read_bytes())
+    first, last = start + size // 4, start + 3 * size // 4
+    data[first:last] = np.random.default_rng(5).bytes(last - first)
+    (directory / "bad.fits.fz").write_bytes(bytes(data))
+
+
+def edit_info(change, name="info.yaml"):
+    def setup(directory):
+        info = yaml.safe_load((directory / "info.yaml").read_text())
+        change(info)
+        (directory / name).write_text(yaml.safe_dump(info))
+    return setup
+
+
+def entry(**values):
+    """Change src_info[1] (None deletes the key)."""
+    def change(info):
+        for key, value in values.items():
+            if value is None:
+                del info["src_info"][1][key]
+            else:
+                info["src_info"][1][key] = value
+    return edit_info(change)
+
+
+def top(**values):
+    def change(info):
+        for key, value in values.items():
+            if value is None:
+                del info[key]
+            else:
+                info[key] = value
+    return edit_info(change)
+
+
+def write_bytes(name, data):
+    return lambda directory: (directory / name).write_bytes(data)
+
+
+def png_file(directory):
+    from matplotlib.figure import Figure
+
+    Figure(figsize=(1, 1)).savefig(directory / "png.fits", format="png")
+
+
+SETUPS = {"se.fits.fz": se_copy("se.fits.fz", compress=True)}
+SE_IN = {name: explicit(se_image=f"{name}[sci]", se_weight=f"{name}[wgt]", se_bmask=f"{name}[msk]")
+         for name in ("cut.fits", "cut.fits.fz", "bad.fits.fz")}
+INFO_1 = ["--info", "info.yaml", "--se_index", "1"]
+ALL = ["--info", "info.yaml", "--se_index", "all"]
+MAPS = ["--counts", "maps.fits"]
+
+
+def with_maps(directory):
+    write_count_maps(directory / "maps.fits", {"Y6": hot_maps(np.random.default_rng(3))})
+
+
+def unwritable(directory):
+    if bg._can_write_in("/sys"):
+        pytest.skip("/sys is writable here")
+
+
+BAD_INPUTS = [
+    # files that are not what their name says
+    ("PNG named .fits", png_file, explicit(se_image="png.fits"), "png.fits: not a readable FITS file (--se_image"),
+    ("CSV named .fits", write_bytes("csv.fits", b"x,y\n1,2\n"), explicit(coadd_weight="csv.fits"),
+     "csv.fits: not a readable FITS file (--coadd_weight"),
+    ("zero-byte file", write_bytes("empty.fits", b""), explicit(coadd_seg="empty.fits"),
+     "empty.fits: empty file, not a FITS file (--coadd_seg)"),
+    ("directory named .fits", lambda d: (d / "dir.fits").mkdir(), explicit(se_bmask="dir.fits[1]"),
+     "dir.fits: is a directory, not a FITS file (--se_bmask)"),
+    ("truncated FITS", cut_short("se.fits", "cut.fits", 0.6), SE_IN["cut.fits"], "cut.fits: truncated FITS file"),
+    ("truncated fpack", cut_short("se.fits.fz", "cut.fits.fz", 0.6), SE_IN["cut.fits.fz"],
+     "cut.fits.fz: truncated FITS file"),
+    ("corrupt fpack data", scrambled_heap, SE_IN["bad.fits.fz"], "bad.fits.fz: not a readable FITS file (--se_weight"),
+    ("truncated gzip", gzipped("coadd.fits", "coadd.fits.gz", "cut"), explicit(coadd_weight="coadd.fits.gz[wgt]"),
+     "coadd.fits.gz: truncated or corrupt gzip file (--coadd_weight"),
+    ("corrupt gzip", gzipped("seg.fits", "seg.fits.gz", "flip"), explicit(coadd_seg="seg.fits.gz"),
+     "seg.fits.gz: truncated or corrupt gzip file (--coadd_seg"),
+    ("a table, no image", lambda d: fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU(Table({"a": [1]}))]).writeto(
+        d / "table.fits"), explicit(coadd_seg="table.fits"), "table.fits: no HDU holds an image (--coadd_seg)"),
+    ("a 3-d image", lambda d: fits.PrimaryHDU(np.zeros((2, 3, 4), np.int16)).writeto(d / "cube.fits"),
+     explicit(coadd_seg="cube.fits"), "cube.fits: not a 2-d image (--coadd_seg)"),
+    ("no WCS", lambda d: fits.PrimaryHDU(np.zeros(SE_SHAPE, np.float32)).writeto(d / "nowcs.fits"),
+     explicit(se_image="nowcs.fits"), "nowcs.fits[0]: no usable celestial WCS in the SE image header"),
+    ("no such extension name", None, explicit(se_bmask="se.fits[bad]"),
+     "se.fits: no extension 'bad' (--se_bmask; it has PRIMARY, SCI, MSK, WGT)"),
+    ("no such extension number", None, explicit(se_bmask="se.fits[9]"), "se.fits: no extension 9 (--se_bmask"),
+    ("empty extension", None, explicit(se_weight="se.fits[]"), "se.fits[]: empty extension name"),
+    ("bmask not integers", se_copy("float.fits", lambda d, h: (d + 0.5 if h["EXTNAME"] == "MSK" else d, h)),
+     explicit(se_image="float.fits[sci]", se_weight="float.fits[wgt]", se_bmask="float.fits[msk]"),
+     "float.fits[msk]: a bmask must hold integers"),
+    ("SE shapes differ", None, explicit(se_bmask="coadd.fits[msk]"),
+     "images of different shapes: SE image 120x240, SE weight 120x240, SE bmask 244x108"),
+    ("coadd shapes differ", None, explicit(coadd_bmask="se.fits[msk]"),
+     "images of different shapes: coadd weight 244x108, coadd bmask 120x240"),
+    ("one image for two roles", None, explicit(se_weight="se.fits[1]"),
+     "--se_image and --se_weight are the same image, HDU 1 of se.fits"),
+    # the pizza-cutter info file
+    ("info not found", None, ["--info", "nothere.yaml", "--se_index", "0"],
+     "nothere.yaml: pizza-cutter info file not found"),
+    ("info a directory", lambda d: (d / "dir.yaml").mkdir(), ["--info", "dir.yaml", "--se_index", "0"],
+     "dir.yaml: not a regular file"),
+    ("info binary", write_bytes("binary.yaml", bytes(range(256))), ["--info", "binary.yaml", "--se_index", "0"],
+     "binary.yaml: not a text file"),
+    ("info bad YAML", write_bytes("syntax.yaml", b"src_info: [1, 2\n"), ["--info", "syntax.yaml", "--se_index", "0"],
+     "syntax.yaml: not a readable YAML file"),
+    ("info empty", write_bytes("empty.yaml", b""), ["--info", "empty.yaml", "--se_index", "0"],
+     "empty.yaml: no 'src_info' list"),
+    ("entry a string", edit_info(lambda i: i["src_info"].__setitem__(1, "D00154912_r_c01.fits")), INFO_1,
+     "info.yaml: src_info[1] is 'D00154912_r_c01.fits', not a mapping"),
+    ("expnum not a number", entry(expnum="D00154912"), INFO_1,
+     "info.yaml: src_info[1]: expnum 'D00154912' is not an exposure number (an integer)"),
+    ("expnum a float", entry(expnum=790000.5), INFO_1, "info.yaml: src_info[1]: expnum 790000.5 is not an exposure"),
+    ("ccdnum out of range", entry(ccdnum=99), INFO_1, "info.yaml: src_info[1]: ccdnum 99 is out of range (1..62)"),
+    ("path not a string", entry(image_path=5), INFO_1, "info.yaml: src_info[1]: image_path 5 is not a path"),
+    ("path missing", entry(weight_path=None), INFO_1, "info.yaml: src_info[1]: weight_path is missing"),
+    ("extension a list", entry(bmask_ext=[1, 2]), INFO_1,
+     "info.yaml: src_info[1]: bmask_ext a list ([1, 2]) is not an HDU number nor a name"),
+    ("extension a boolean", entry(image_ext=True), INFO_1,
+     "info.yaml: src_info[1]: image_ext True is not an HDU number nor a name"),
+    ("extension negative", top(seg_ext=-1), INFO_1, "info.yaml: the top level: seg_ext -1 is not an HDU number"),
+    ("coadd path missing", top(seg_path=None), INFO_1, "info.yaml: the top level: seg_path is missing"),
+    ("unset variable", entry(image_path="$NO_SUCH_VARIABLE_11/se.fits"), INFO_1,
+     "src_info[1]: image_path '$NO_SUCH_VARIABLE_11/se.fits' uses the environment variable $NO_SUCH_VARIABLE_11"),
+    ("band not a string", entry(band=5), INFO_1, "info.yaml: src_info[1]: band 5 is not a string"),
+    ("tilename not a string", top(tilename=[1]), INFO_1, "info.yaml: the top level: tilename a list ([1]) is not a"),
+    ("the SE image of the entry missing", None, ["--info", "info.yaml", "--se_index", "0"],
+     "missing.fits: file not found (--se_image)"),
+    ("se_index out of range", None, ["--info", "info.yaml", "--se_index", "2"],
+     "info.yaml: --se_index 2 is out of range (src_info has 2 entries, 0..1)"),
+    ("se_index backwards", None, ["--info", "info.yaml", "--se_index", "1-0"], "the range 1-0 runs backwards"),
+    ("se_index not a number", None, ["--info", "info.yaml", "--se_index", "one"], "--se_index 'one': give N"),
+    ("src_info empty", top(src_info=[]), ALL, "info.yaml: src_info is empty"),
+    # options
+    ("unknown bit", None, [*EXPLICIT, "--ignore_bits", "BPM,NOSUCH"], "unknown DES mask bit 'NOSUCH'"),
+    ("info and images", None, [*INFO_1, *EXPLICIT[:2]], "give --info with --se_index, and none of"),
+    ("se_index without info", None, [*EXPLICIT, "--se_index", "1"], "--se_index needs --info"),
+    ("images missing", None, EXPLICIT[:4], "missing --se_bmask, --coadd_weight, --coadd_bmask, --coadd_seg"),
+    ("jobs zero", None, [*EXPLICIT, "--jobs", "0"], "0: must be a positive integer"),
+    # outputs
+    ("-o a picture name", None, [*EXPLICIT, "-o", "good.png"], "-o good.png: the output image is FITS"),
+    ("--png not a picture", None, [*EXPLICIT, "--png", "good.bmp"], "--png good.bmp: not a picture format"),
+    ("-o an input, even with --overwrite", None, [*EXPLICIT, "-o", "se.fits", "--overwrite"],
+     "se.fits: refusing to write over the input file"),
+    ("-o the segmentation map", None, [*EXPLICIT, "-o", "seg.fits", "--overwrite"],
+     "seg.fits: refusing to write over the input file"),
+    ("--summary the info file", edit_info(lambda i: None, name="info.ecsv"),
+     ["--info", "info.ecsv", "--se_index", "1", "--summary", "info.ecsv", "--overwrite"],
+     "info.ecsv: refusing to write over the input file"),
+    ("-o the count maps", with_maps, [*EXPLICIT, *MAPS, "-o", "maps.fits", "--overwrite"],
+     "maps.fits: refusing to write over the input file"),
+    ("-o the epoch table", lambda d: (with_maps(d), shutil.copy(tm.data_path(tm.EPOCHS_FILENAME), d / "epochs.fits")),
+     [*EXPLICIT, *MAPS, "--epochs_file", "epochs.fits", "-o", "epochs.fits", "--overwrite"],
+     "epochs.fits: refusing to write over the input file"),
+    ("--summary not ECSV", None, [*EXPLICIT, "--summary", "summary.txt"],
+     "--summary summary.txt: the summary table is ECSV"),
+    ("--summary a directory", lambda d: (d / "sums.ecsv").mkdir(), [*EXPLICIT, "--summary", "sums.ecsv"],
+     "sums.ecsv: --summary is a directory"),
+    ("output name a directory", lambda d: (d / "se_goodbkg.fits").mkdir(), EXPLICIT,
+     "se_goodbkg.fits: the output of se.fits[sci] is a directory"),
+    ("-o in no directory", None, [*EXPLICIT, "-o", "nodir/good.fits"], "nodir/good.fits: output directory"),
+    ("-o in an unwritable directory", unwritable, [*EXPLICIT, "-o", "/sys/good.fits"],
+     "/sys/good.fits: cannot write in the directory /sys"),
+    ("-o a FIFO", lambda d: os.mkfifo(d / "fifo.fits"), [*EXPLICIT, "-o", "fifo.fits", "--overwrite"],
+     "fifo.fits: -o exists and is not a regular file"),
+    ("output exists", write_bytes("good.fits", b"keep"), [*EXPLICIT, "-o", "good.fits"],
+     "good.fits: output exists (use --overwrite"),
+    ("-o empty", None, [*EXPLICIT, "-o", ""], "-o '': give a directory"),
+    ("--png FILE for many", None, [*ALL, "--png", "one.png"], "--png one.png: names one picture, but there are 2"),
+    ("-o FITS for many", None, [*ALL, "-o", "x.fits"], "-o x.fits: with 2 SE images, -o names a directory"),
+    ("-o a file for many", write_bytes("afile", b"keep"), [*ALL, "-o", "afile"],
+     "-o afile: exists and is not a directory"),
+    ("-o without parent for many", None, [*ALL, "-o", "no/such/dir/"], "-o no/such/dir/: its parent directory"),
+    ("two images, one output name", edit_info(lambda i: i["src_info"].__setitem__(0, i["src_info"][1])), ALL,
+     "D00790000_r_c05_goodbkg.fits: the output of info.yaml src_info[0] and the output of info.yaml src_info[1] "
+     "would be the same file"),
+]
+
+
+@pytest.mark.parametrize("setup, args, message", [case[1:] for case in BAD_INPUTS],
+                         ids=[case[0] for case in BAD_INPUTS])
+def test_bad_input_is_one_line_exit_2(files, monkeypatch, capsys, setup, args, message):
+    monkeypatch.chdir(files)
+    if setup is not None:
+        setup(files)
+    before = listing(files)
+    extra = [] if "--counts" in args else ["--no_transient_cut"]
+    assert bg.main([*args, *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+    assert err.startswith(("des_background: error: ", "des_background.py: error: "))
+    assert listing(files) == before  # nothing written, nothing changed
+
+
+def test_there_are_enough_bad_inputs():
+    assert len(BAD_INPUTS) >= 30
