@@ -270,7 +270,7 @@ class _SeToCoadd:
                 self._basis_y = BSpline.design_matrix(np.arange(n_y, dtype=np.float64), knots_y, k_y).toarray()
                 basis_x = BSpline.design_matrix(np.arange(n_x, dtype=np.float64), knots_x, k_x).toarray()
             coeffs = coeffs.reshape(knots_y.size - k_y - 1, knots_x.size - k_x - 1)
-            right.append(coeffs @ basis_x.T)
+            right.append(np.einsum("ik,jk->ij", coeffs, basis_x))
         self._right = right
         rng = np.random.default_rng(seed)
         check_y = np.r_[0, 0, n_y - 1, n_y - 1, rng.integers(0, n_y, n_check)]
@@ -290,26 +290,36 @@ class _SeToCoadd:
         log.debug("SE -> coadd map: %d x %d exact points, max error %.2g px at %d checked pixels",
                   grid_y.size, grid_x.size, error, check_x.size)
 
-    def positions(self, start: int, stop: int):
+    def positions(self, start: int, stop: int, work=None):
         """(coadd_x, coadd_y), 0-indexed float64, of SE rows start..stop - 1."""
+        work = work or _Work((stop - start, self.shape[1]))
         basis = self._basis_y[start:stop]
-        return basis @ self._right[0], basis @ self._right[1]
+        # A row's cubic B-spline basis has 4 non-zero terms, the same for the rows
+        # between two grid points: use only the columns the block needs.
+        used = np.flatnonzero(basis.any(axis=0))
+        columns = slice(used[0], used[-1] + 1)
+        # einsum, not BLAS: threaded BLAS costs more than it saves on these thin products.
+        return tuple(np.einsum("ik,kj->ij", basis[:, columns], right[columns],
+                               out=work(name, np.float64, stop - start))
+                     for name, right in (("x", self._right[0]), ("y", self._right[1])))
 
-    def nearest(self, start: int, stop: int):
+    def nearest(self, start: int, stop: int, work=None):
         """(ix, iy): the nearest coadd pixel (float64 integers) of SE rows start..stop - 1.
 
         Equal to rounding the exact map: pixels closer to a coadd pixel
         boundary than the interpolation error allows are recomputed exactly.
         """
+        work = work or _Work((stop - start, self.shape[1]))
+        n_rows = stop - start
+        close, flag = work("close", bool, n_rows), work("flag", bool, n_rows)
+        close[...] = False
         rounded = []
-        close = None
-        for position in self.positions(start, stop):
+        for name, position in zip(("ix", "iy"), self.positions(start, stop, work)):
             position += 0.5  # in place: nearest pixel = floor(position + 0.5)
-            index = np.floor(position)
+            index = np.floor(position, out=work(name, np.float64, n_rows))
             position -= index  # now the distance above the pixel boundary, in [0, 1)
-            near = position < self.margin
-            near |= position > 1.0 - self.margin
-            close = near if close is None else close | near
+            close |= np.less(position, self.margin, out=flag)
+            close |= np.greater(position, 1.0 - self.margin, out=flag)
             rounded.append(index)
         coadd_ix, coadd_iy = rounded
         if close.any():
@@ -317,6 +327,23 @@ class _SeToCoadd:
             exact_x, exact_y = _exact_coadd_position(self.se_wcs, self.coadd_wcs, cols, rows + start)
             coadd_ix[rows, cols], coadd_iy[rows, cols] = np.floor(exact_x + 0.5), np.floor(exact_y + 0.5)
         return coadd_ix, coadd_iy
+
+
+class _Work:
+    """Arrays of one block of rows, reused from block to block.
+
+    Fresh block-sized arrays each cost their page faults, about as much as the
+    arithmetic done on them: the block pipeline writes into these instead.
+    """
+
+    def __init__(self, shape):
+        self.shape, self._arrays = tuple(shape), {}
+
+    def __call__(self, name, dtype, n_rows):
+        array = self._arrays.get(name)
+        if array is None or array.dtype != np.dtype(dtype):
+            array = self._arrays[name] = np.empty(self.shape, dtype=dtype)
+        return array[:n_rows]
 
 
 def se_to_coadd(se_wcs, coadd_wcs, shape, *, grid_step: int = GRID_STEP, n_check: int = N_CHECK,
@@ -400,21 +427,22 @@ def nearest_coadd_pixel(se_wcs, coadd_wcs, se_shape, coadd_shape, *, grid_step: 
     coadd_iy = np.empty(mapping.shape, dtype=np.int32)
     coadd_ix = np.empty(mapping.shape, dtype=np.int32)
     on_coadd = np.empty(mapping.shape, dtype=bool)
+    work = _Work((min(BLOCK_ROWS, mapping.shape[0]), mapping.shape[1]))
     for start in range(0, mapping.shape[0], BLOCK_ROWS):
         rows = slice(start, min(start + BLOCK_ROWS, mapping.shape[0]))
-        ix, iy = mapping.nearest(rows.start, rows.stop)
-        on_coadd[rows] = _inside(ix, iy, n_x, n_y)
+        ix, iy = mapping.nearest(rows.start, rows.stop, work)
+        _inside(ix, iy, n_x, n_y, out=on_coadd[rows], scratch=work("flag", bool, ix.shape[0]))
         coadd_ix[rows] = np.clip(ix, 0, n_x - 1)
         coadd_iy[rows] = np.clip(iy, 0, n_y - 1)
     return coadd_iy, coadd_ix, on_coadd, mapping.error
 
 
-def _inside(ix, iy, n_x, n_y):
-    """Whether integer positions (ix, iy) are inside an n_x x n_y image."""
-    inside = ix >= 0
-    inside &= ix < n_x
-    inside &= iy >= 0
-    inside &= iy < n_y
+def _inside(ix, iy, n_x, n_y, out=None, scratch=None):
+    """Whether integer positions (ix, iy) are inside an n_x x n_y image (into ``out``)."""
+    inside = np.greater_equal(ix, 0, out=out)
+    inside &= np.less(ix, n_x, out=scratch)
+    inside &= np.greater_equal(iy, 0, out=scratch)
+    inside &= np.less(iy, n_y, out=scratch)
     return inside
 
 
@@ -772,10 +800,10 @@ def _read_data(hdu, path, ext, option, box=None):
     are decompressed, and nothing stays cached on the HDU.
     """
     with _reading(path, option):
-        if box is None:
-            return np.asarray(hdu.section[...])
-        y0, y1, x0, x1 = box
-        return np.asarray(hdu.section[y0:y1, x0:x1])
+        data = hdu.section[...] if box is None else hdu.section[box[0]:box[1], box[2]:box[3]]
+    # A section of a tile-compressed image can be a view into its whole tiles
+    # (whole rows of the coadd for fpack's default tiling): keep only the part.
+    return np.array(data, copy=True) if isinstance(data, np.ndarray) and data.base is not None else np.asarray(data)
 
 
 def _holds_integers(array) -> bool:
@@ -944,21 +972,41 @@ class _CoaddLookup:
         self.flat = [np.ascontiguousarray(array).ravel() for array in arrays]
         self.shape, self.offset, self.cut_shape = tuple(coadd_shape), tuple(coadd_offset), arrays[0].shape
 
-    def __call__(self, coadd_ix, coadd_iy):
+    def __call__(self, coadd_ix, coadd_iy, work):
         """(on_coadd, [weight, bmask, seg] or None): the images at the pixels, where on the coadd."""
         (n_y, n_x), (y0, x0), (cut_ny, cut_nx) = self.shape, self.offset, self.cut_shape
-        on_coadd = _inside(coadd_ix, coadd_iy, n_x, n_y)
-        coadd_ix -= x0
-        coadd_iy -= y0
-        if (on_coadd & ~_inside(coadd_ix, coadd_iy, cut_nx, cut_ny)).any():
-            raise MappingError(f"the coadd cutout ({cut_nx}x{cut_ny} at x0={x0}, y0={y0}) does not hold "
-                               "every coadd pixel the SE image needs")
+        n_rows = coadd_ix.shape[0]
+        scratch = work("scratch", bool, n_rows)
+        on_coadd = _inside(coadd_ix, coadd_iy, n_x, n_y, out=work("on", bool, n_rows), scratch=scratch)
         if not on_coadd.any():
             return on_coadd, None
-        index = coadd_iy * cut_nx
+        coadd_ix -= x0
+        coadd_iy -= y0
+        for position, size in ((coadd_ix, cut_nx), (coadd_iy, cut_ny)):
+            if (position.min(where=on_coadd, initial=np.inf) < 0
+                    or position.max(where=on_coadd, initial=-np.inf) >= size):
+                raise MappingError(f"the coadd cutout ({cut_nx}x{cut_ny} at x0={x0}, y0={y0}) does not hold "
+                                   "every coadd pixel the SE image needs")
+        index = np.multiply(coadd_iy, cut_nx, out=work("index", np.float64, n_rows))
         index += coadd_ix
-        index = index.astype(np.intp)
-        return on_coadd, [np.take(image, index, mode="clip") for image in self.flat]
+        flat = work("flat", np.intp, n_rows)
+        np.copyto(flat, index, casting="unsafe")
+        return on_coadd, [np.take(image, flat, mode="clip", out=work(f"value{k}", image.dtype, n_rows))
+                          for k, image in enumerate(self.flat)]
+
+
+def _or_bit(block, failed, bit, work):
+    """Set bit ``bit`` of ``block`` where ``failed`` (bool) is True."""
+    block |= np.multiply(failed.view(np.uint8), np.uint8(1 << bit), out=work("bit", np.uint8, block.shape[0]))
+
+
+def _bits_set(bmask, keep, out, work):
+    """``bmask & keep != 0`` into ``out`` (``keep``: int64, the bits that count)."""
+    if bmask.dtype.kind in "iu":
+        masked = np.bitwise_and(bmask, keep.astype(bmask.dtype), out=work("bmask", bmask.dtype, bmask.shape[0]))
+    else:  # bool, or floats that hold integers
+        masked = bmask.astype(np.int64) & keep
+    return np.not_equal(masked, 0, out=out)
 
 
 class BackgroundPixels:
@@ -1022,7 +1070,7 @@ class BackgroundPixels:
             if not _holds_integers(bmask):
                 raise tm.BadInputError(f"the {name} must hold integers ({bmask.dtype} values that are "
                                        "not whole numbers)")
-        keep = ~np.int64(_ignore_value(ignore_bits))
+        keep = np.array(~_ignore_value(ignore_bits), dtype=np.int64)
         self.se_image = se_image
         self.ignore_bits = int(~keep)
         self.shape = se_weight.shape
@@ -1038,26 +1086,33 @@ class BackgroundPixels:
         self.failures = np.empty(self.shape, dtype=np.uint8)
         histogram = np.zeros(1 << _N_CUTS, dtype=np.int64)
         n_y = self.shape[0]
+        work = _Work((min(BLOCK_ROWS, n_y), self.shape[1]))
         for start in range(0, n_y, BLOCK_ROWS):
             rows = slice(start, min(start + BLOCK_ROWS, n_y))
-            on_coadd, values = np.zeros((rows.stop - start, self.shape[1]), dtype=bool), None
-            if mapping is not None:
-                on_coadd, values = lookup(*mapping.nearest(rows.start, rows.stop))
-            cuts = [~on_coadd, ~(se_weight[rows] > 0), (se_bmask[rows].astype(np.int64) & keep) != 0]
-            if values is None:
-                cuts += [None, None, None]
+            n_rows = rows.stop - start
+            block, failed = self.failures[rows], work("failed", bool, n_rows)
+            values = None
+            if mapping is None:
+                block[...] = 1  # OFF_COADD
             else:
+                on_coadd, values = lookup(*mapping.nearest(rows.start, rows.stop, work), work)
+                np.copyto(block, np.logical_not(on_coadd, out=failed).view(np.uint8))
+            _or_bit(block, np.logical_not(np.greater(se_weight[rows], 0, out=failed), out=failed), 1, work)
+            _or_bit(block, _bits_set(se_bmask[rows], keep, failed, work), 2, work)
+            if values is not None:
                 weight, bmask, seg = values
-                cuts += [~(weight > 0) & on_coadd, ((bmask.astype(np.int64) & keep) != 0) & on_coadd,
-                         (seg != 0) & on_coadd]
-            cuts.append(None if transient_mask is None else transient_mask[rows])
-            block = self.failures[rows]
-            block[...] = 0
-            for bit, failed in enumerate(cuts):
-                if failed is not None:
-                    block |= failed.view(np.uint8) << bit
-            histogram += np.bincount(block.ravel(), minlength=histogram.size)
-        self.reason = _REASON_OF_FAILURES[self.failures]
+                np.logical_not(np.greater(weight, 0, out=failed), out=failed)
+                _or_bit(block, np.logical_and(failed, on_coadd, out=failed), 3, work)
+                _bits_set(bmask, keep, failed, work)
+                _or_bit(block, np.logical_and(failed, on_coadd, out=failed), 4, work)
+                np.not_equal(seg, 0, out=failed)
+                _or_bit(block, np.logical_and(failed, on_coadd, out=failed), 5, work)
+            if transient_mask is not None:
+                _or_bit(block, transient_mask[rows], 6, work)
+            wide = work("wide", np.intp, n_rows)
+            np.copyto(wide, block)
+            histogram += np.bincount(wide.ravel(), minlength=histogram.size)
+        self.reason = np.take(_REASON_OF_FAILURES, self.failures)
         self.counts = np.bincount(_REASON_OF_FAILURES, weights=histogram,
                                   minlength=len(REASONS)).astype(np.int64)
         self._any = np.array([histogram[(np.arange(histogram.size) >> bit) & 1 == 1].sum()
@@ -1161,7 +1216,7 @@ class BackgroundPixels:
         figure = Figure(figsize=(11, 7.5), layout="constrained")
         ax_image, ax_reason = figure.subplots(1, 2, sharex=True, sharey=True)
         if self.se_image is not None:
-            image = _bin_mean(np.asarray(self.se_image, dtype=np.float64), factor)
+            image = _bin_mean(np.asarray(self.se_image), factor)
             finite = image[np.isfinite(image)]
             low, high = np.percentile(finite, [1, 99.5]) if finite.size else (0, 1)
             ax_image.imshow(image, origin="lower", cmap="gray", vmin=low, vmax=high,
@@ -1171,7 +1226,7 @@ class BackgroundPixels:
             ax_image.text(0.5, 0.5, "no SE image given", transform=ax_image.transAxes, ha="center")
         cmap = ListedColormap(REASON_COLOURS)
         norm = BoundaryNorm(np.arange(len(REASONS) + 1) - 0.5, cmap.N)
-        reason = _bin_mode(self.reason, factor, len(REASONS))
+        reason = _bin_mode(self.reason, factor, np.flatnonzero(self.counts))
         artist = ax_reason.imshow(reason, origin="lower", cmap=cmap, norm=norm, interpolation="nearest",
                                   extent=_binned_extent(reason.shape, factor))
         artist.set_gid("reasons")
@@ -1202,13 +1257,18 @@ def _binned_extent(shape, factor):
     return (0.5, shape[1] * factor + 0.5, 0.5, shape[0] * factor + 0.5)
 
 
-def _blocks(image, factor, fill):
-    """``image`` padded with ``fill`` to whole factor x factor blocks, as (ny, f, nx, f)."""
+def _block_sum(image, factor, dtype):
+    """Sums over factor x factor blocks, the image padded with zeros to whole blocks.
+
+    Rows first, then columns: both reductions run along contiguous memory.
+    """
     n_y, n_x = image.shape
     pad_y, pad_x = -n_y % factor, -n_x % factor
     if pad_y or pad_x:
-        image = np.pad(image, ((0, pad_y), (0, pad_x)), constant_values=fill)
-    return image.reshape(image.shape[0] // factor, factor, image.shape[1] // factor, factor)
+        image = np.pad(image, ((0, pad_y), (0, pad_x)))
+        n_y, n_x = image.shape
+    rows = image.reshape(n_y // factor, factor, n_x).sum(axis=1, dtype=dtype)
+    return rows.reshape(n_y // factor, n_x // factor, factor).sum(axis=2, dtype=dtype)
 
 
 def _bin_mean(image, factor):
@@ -1216,22 +1276,26 @@ def _bin_mean(image, factor):
     if factor == 1:
         return image
     finite = np.isfinite(image)
-    total = _blocks(np.where(finite, image, 0.0), factor, 0.0).sum(axis=(1, 3))
-    count = _blocks(finite, factor, False).sum(axis=(1, 3))
+    total = _block_sum(np.where(finite, image, 0), factor, np.float64)
+    count = _block_sum(finite, factor, np.int32)
     return np.divide(total, count, out=np.full(total.shape, np.nan), where=count > 0)
 
 
-def _bin_mode(codes, factor, n_codes):
-    """The most common code of each factor x factor block (the lowest on a tie)."""
+def _bin_mode(codes, factor, present=None):
+    """The most common code of each factor x factor block (the lowest on a tie).
+
+    ``present``: the codes that occur (default: all of them, found here).
+    """
     if factor == 1:
         return codes
-    blocks = _blocks(codes, factor, 255)
-    best = np.zeros((blocks.shape[0], blocks.shape[2]), dtype=np.uint8)
-    best_count = np.full(best.shape, -1, dtype=np.int32)
-    for code in range(n_codes):
-        count = (blocks == code).sum(axis=(1, 3), dtype=np.int32)
-        better = count > best_count
-        best[better], best_count[better] = code, count[better]
+    best = best_count = None
+    for code in (np.unique(codes) if present is None else sorted(present)):
+        count = _block_sum(codes == code, factor, np.int32)
+        if best is None:
+            best, best_count = np.full(count.shape, code, dtype=np.uint8), count
+        else:
+            better = count > best_count
+            best[better], best_count[better] = code, count[better]
     return best
 
 
@@ -2101,7 +2165,7 @@ def _run_background(args) -> int:
         paths, directory, summary_path = _plan_outputs(args, plan, info)
         for task in plan:
             if isinstance(task, _Task):
-                task.inputs = tuple(inputs)
+                task.inputs, task.keep_pixels = tuple(inputs), single  # many: let each image go
         created = _make_directory(directory)
         check_outputs(paths, overwrite=args.overwrite, inputs=inputs)
         show = not args.quiet and sys.stderr.isatty()

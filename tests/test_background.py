@@ -686,7 +686,7 @@ def test_picture_bins_big_images_and_keeps_the_majority():
     codes[:, :520] = 6
     codes[1000:1003, 700] = 7  # a thin line: a minority in its blocks
     factor = -(-2100 // bg.PICTURE_SIDE)
-    binned = bg._bin_mode(codes, factor, len(bg.REASONS))
+    binned = bg._bin_mode(codes, factor)
     assert binned.shape == (700, 344) and set(np.unique(binned)) == {0, 6}
     # columns 519..521 make block 173: one of them is 6, so it shows 0
     assert (binned[:, :173] == 6).all() and (binned[:, 173:] == 0).all()
