@@ -1972,7 +1972,7 @@ def write_example_tile(directory: str, *, n_images: int = 3, se_shape=(tm.CCD_NY
         header = _example_se_header(centre, (se_ny, se_nx), expnum, ccdnum, band)
         image = rng.normal(100.0, 5.0, (se_ny, se_nx)).astype(np.float32)
         _paint_disks(image, rng, max(1, se_ny * se_nx // 20000), 6, lambda k: 400.0)
-        se_weight = np.full((se_ny, se_nx), 0.04, dtype=np.float32)
+        se_weight = (0.04 * (1.0 + 0.05 * rng.standard_normal((se_ny, se_nx)))).astype(np.float32)
         se_bmask = np.zeros((se_ny, se_nx), dtype=np.int16)
         column = rng.integers(0, se_nx)
         se_bmask[:, column], se_weight[:, column] = tm.MASK_BITS["BPM"], 0.0
