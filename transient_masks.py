@@ -119,6 +119,13 @@ class BadInputError(ValueError):
     """
 
 
+def _one_line(exc) -> str:
+    """The first line of an exception's message, at most 200 characters (for error lines)."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0].strip() if lines else type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
 # ---- Files and data
 
 
@@ -265,18 +272,26 @@ class _FitsRows:
     def values(self, records, name: str) -> np.ndarray:
         """A column of raw records in native byte order, TSCAL/TZERO applied.
 
-        Integers stored with an integer TZERO (unsigned columns) stay integers.
+        Integers stored with an integer TZERO (unsigned columns) stay integers;
+        integer entries equal to the column's TNULL come back masked.
         """
         column = records[name]
+        null = self.columns[name].null
+        is_null = (column == null) if column.dtype.kind in "iu" and isinstance(null, (int, np.integer)) else None
         scale, zero = self.columns[name].bscale, self.columns[name].bzero
         scale = 1 if scale is None else scale
         zero = 0 if zero is None else zero
         if scale == 1 and zero == int(zero) and column.dtype.kind in "iu":
-            if zero:  # unsigned integers stored with TZERO
+            if zero == 2**63 and column.dtype.itemsize == 8:  # uint64, as astropy writes it
+                column = column.astype(np.int64).view(np.uint64) ^ np.uint64(2**63)
+            elif zero:  # smaller unsigned integers stored with TZERO
                 column = column.astype(np.int64) + int(zero)
         elif scale != 1 or zero:
             column = column.astype(np.float64) * scale + zero
-        return column.astype(column.dtype.newbyteorder("="), copy=False)
+        column = column.astype(column.dtype.newbyteorder("="), copy=False)
+        if is_null is not None and is_null.any():
+            return np.ma.MaskedArray(column, mask=is_null)
+        return column
 
     def read_whole(self, names):
         """The named columns of a table that is not streamable, read whole."""
@@ -1033,6 +1048,9 @@ def _finite_or(value, default=-1.0):
 
 #: Codes of `TransientMasks.classify` (and BAD for rows that cannot be classified).
 KEEP, MASKED, NO_EPOCH, BAD = 0, 1, 2, 3
+#: What makes an event row bad (see `_event_values`), for messages.
+_BAD_ROW = (f"CCDNUM outside 1..{N_CCD}, a NULL, NaN or off-CCD position, "
+            "or a fractional EXPNUM or CCDNUM")
 
 
 class TransientMasks:
@@ -1171,8 +1189,7 @@ class FilterCounts:
         if self.bad:
             shown = ", ".join(map(str, self.bad_rows)) + (", ..." if self.bad > len(self.bad_rows) else "")
             raise BadInputError(
-                f"{source}: {self.bad} bad row(s) (CCDNUM outside 1..{N_CCD}, NaN or off-CCD "
-                f"position) at row(s) {shown} (0-based); use --drop_bad to drop them"
+                f"{source}: {self.bad} bad row(s) ({_BAD_ROW}) at row(s) {shown} (0-based); use --drop_bad to drop them"
             )
 
     def summary(self) -> str:
@@ -1214,20 +1231,98 @@ def resolve_columns(colnames, expnum_col="EXPNUM", ccdnum_col="CCDNUM", x_col="X
     return expnum_col, ccdnum_col, x_col, y_col
 
 
-def _column_values(column, fill, dtype):
-    """A column as a plain array, masked entries replaced by ``fill``."""
-    values = np.ma.getdata(column)
-    mask = np.ma.getmaskarray(column) if np.ma.isMaskedArray(column) else None
-    values = np.asarray(values, dtype=dtype)
-    if mask is not None and mask.any():
-        values = np.where(mask, fill, values)
-    return values
+#: The four event columns, in the order the readers yield them.
+_EVENT_ROLES = ("expnum", "ccdnum", "x", "y")
 
 
-def _classify_rows(masks, expnum, ccdnum, x, y):
-    """`TransientMasks.classify` codes for a block of rows, BAD for unusable rows."""
+def _event_values(columns, names, source="table"):
+    """Apply the event-column rule to a block of the four event columns.
+
+    The one rule of every mode that reads events (`filter_table`,
+    `filter_file`, `gather_data`):
+
+    - each column must hold numbers: a column of strings, booleans or any other
+      type is an error (`BadInputError` naming the column), whatever the rows;
+    - EXPNUM and CCDNUM may be stored as any integer type (also unsigned, such
+      as uint64) or as floats holding whole numbers; a fractional, infinite or
+      NaN value, or one outside the int64 range, makes its row *bad*;
+    - x and y may be any integer or float type;
+    - a masked or NULL entry (FITS TNULL, Parquet null, astropy masked value) in
+      any of the four columns makes its row bad.
+
+    Bad rows are then treated alike everywhere: ``--input`` stops naming them
+    (``--drop_bad`` drops them), ``--gather`` skips and counts them, together
+    with rows whose CCDNUM is outside 1..62 or whose position is off the CCD.
+
+    Parameters
+    ----------
+    columns : sequence of 4 array_like
+        EXPNUM, CCDNUM, x, y (numpy or masked arrays).
+    names : sequence of 4 str
+        The column names, for messages.
+    source : str
+        The table, for messages.
+
+    Returns
+    -------
+    (expnum, ccdnum, x, y, bad)
+        Plain arrays (integer columns keep their type, but uint64 becomes
+        int64), and a bool array flagging the bad rows, or None when there are
+        none.
+
+    Examples
+    --------
+    >>> expnum, ccdnum, x, y, bad = _event_values(
+    ...     [np.array([5, 6], dtype=np.uint64), np.array([3.0, 2.5]), [1.0, 2.0], [1.0, 2.0]],
+    ...     ["EXPNUM", "CCDNUM", "X", "Y"])
+    >>> expnum.dtype.name, bad.tolist()
+    ('int64', [False, True])
+    """
+    values, bad = [], None
+    for role, name, column in zip(_EVENT_ROLES, names, columns):
+        data = np.ma.getdata(column)
+        data = data if isinstance(data, np.ndarray) else np.asarray(data)
+        null = np.ma.getmaskarray(column) if np.ma.isMaskedArray(column) else None
+        if data.ndim != 1:
+            raise BadInputError(f"{source}: column {name!r} holds arrays, expected one value per row")
+        kind = data.dtype.kind
+        if kind not in "iuf":
+            raise BadInputError(f"{source}: column {name!r} holds {_type_name(data.dtype)} values, "
+                                f"expected numbers (see --{role}_col)")
+        row_bad = null.copy() if null is not None and null.any() else None
+        if role in ("expnum", "ccdnum") and (kind == "f" or data.dtype == np.uint64):
+            if kind == "f":
+                with np.errstate(invalid="ignore"):
+                    usable = (data == np.floor(data)) & (np.abs(data) < 2.0**62)  # NaN, inf fail
+            else:
+                usable = data <= np.iinfo(np.int64).max
+            data = np.where(usable, data, 0).astype(np.int64)
+            if not usable.all():
+                row_bad = ~usable if row_bad is None else row_bad | ~usable
+        if row_bad is not None:
+            bad = row_bad if bad is None else bad | row_bad
+        values.append(data)
+    if len({value.shape for value in values}) != 1:
+        raise BadInputError(f"{source}: the columns {', '.join(names)} differ in length")
+    return (*values, bad)
+
+
+def _type_name(dtype) -> str:
+    """A reader's name of a column type: 'string', 'boolean', 'object'..."""
+    return {"U": "string", "S": "string", "b": "boolean", "O": "object (mixed or text)",
+            "c": "complex", "M": "date", "m": "time-interval", "V": "structured"}.get(dtype.kind, str(dtype))
+
+
+def _classify_rows(masks, expnum, ccdnum, x, y, bad=None):
+    """`TransientMasks.classify` codes for a block of rows, BAD for unusable rows.
+
+    Unusable: flagged in ``bad`` (see `_event_values`), CCDNUM outside 1..62,
+    or a NaN or off-CCD position.
+    """
     good = ((ccdnum >= 1) & (ccdnum <= N_CCD) & (x >= 0.5) & (x < CCD_NX + 0.5)
             & (y >= 0.5) & (y < CCD_NY + 0.5))  # NaN fails every comparison
+    if bad is not None:
+        good &= ~bad
     codes = np.full(good.shape, BAD, dtype=np.uint8)
     codes[good] = masks.classify(expnum[good], ccdnum[good], x[good], y[good])
     return codes
@@ -1250,7 +1345,8 @@ def filter_table(table, masks: "TransientMasks", *, expnum_col="EXPNUM", ccdnum_
     expnum_col, ccdnum_col, x_col, y_col : str
         Column names (see `resolve_columns` for the x/y fallbacks).
     drop_bad : bool
-        Drop rows with CCDNUM outside 1..62 or a NaN or off-CCD position
+        Drop bad rows (see `_event_values`: CCDNUM outside 1..62, a NULL,
+        NaN or off-CCD position, a fractional EXPNUM or CCDNUM)
         (default: raise `BadInputError` naming them).
     source : str
         Name of the table in messages.
@@ -1261,11 +1357,7 @@ def filter_table(table, masks: "TransientMasks", *, expnum_col="EXPNUM", ccdnum_
         The kept rows with every column, unit and the metadata; the counts.
     """
     names = resolve_columns(table.colnames, expnum_col, ccdnum_col, x_col, y_col, source)
-    expnum = _column_values(table[names[0]], -1, np.int64)
-    ccdnum = _column_values(table[names[1]], 0, np.int64)
-    x = _column_values(table[names[2]], np.nan, np.float64)
-    y = _column_values(table[names[3]], np.nan, np.float64)
-    codes = _classify_rows(masks, expnum, ccdnum, x, y)
+    codes = _classify_rows(masks, *_event_values([table[name] for name in names], names, source))
     kept = _keep(codes, masks.keep_no_epoch)
     counts = FilterCounts()
     counts.add(codes, kept)
@@ -1300,9 +1392,8 @@ def _filter_fits_stream(input_path, output_path, masks, names, drop_bad, chunk_r
     with open(output_path, "wb") as out:
         writer = _FitsRowWriter(out, header, rows.primary_header)
         for start, block in rows.blocks(chunk_rows):
-            expnum, ccdnum, x, y = (rows.values(block, name).astype(dtype, copy=False) for name, dtype
-                                    in zip(names, (np.int64, np.int64, np.float64, np.float64)))
-            codes = _classify_rows(masks, expnum, ccdnum, x, y)
+            codes = _classify_rows(masks, *_event_values(
+                [rows.values(block, name) for name in names], names, input_path))
             kept = _keep(codes, masks.keep_no_epoch)
             counts.add(codes, kept, row_offset=start)
             writer.write(block[kept])
@@ -1657,15 +1748,23 @@ def gather_arrays(expnum, ccdnum, x, y, *, epochs=None,
     """
     table = read_epochs(epochs)
     accumulator = _CountAccumulator(len(table))
-    expnum, ccdnum, x, y = (np.asarray(a) for a in (expnum, ccdnum, x, y))
+    expnum, ccdnum, x, y = (a if isinstance(a, np.ndarray) else np.asarray(a) for a in (expnum, ccdnum, x, y))
     if not expnum.shape == ccdnum.shape == x.shape == y.shape:
         raise BadInputError(f"event arrays differ in shape: {expnum.shape}, {ccdnum.shape}, {x.shape}, {y.shape}")
     lookup = _EpochLookup(table["MINEXPNUM"], table["MAXEXPNUM"])
-    for start in range(0, expnum.size, max(int(chunk_rows), 1)):
-        stop = start + chunk_rows
-        accumulator.add(lookup(expnum[start:stop]),
-                        ccdnum[start:stop], x[start:stop], y[start:stop])
+    _add_events(accumulator, lookup, (expnum, ccdnum, x, y), ("expnum", "ccdnum", "x", "y"), "events",
+                max(int(chunk_rows), 1))
     return _finish_gather(accumulator, table)
+
+
+def _add_events(accumulator, lookup, columns, names, source, chunk_rows):
+    """Bin a block of (expnum, ccdnum, x, y) columns, `_event_values`' rule applied."""
+    expnum, ccdnum, x, y, bad = _event_values(columns, names, source)
+    if bad is not None:  # CCDNUM 0 makes a row bad for the binning
+        ccdnum = np.where(bad, 0, ccdnum)
+    for start in range(0, expnum.size, chunk_rows):
+        stop = start + chunk_rows
+        accumulator.add(lookup(expnum[start:stop]), ccdnum[start:stop], x[start:stop], y[start:stop])
 
 
 def _finish_gather(accumulator, table) -> GatherResult:
@@ -1722,16 +1821,22 @@ def _parquet_chunks(path, names, chunk_rows):
             arrays = []
             for name in names:
                 column = batch.column(name)
-                fill = np.nan if column.type in _arrow_float_types() else -1
-                arrays.append(column.to_numpy(zero_copy_only=False) if column.null_count == 0
-                              else column.fill_null(fill).to_numpy(zero_copy_only=False))
+                if column.null_count:  # nulls make their rows bad (_event_values)
+                    arrays.append(np.ma.MaskedArray(
+                        _arrow_to_numpy(column.fill_null(0), path, name),
+                        mask=column.is_null().to_numpy(zero_copy_only=False)))
+                else:
+                    arrays.append(_arrow_to_numpy(column, path, name))
             yield None, tuple(arrays)
 
 
-def _arrow_float_types():
-    import pyarrow as pa
-
-    return (pa.float16(), pa.float32(), pa.float64())
+def _arrow_to_numpy(column, path, name):
+    """A pyarrow array as numpy; a type numpy cannot hold is named in the error."""
+    try:
+        return column.to_numpy(zero_copy_only=False)
+    except Exception as exc:  # pyarrow raises its own types
+        raise BadInputError(f"{path}: column {name!r} of type {column.type} is not numbers "
+                            f"({_one_line(exc)})") from None
 
 
 def _table_chunks(path, names, table_format):
@@ -1748,14 +1853,7 @@ def _table_chunks(path, names, table_format):
     except Exception as exc:  # astropy raises many types for unreadable files
         raise BadInputError(f"{path}: cannot read as a table ({type(exc).__name__}: {exc})") from None
     names = resolve_columns(table.colnames, *names, source=path)
-    values = []
-    for name, fill in zip(names, (-1, 0, np.nan, np.nan)):
-        column = table[name]
-        data = np.asarray(np.ma.getdata(column))
-        if np.ma.isMaskedArray(column) and np.ma.getmaskarray(column).any():
-            data = np.where(np.ma.getmaskarray(column), fill, data.astype(np.float64 if fill is np.nan else data.dtype))
-        values.append(data)
-    yield None, tuple(values)
+    yield None, tuple(table[name] for name in names)
 
 
 def _catalog_chunks(path, names, chunk_rows, table_format=None):
@@ -1844,22 +1942,18 @@ def gather_data(catalogs, output: str = None, *, epochs=None, expnum_col: str = 
     simulation_cards = []
     for path in catalogs:
         n_before, bad_before = accumulator.n_read, accumulator.n_bad
-        for header, (expnum, ccdnum, x, y) in _catalog_chunks(path, names, chunk_rows, table_format):
+        for header, columns in _catalog_chunks(path, names, chunk_rows, table_format):
             if header is not None and not simulation_cards:
                 simulation_cards = [(key, header[key], header.comments[key])
                                     for key in header if key.startswith("SIM")]
-            for start in range(0, len(expnum), chunk_rows):
-                stop = start + chunk_rows
-                accumulator.add(lookup(expnum[start:stop]),
-                                ccdnum[start:stop], x[start:stop], y[start:stop])
+            _add_events(accumulator, lookup, columns, names, path, chunk_rows)
         n_bad = accumulator.n_bad - bad_before
         log.info("%s: %d rows read%s", path, accumulator.n_read - n_before,
-                 f", {n_bad} bad rows (CCDNUM outside 1..{N_CCD}, NaN or off-CCD position) skipped"
+                 f", {n_bad} bad rows ({_BAD_ROW}) skipped"
                  if n_bad else "")
     result = _finish_gather(accumulator, table)
     if result.n_bad:
-        log.warning("%d bad row(s) (CCDNUM outside 1..%d, NaN or off-CCD position) skipped",
-                    result.n_bad, N_CCD)
+        log.warning("%d bad row(s) (%s) skipped", result.n_bad, _BAD_ROW)
     if output is not None:
         write_count_maps(output, result, demo=demo, overwrite=overwrite, inputs=catalogs,
                          extra_cards=simulation_cards)
@@ -1892,7 +1986,7 @@ def write_count_maps(path: str, result: GatherResult, *, demo: bool = False, ove
         ("CELLNX", _CELL_NX_PX, "pixels per cell along x"),
         ("CELLNY", _CELL_NY_PX, "pixels per cell along y"),
         ("NREAD", result.n_read, "catalog rows read"),
-        ("NBAD", result.n_bad, "bad rows skipped (CCDNUM, NaN or off-CCD)"),
+        ("NBAD", result.n_bad, "bad rows skipped (CCDNUM, NULL, NaN, off-CCD)"),
         ("NNOEPOCH", result.n_no_epoch, "rows in no epoch skipped"),
     ]
     for i, name in enumerate(inputs[:99], start=1):
@@ -2699,8 +2793,8 @@ def _add_mask_arguments(parser, modes):
     group.add_argument("--keep_no_epoch", action="store_true",
                        help="--input: keep events whose EXPNUM is in no epoch (default: drop them)")
     group.add_argument("--drop_bad", action="store_true",
-                       help="--input: drop rows with CCDNUM outside 1..62 or a NaN or off-CCD "
-                            "position (default: stop with an error naming them)")
+                       help=f"--input: drop bad rows ({_BAD_ROW}) instead of stopping with an "
+                            "error naming them")
     group.add_argument("--format", metavar="FORMAT", dest="table_format",
                        help="--input, --gather: astropy table format of the tables (default: by extension)")
     for role, default in DEFAULT_COLUMNS.items():
