@@ -42,6 +42,7 @@ import site
 import sys
 import tempfile
 import threading
+import warnings
 
 import numpy as np
 
@@ -54,11 +55,11 @@ __all__ = [
     "KEEP", "MASKED", "NO_EPOCH", "BAD",
     "BadInputError",
     # files, epochs and count maps
-    "data_path", "check_output", "atomic_output", "read_epochs", "epoch_index", "find_counts_file", "CountMaps",
+    "data_path", "check_input", "check_output", "check_outputs", "atomic_output", "read_epochs", "epoch_index", "find_counts_file", "CountMaps",
     # masks
     "rebin_counts", "poisson_threshold", "EpochMask", "TransientMasks",
     # filtering event tables
-    "FilterCounts", "resolve_columns", "filter_table", "filter_file",
+    "FilterCounts", "TABLE_SUFFIXES", "table_format_of", "resolve_columns", "filter_table", "filter_file",
     # gathering count maps
     "GatherResult", "bin_events", "gather_arrays", "gather_data", "write_count_maps", "write_fits_rows",
     # plotting
@@ -67,7 +68,7 @@ __all__ = [
     "dask_client", "run_cli", "main",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("transient_masks")  # also when run as a script (__main__)
 
 # ---- Constants
 
@@ -151,20 +152,61 @@ def data_path(filename: str) -> str:
 
 
 def check_output(path: str, overwrite: bool = False, inputs=()) -> None:
-    """Refuse an output path that would write over an input or, unless
-    ``overwrite``, an existing file, or that lies in no existing directory.
+    """Refuse an output path that cannot or must not be written.
 
-    `atomic_output` checks this; call it early to refuse before a long job.
+    Refused: an empty name; any input of the run (``inputs``), even with
+    ``overwrite``; a directory, a FIFO, a device or anything else that is not a
+    regular file; an existing file unless ``overwrite``; a path in no existing
+    directory or in one that cannot be written.  `atomic_output` checks this;
+    call it early to refuse before a long job.
     """
+    path = os.fspath(path)
+    if not path:
+        raise BadInputError("empty output file name")
     final = os.path.abspath(path)
     for name in inputs:
+        if not name:
+            continue
+        name = os.fspath(name)
         if os.path.abspath(name) == final or (
                 os.path.exists(name) and os.path.exists(final) and os.path.samefile(name, final)):
             raise BadInputError(f"{path}: refusing to write over the input file")
+    if os.path.isdir(final):
+        raise BadInputError(f"{path}: is a directory, not an output file name")
+    if os.path.lexists(final) and not os.path.isfile(final):
+        raise BadInputError(f"{path}: exists and is not a regular file (a FIFO, device or broken link); "
+                            f"refusing to replace it")
     if os.path.exists(final) and not overwrite:
         raise BadInputError(f"{path}: output exists (use --overwrite to replace it)")
-    if not os.path.isdir(os.path.dirname(final)):
-        raise BadInputError(f"{path}: output directory {os.path.dirname(final)} does not exist")
+    directory = os.path.dirname(final)
+    if not os.path.isdir(directory):
+        raise BadInputError(f"{path}: output directory {directory} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise BadInputError(f"{path}: cannot write in the directory {directory} (permissions)")
+
+
+def check_outputs(paths, overwrite: bool = False, inputs=()) -> None:
+    """`check_output` for every output of a run, and no two of them the same file.
+
+    Call it before any work, so that a refusal leaves nothing written.
+    """
+    seen = {}
+    for path in paths:
+        check_output(path, overwrite, inputs)
+        final = os.path.abspath(os.fspath(path))
+        if final in seen:
+            raise BadInputError(f"{path}: the run would write this file twice ({seen[final]} and {path})")
+        seen[final] = path
+
+
+def _header_text(text) -> str:
+    r"""Text a FITS header card can hold: printable ASCII, other characters escaped.
+
+    >>> print(_header_text("cartes_été.fits"))
+    cartes_\xe9t\xe9.fits
+    """
+    text = str(text).encode("ascii", "backslashreplace").decode("ascii")
+    return "".join(char if " " <= char <= "~" else f"\\x{ord(char):02x}" for char in text)
 
 
 @contextlib.contextmanager
@@ -189,7 +231,10 @@ def atomic_output(path: str, overwrite: bool = False, inputs=()):
     # Keep the final suffix so that writers that choose a format by extension
     # (astropy Table.write, savefig) see the right one.
     base = os.path.basename(final)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{base}.", suffix=f".tmp{_suffix(base)}")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{base}.", suffix=f".tmp{_suffix(base)}")
+    except OSError as exc:
+        raise BadInputError(f"{path}: cannot write in the directory {directory} ({_one_line(exc)})") from None
     os.close(fd)
     os.unlink(tmp)  # writers that refuse to overwrite get a free name
     try:
@@ -208,6 +253,86 @@ def _suffix(filename: str) -> str:
             stem = filename[: -len(compressed)]
             return os.path.splitext(stem)[1] + filename[-len(compressed):]
     return os.path.splitext(filename)[1]
+
+
+# Inputs are validated on the way in, one helper per kind of check, shared by
+# every mode: a new mode that reads through these inherits the checks.
+
+
+def check_input(path: str, what: str = "input file", *, whole_gzip: bool = True) -> str:
+    """Refuse an input that is missing, not a regular file, empty or unreadable.
+
+    A gzip-compressed input is read through once to prove it is complete: a
+    truncated or corrupt gzip file must be an error, never less data.
+
+    Parameters
+    ----------
+    path : str
+        The file.
+    what : str
+        What the file is, for the message ("count-map file", "epoch table"...).
+    whole_gzip : bool
+        Read a gzip file through (False for readers that stream it and catch
+        a cut-short stream themselves).
+
+    Returns
+    -------
+    str
+        ``path``, as given.
+
+    Raises
+    ------
+    BadInputError
+        Naming the file and what is wrong with it.
+    """
+    path = os.fspath(path)
+    if not path:
+        raise BadInputError(f"{what}: empty file name")
+    if not os.path.exists(path):
+        raise BadInputError(f"{path}: {what} not found")
+    if os.path.isdir(path):
+        raise BadInputError(f"{path}: is a directory, expected a {what}")
+    if not os.path.isfile(path):
+        raise BadInputError(f"{path}: not a regular file, expected a {what}")
+    if not os.access(path, os.R_OK):
+        raise BadInputError(f"{path}: {what} is not readable (permissions)")
+    if os.path.getsize(path) == 0:
+        raise BadInputError(f"{path}: empty file (0 bytes), expected a {what}")
+    if whole_gzip and _is_gzip(path):
+        _verify_gzip(path, what)
+    return path
+
+
+def _verify_gzip(path: str, what: str) -> None:
+    """Decompress a gzip file to nowhere: raises BadInputError if it is cut short or corrupt."""
+    import zlib
+
+    try:
+        with gzip.open(path, "rb") as stream:
+            while stream.read(1 << 24):
+                pass
+    except (OSError, EOFError, zlib.error) as exc:
+        raise BadInputError(f"{path}: truncated or corrupt gzip {what} ({_one_line(exc)})") from None
+
+
+@contextlib.contextmanager
+def _reading(path: str, what: str):
+    """Turn what goes wrong while reading a file into a one-line BadInputError.
+
+    astropy's warning that a FITS file "may have been truncated" is an error
+    here: a short file must never be read as less data.
+    """
+    import zlib
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*truncated.*")
+        try:
+            yield
+        except BadInputError:
+            raise
+        except (OSError, EOFError, zlib.error, ValueError, TypeError, KeyError, IndexError,
+                UnicodeError, Warning) as exc:
+            raise BadInputError(f"{path}: not a readable {what} ({_one_line(exc)})") from None
 
 
 # ---- FITS tables, block by block
@@ -229,11 +354,7 @@ class _FitsRows:
         from astropy.io import fits
 
         self.path = path
-        try:
-            hdul = fits.open(path, memmap=False, lazy_load_hdus=True)
-        except (OSError, ValueError) as exc:
-            raise BadInputError(f"{path}: not a readable FITS file ({exc})") from None
-        with hdul:
+        with _reading(path, "FITS table"), fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
             index, hdu = _first_table_hdu(hdul)
             if index is None:
                 raise BadInputError(f"{path}: no table HDU")
@@ -260,7 +381,7 @@ class _FitsRows:
         """Yield (first row, raw records) blocks of at most ``chunk_rows`` rows."""
         opener = gzip.open if _is_gzip(self.path) else open
         row_bytes = self.raw_dtype.itemsize
-        with opener(self.path, "rb") as stream:
+        with _reading(self.path, "FITS table"), opener(self.path, "rb") as stream:
             stream.seek(self.data_start)
             for start in range(0, self.n_rows, chunk_rows):
                 n_block = min(chunk_rows, self.n_rows - start)
@@ -431,15 +552,29 @@ def read_epochs(path: str = None):
     if hasattr(path, "colnames"):  # already a table
         epochs, path = path.copy(), "epoch table"
     else:
-        path = path or data_path(EPOCHS_FILENAME)
-        try:
-            epochs = Table.read(path, hdu=1)
-        except (OSError, ValueError, IndexError) as exc:
-            raise BadInputError(f"{path}: cannot read the epoch table ({exc})") from None
+        path = check_input(path or data_path(EPOCHS_FILENAME), "epoch table")
+        with _reading(path, "epoch table (a FITS binary table in HDU 1)"):
+            epochs = Table.read(path, hdu=1, format="fits")
     missing = {"NAME", "MINEXPNUM", "MAXEXPNUM"} - set(epochs.colnames)
     if missing:
         raise BadInputError(f"{path}: epoch table lacks column(s) {', '.join(sorted(missing))}")
+    if not len(epochs):
+        raise BadInputError(f"{path}: the epoch table has no rows")
+    for name in ("MINEXPNUM", "MAXEXPNUM"):
+        column = epochs[name]
+        if np.ma.is_masked(column):
+            raise BadInputError(f"{path}: epoch table column {name} has NULL entries")
+        values = np.asarray(column)
+        if values.dtype.kind not in "iu" or values.ndim != 1:
+            raise BadInputError(f"{path}: epoch table column {name} holds {_type_name(values.dtype)} "
+                                f"values, expected integer exposure numbers")
+        epochs[name] = values.astype(np.int64)
+    if np.asarray(epochs["NAME"]).dtype.kind not in "US":
+        raise BadInputError(f"{path}: epoch table column NAME must hold strings")
     epochs["NAME"] = np.char.strip(np.asarray(epochs["NAME"]).astype(str))
+    backwards = np.flatnonzero(epochs["MINEXPNUM"] > epochs["MAXEXPNUM"])
+    if backwards.size:
+        raise BadInputError(f"{path}: epoch {epochs['NAME'][backwards[0]]!r} has MINEXPNUM > MAXEXPNUM")
     epochs.sort("MINEXPNUM")
     return epochs
 
@@ -496,14 +631,12 @@ def find_counts_file(path: str = None):
         The path, and whether it is the demo fallback.
     """
     if path is not None:
-        if not os.path.exists(path):
-            raise BadInputError(f"{path}: count-map file not found")
-        return path, False
+        return check_input(path, "count-map file"), False
     here = os.path.dirname(os.path.abspath(__file__))
     for place in (here, os.getcwd()):
         candidate = os.path.join(place, REAL_COUNTS_FILENAME)
         if os.path.exists(candidate):
-            return candidate, False
+            return check_input(candidate, "count-map file"), False
     try:
         demo = data_path(DEMO_COUNTS_FILENAME)
     except FileNotFoundError:
@@ -563,13 +696,13 @@ class CountMaps:
             self._first_demo = bool(first.header.get("DEMO", False))
         self.demo = fallback or self._first_demo
 
+    @contextlib.contextmanager
     def _open(self):
         from astropy.io import fits
 
-        try:
-            return fits.open(self.path, memmap=False, lazy_load_hdus=True)
-        except (OSError, ValueError) as exc:
-            raise BadInputError(f"{self.path}: not a readable FITS file ({exc})") from None
+        with _reading(self.path, "FITS file of count maps"), \
+                fits.open(self.path, memmap=False, lazy_load_hdus=True) as hdul:
+            yield hdul
 
     def _scan(self):
         """Read every header once (not the data) and index the epochs."""
@@ -609,12 +742,21 @@ class CountMaps:
     def info(self, epoch: str) -> dict:
         """Header facts of one epoch: min_exp, max_exp, demo (reads no data)."""
         index, header = self._header(epoch)
+        limits = {}
         for key in ("MIN_EXP", "MAX_EXP"):
             if key not in header:
                 raise BadInputError(f"{self.path}: HDU {index} ({epoch}) lacks the {key} keyword")
+            value = header[key]
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise BadInputError(f"{self.path}: HDU {index} ({epoch}): {key} = {value!r}, "
+                                    f"expected an integer exposure number")
+            limits[key] = int(value)
+        if limits["MIN_EXP"] > limits["MAX_EXP"]:
+            raise BadInputError(f"{self.path}: HDU {index} ({epoch}): MIN_EXP {limits['MIN_EXP']} "
+                                f"> MAX_EXP {limits['MAX_EXP']}")
         return {
-            "min_exp": int(header["MIN_EXP"]),
-            "max_exp": int(header["MAX_EXP"]),
+            "min_exp": limits["MIN_EXP"],
+            "max_exp": limits["MAX_EXP"],
             "demo": self._fallback_demo or bool(header.get("DEMO", False)),
         }
 
@@ -627,7 +769,7 @@ class CountMaps:
                 data = hdul[index].data
                 data = None if data is None else np.array(data)
             where = f"{self.path}: HDU {index} ({epoch})"
-            if data is None or data.ndim != 3 or data.shape[0] != N_CCD:
+            if data is None or data.ndim != 3 or data.shape[0] != N_CCD or 0 in data.shape:
                 shape = None if data is None else data.shape
                 raise BadInputError(f"{where}: counts have shape {shape}, expected ({N_CCD}, ny, nx)")
             if CCD_NY % data.shape[1] or CCD_NX % data.shape[2]:
@@ -699,6 +841,15 @@ def poisson_threshold(mode, centre, fp_rate: float = DEFAULT_FP_RATE, floor_fact
     mode = np.asarray(mode, dtype=np.float64)
     poisson_cut = poisson.isf(fp_rate, mode + 1.0)
     return np.maximum(np.ceil(floor_factor * np.asarray(centre, dtype=np.float64)), poisson_cut)
+
+
+def _mode(cells) -> int:
+    """The most common value of non-negative integer counts (the smallest of ties)."""
+    cells = cells.ravel()
+    if cells.max() < (1 << 20):  # a count table is cheap
+        return int(np.argmax(np.bincount(cells)))
+    values, n = np.unique(cells, return_counts=True)  # a huge count must not size the table
+    return int(values[np.argmax(n)])
 
 
 class EpochMask:
@@ -803,7 +954,7 @@ class EpochMask:
             if cells.size == 0 or not cells.any():
                 self.live[index] = False
                 continue
-            self.mode[index] = np.argmax(np.bincount(cells.ravel()))
+            self.mode[index] = _mode(cells)
             self.centre[index] = np.median(cells) if self.floor == "median" else cells.mean()
         self.threshold = np.where(self.live, poisson_threshold(
             np.nan_to_num(self.mode), np.nan_to_num(self.centre), self.fp_rate), np.nan)
@@ -941,14 +1092,14 @@ class EpochMask:
             ("AREAFRAC", self.area_fraction, "fraction of live-CCD area masked"),
             ("TRANFRAC", self.transient_fraction, "fraction of transients masked"),
             ("DEMO", self.demo, "T = made from SYNTHETIC demo counts, not DES"),
-            ("COUNTS", os.path.basename(self.source or ""), "count-map file"),
+            ("COUNTS", _header_text(os.path.basename(self.source or "")), "count-map file"),
             ("TM_VERS", __version__, "transient_masks version"),
             ("DATE", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
              "UTC time the file was written"),
         ]
 
     def write_masks(self, path: str, compress: bool = True, masked_value: int = 1,
-                    overwrite: bool = False) -> str:
+                    overwrite: bool = False, inputs=()) -> str:
         """Write the full-resolution masks: one 4096 x 2048 image per CCD.
 
         Extension k (1..62) is CCDNUM k, with CCDNUM, DETPOS, EXTNAME (= DETPOS)
@@ -968,6 +1119,9 @@ class EpochMask:
             up to 255 and int16 above.
         overwrite : bool
             Whether an existing file may be replaced.
+        inputs : sequence of str
+            Other files of the run that ``path`` must not be (the count-map
+            file is always refused).
 
         Returns
         -------
@@ -1011,7 +1165,7 @@ class EpochMask:
                 hdu = fits.ImageHDU(image, header=header)
             return _extension_bytes(hdu)
 
-        inputs = [self.source] if self.source else ()
+        inputs = ([self.source] if self.source else []) + list(inputs)
         with atomic_output(path, overwrite=overwrite, inputs=inputs) as tmp, open(tmp, "wb") as out:
             out.write(primary.header.tostring().encode("ascii"))
             if compress:
@@ -1086,8 +1240,12 @@ class TransientMasks:
                  x_bin: int = 1, y_bin: int = 1, floor: str = DEFAULT_FLOOR,
                  keep_no_epoch: bool = False):
         _check_options(fp_rate, x_bin, y_bin, floor)
-        self.maps = counts if isinstance(counts, CountMaps) else CountMaps(counts)
         self.epochs = read_epochs(epochs)
+        self.maps = counts if isinstance(counts, CountMaps) else CountMaps(counts)
+        #: The files these masks are made from (never to be written over).
+        self.inputs = [self.maps.path]
+        if epochs is None or isinstance(epochs, (str, os.PathLike)):
+            self.inputs.append(os.fspath(epochs or data_path(EPOCHS_FILENAME)))
         self.options = {"fp_rate": fp_rate, "x_bin": x_bin, "y_bin": y_bin, "floor": floor}
         self.keep_no_epoch = keep_no_epoch
         self._masks = {}
@@ -1097,7 +1255,7 @@ class TransientMasks:
         """(keyword, value, comment) cards recorded in filtered tables."""
         return [
             ("TM_VERS", __version__, "filtered by transient_masks, this version"),
-            ("TM_COUNT", os.path.basename(self.maps.path), "count-map file of the masks"),
+            ("TM_COUNT", _header_text(os.path.basename(self.maps.path)), "count-map file of the masks"),
             ("TM_FPRAT", self.options["fp_rate"], "masks: false-positive rate per cell"),
             ("TM_XBIN", self.options["x_bin"], "masks: extra binning along x"),
             ("TM_YBIN", self.options["y_bin"], "masks: extra binning along y"),
@@ -1156,6 +1314,65 @@ class TransientMasks:
 #: Fallback position columns, tried in order when the requested ones are absent.
 _FALLBACK_XY = [("X_IMAGE", "Y_IMAGE"), ("X", "Y")]
 _FITS_SUFFIXES = (".fits", ".fit", ".fts")
+#: Event-table formats (astropy's names) by file extension; --format overrides.
+TABLE_SUFFIXES = {
+    **{suffix + gz: "fits" for suffix in _FITS_SUFFIXES for gz in ("", ".gz")},
+    ".parquet": "parquet", ".parq": "parquet", ".pq": "parquet",
+    ".ecsv": "ascii.ecsv", ".csv": "ascii.csv", ".h5": "hdf5", ".hdf5": "hdf5",
+    ".vot": "votable", ".xml": "votable", ".txt": "ascii", ".dat": "ascii",
+}
+
+
+def table_format_of(path: str, table_format: str = None) -> str:
+    """The astropy format of an event table: ``table_format`` if given, else by extension.
+
+    Raises
+    ------
+    BadInputError
+        For a format astropy does not know, or an extension without a format
+        (one line, not astropy's table of formats).
+
+    Examples
+    --------
+    >>> table_format_of("events.fits.gz"), table_format_of("events.pq"), table_format_of("x.dat", "ascii.csv")
+    ('fits', 'parquet', 'ascii.csv')
+    """
+    if table_format:
+        from astropy.io import registry
+        from astropy.table import Table
+
+        known = set(map(str, registry.get_formats(Table)["Format"]))
+        if table_format not in known:
+            raise BadInputError(f"--format {table_format!r}: not a table format astropy knows "
+                                f"(e.g. fits, parquet, ascii.ecsv, ascii.csv, hdf5, votable)")
+        return table_format
+    lower = os.fspath(path).lower()
+    for suffix in sorted(TABLE_SUFFIXES, key=len, reverse=True):
+        if lower.endswith(suffix):
+            return TABLE_SUFFIXES[suffix]
+    raise BadInputError(f"{path}: unknown table format of extension {_suffix(os.path.basename(path))!r} "
+                        f"(use {', '.join(sorted(set(TABLE_SUFFIXES)))}, or --format)")
+
+
+def _read_table(path: str, fmt: str):
+    """Read a whole table with astropy; returns (table, read options). One-line errors."""
+    from astropy.table import Table
+
+    read_options = {"format": fmt}
+    if fmt == "hdf5":
+        read_options["path"] = _first_hdf5_table(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=_astropy_warning())  # units, meta: not errors here
+        try:
+            return Table.read(path, **read_options), read_options
+        except Exception as exc:  # astropy and its readers raise many types for unreadable files
+            raise BadInputError(f"{path}: cannot read as a table ({fmt}: {_one_line(exc)})") from None
+
+
+def _astropy_warning():
+    from astropy.utils.exceptions import AstropyWarning
+
+    return AstropyWarning
 
 
 class FilterCounts:
@@ -1366,11 +1583,6 @@ def filter_table(table, masks: "TransientMasks", *, expnum_col="EXPNUM", ccdnum_
     return table[kept], counts
 
 
-def _is_plain_fits(path, table_format):
-    name = path.lower()
-    return (table_format in (None, "fits")) and name.endswith(_FITS_SUFFIXES)
-
-
 def _filter_fits_stream(input_path, output_path, masks, names, drop_bad, chunk_rows):
     """Filter an uncompressed FITS binary table row block by row block.
 
@@ -1419,45 +1631,43 @@ def filter_file(input_path: str, output_path: str, masks: "TransientMasks", *,
     -------
     FilterCounts
     """
-    from astropy.table import Table
-
-    if not os.path.exists(input_path):
-        raise BadInputError(f"{input_path}: input file not found")
+    check_input(input_path, "event table")
+    in_format = table_format_of(input_path, table_format)
+    out_format = table_format_of(output_path, output_format or table_format)
     names = (expnum_col, ccdnum_col, x_col, y_col)
-    same_format = output_format in (None, "fits") and _is_plain_fits(output_path, output_format)
-    with atomic_output(output_path, overwrite=overwrite, inputs=[input_path]) as tmp:
-        if same_format and _is_plain_fits(input_path, table_format):
+    with atomic_output(output_path, overwrite=overwrite, inputs=[input_path, *masks.inputs]) as tmp:
+        if in_format == out_format == "fits" and not _is_gzip(input_path) \
+                and output_path.lower().endswith(_FITS_SUFFIXES):
             counts = _filter_fits_stream(input_path, tmp, masks, names, drop_bad, chunk_rows)
             if counts is not None:
                 return counts
-        read_options = {"format": table_format} if table_format else {}
-        if input_path.lower().endswith((".h5", ".hdf5")) and "path" not in read_options:
-            read_options["path"] = _first_hdf5_table(input_path)
-        try:
-            table = Table.read(input_path, **read_options)
-        except Exception as exc:  # astropy raises many types for unreadable files
-            raise BadInputError(f"{input_path}: cannot read as a table ({type(exc).__name__}: {exc})") from None
+        table, read_options = _read_table(input_path, in_format)
         kept, counts = filter_table(table, masks, expnum_col=expnum_col, ccdnum_col=ccdnum_col,
                                     x_col=x_col, y_col=y_col, drop_bad=drop_bad, source=input_path)
         kept.meta.update((key, value) for key, value, _ in masks.provenance())
-        write_options = {"format": output_format} if output_format else {}
-        if output_path.lower().endswith((".h5", ".hdf5")):
+        write_options = {"format": out_format}
+        if out_format == "hdf5":
             write_options.update(path=read_options.get("path", "data"), serialize_meta=True)
         try:
             kept.write(tmp, **write_options)
-        except Exception as exc:
-            raise BadInputError(f"{output_path}: cannot write this table format ({exc})") from None
+        except Exception as exc:  # astropy's writers raise many types
+            raise BadInputError(f"{output_path}: cannot write a {out_format} table ({_one_line(exc)})") from None
     return counts
 
 
 def _first_hdf5_table(path):
     """Path of the first table in an HDF5 file (astropy needs one to read it)."""
-    import h5py
-
+    try:
+        import h5py
+    except ImportError:
+        raise BadInputError(f"{path}: reading HDF5 needs h5py (pip install 'transient_masks[hdf5]')") from None
     found = []
-    with h5py.File(path, "r") as h5:
-        h5.visititems(lambda name, item: found.append(name)
-                      if isinstance(item, h5py.Dataset) and item.dtype.names else None)
+    try:
+        with h5py.File(path, "r") as h5:
+            h5.visititems(lambda name, item: found.append(name)
+                          if isinstance(item, h5py.Dataset) and item.dtype.names else None)
+    except OSError as exc:
+        raise BadInputError(f"{path}: not a readable HDF5 file ({_one_line(exc)})") from None
     if not found:
         raise BadInputError(f"{path}: no table in this HDF5 file")
     return found[0]
@@ -1839,34 +2049,24 @@ def _arrow_to_numpy(column, path, name):
                             f"({_one_line(exc)})") from None
 
 
-def _table_chunks(path, names, table_format):
+def _table_chunks(path, names, fmt):
     """Yield the four columns of any table astropy reads (read whole)."""
-    from astropy.table import Table
-
-    read_options = {"format": table_format} if table_format else {}
-    try:
-        if path.lower().endswith((".h5", ".hdf5")):
-            read_options["path"] = _first_hdf5_table(path)
-        table = Table.read(path, **read_options)
-    except BadInputError:
-        raise
-    except Exception as exc:  # astropy raises many types for unreadable files
-        raise BadInputError(f"{path}: cannot read as a table ({type(exc).__name__}: {exc})") from None
+    table, _ = _read_table(path, fmt)
     names = resolve_columns(table.colnames, *names, source=path)
     yield None, tuple(table[name] for name in names)
 
 
 def _catalog_chunks(path, names, chunk_rows, table_format=None):
     """Yield (header or None, (expnum, ccdnum, x, y)) blocks of one catalog file."""
-    if not os.path.exists(path):
-        raise BadInputError(f"{path}: catalog file not found")
-    lower = path.lower()
-    if table_format in (None, "fits") and lower.endswith(
-            tuple(s + z for s in (".fits", ".fit", ".fts") for z in ("", ".gz"))):
+    fmt = table_format_of(path, table_format)
+    # A gzip FITS catalog is streamed, and a cut-short stream is caught there:
+    # no need to read it twice.
+    check_input(path, "catalog", whole_gzip=fmt != "fits")
+    if fmt == "fits":
         return _fits_table_chunks(path, names, chunk_rows)
-    if table_format == "parquet" or (table_format is None and lower.endswith((".parquet", ".parq", ".pq"))):
+    if fmt == "parquet":
         return _parquet_chunks(path, names, chunk_rows)
-    return _table_chunks(path, names, table_format)
+    return _table_chunks(path, names, fmt)
 
 
 def gather_data(catalogs, output: str = None, *, epochs=None, expnum_col: str = "EXPNUM",
@@ -1927,15 +2127,17 @@ def gather_data(catalogs, output: str = None, *, epochs=None, expnum_col: str = 
     """
     if isinstance(catalogs, (str, os.PathLike)):
         catalogs = [catalogs]
-    catalogs = [os.fspath(path) for path in catalogs]
+    catalogs = _distinct_files([os.fspath(path) for path in catalogs])
     if not catalogs:
         raise BadInputError("gather_data: no catalog given")
     if int(chunk_rows) < 1:
         raise BadInputError(f"chunk_rows={chunk_rows}: must be a positive integer")
     chunk_rows = int(chunk_rows)
     table = read_epochs(epochs)
+    inputs = catalogs + ([os.fspath(epochs or data_path(EPOCHS_FILENAME))]
+                         if epochs is None or isinstance(epochs, (str, os.PathLike)) else [])
     if output is not None:  # fail before the long read, not after it
-        check_output(output, overwrite, catalogs)
+        check_output(output, overwrite, inputs)
     lookup = _EpochLookup(table["MINEXPNUM"], table["MAXEXPNUM"])
     accumulator = _CountAccumulator(len(table))
     names = (expnum_col, ccdnum_col, x_col, y_col)
@@ -1955,10 +2157,24 @@ def gather_data(catalogs, output: str = None, *, epochs=None, expnum_col: str = 
     if result.n_bad:
         log.warning("%d bad row(s) (%s) skipped", result.n_bad, _BAD_ROW)
     if output is not None:
+        # (the epoch table was refused as the output above, before the read)
         write_count_maps(output, result, demo=demo, overwrite=overwrite, inputs=catalogs,
                          extra_cards=simulation_cards)
         result.output = output
     return result
+
+
+def _distinct_files(paths):
+    """The paths with repeats of one file left out (a warning names them)."""
+    distinct, seen = [], {}
+    for path in paths:
+        key = os.path.realpath(path) if path else path
+        if key in seen:
+            log.warning("%s: given more than once (as %s too); read once", path, seen[key])
+            continue
+        seen[key] = path
+        distinct.append(path)
+    return distinct
 
 
 def write_count_maps(path: str, result: GatherResult, *, demo: bool = False, overwrite: bool = False,
@@ -1990,7 +2206,7 @@ def write_count_maps(path: str, result: GatherResult, *, demo: bool = False, ove
         ("NNOEPOCH", result.n_no_epoch, "rows in no epoch skipped"),
     ]
     for i, name in enumerate(inputs[:99], start=1):
-        provenance.append((f"INPUT{i}", os.path.basename(name)[:68], "catalog"))
+        provenance.append((f"INPUT{i}", _header_text(os.path.basename(name))[:68], "catalog"))
     if demo:
         provenance.insert(0, ("DEMO", True, "SYNTHETIC demo maps, not DES data"))
     for key, value, comment in list(provenance) + list(extra_cards):
@@ -2021,7 +2237,8 @@ def _add_gather_arguments(parser, modes):
 
 
 def _run_gather(args) -> int:
-    output = args.output or "transient_maps.fits.gz"
+    output = _output_name(args, "transient_maps.fits.gz")
+    check_outputs([output], args.overwrite, _run_inputs(args) + args.gather)
     result = gather_data(
         args.gather, output, epochs=args.epochs_file,
         expnum_col=args.expnum_col, ccdnum_col=args.ccdnum_col, x_col=args.x_col, y_col=args.y_col,
@@ -2693,6 +2910,7 @@ def _run_plot(args) -> int:
     plot_dir = args.plot_dir
     if not os.path.isdir(plot_dir):
         raise BadInputError(f"--plot_dir {plot_dir}: not a directory")
+    inputs = _run_inputs(args)
     maps = CountMaps(args.counts)
     if args.summary:
         stem, pdf_pages = "survey_summary", None
@@ -2705,8 +2923,7 @@ def _run_plot(args) -> int:
     figures = [os.path.join(plot_dir, f"{stem}.{suffix}") for suffix in ("png", "pdf")]
     outputs = ([pdf_pages] if pdf_pages else []) + figures
     # refuse before any work rather than after half the files are written
-    for path in outputs:
-        check_output(path, args.overwrite)
+    check_outputs(outputs, args.overwrite, inputs + [maps.path])
     if args.summary:
         figure = plot_survey_summary(maps, None, **options)
     else:
@@ -2714,7 +2931,7 @@ def _run_plot(args) -> int:
         plot_epoch(epoch_mask, pdf_pages, overwrite=args.overwrite)
         figure = plot_focal_plane(epoch_mask)
     for path in figures:  # each written file is logged
-        _save_figure(figure, path, overwrite=args.overwrite, dpi=150, inputs=[maps.path])
+        _save_figure(figure, path, overwrite=args.overwrite, dpi=150, inputs=inputs + [maps.path])
     demo = " [SYNTHETIC DEMO DATA]" if maps.demo else ""
     what = f"{len(maps.epochs)} epochs" if args.summary else args.plot
     print(f"{what}{demo}: wrote {', '.join(os.path.basename(path) for path in outputs)} in {plot_dir}",
@@ -2803,13 +3020,40 @@ def _add_mask_arguments(parser, modes):
                                 + ("; falls back to X_IMAGE/Y_IMAGE or X/Y)" if role in "xy" else ")"))
 
 
+def _run_inputs(args) -> list:
+    """Check the input files named on the command line before any work; return them.
+
+    The event table and the epoch table are read or checked here, before the
+    count maps (whose default may log the demo-data warning), so a bad input
+    gives one line; the count-map file is checked by `CountMaps`.  Every file
+    returned is refused as an output of the run, even with --overwrite.
+    """
+    inputs = []
+    if getattr(args, "input", None) is not None:
+        inputs.append(check_input(args.input, "event table"))
+    if args.epochs_file is not None:
+        read_epochs(args.epochs_file)
+        inputs.append(args.epochs_file)
+    if args.counts is not None:
+        inputs.append(args.counts)
+    return inputs
+
+
+def _output_name(args, default: str) -> str:
+    """-o if given (an empty -o is refused by check_output, not taken for the default)."""
+    return default if args.output is None else args.output
+
+
 def _run_epoch(args) -> int:
+    if not args.epoch.strip():
+        raise BadInputError("--epoch: empty epoch name (e.g. --epoch Y2E1)")
+    inputs = _run_inputs(args)
+    output = _output_name(args, f"transient_masks_{args.epoch}{'.fits.fz' if args.compress else '.fits'}")
+    check_outputs([output], args.overwrite, inputs)
     maps = CountMaps(args.counts)
     mask = EpochMask.from_maps(maps, args.epoch, **_mask_options(args))
-    suffix = ".fits.fz" if args.compress else ".fits"
-    output = args.output or f"transient_masks_{args.epoch}{suffix}"
     mask.write_masks(output, compress=args.compress, masked_value=args.masked_value,
-                     overwrite=args.overwrite)
+                     overwrite=args.overwrite, inputs=inputs)
     demo = " [SYNTHETIC DEMO DATA]" if mask.demo else ""
     print(f"{args.epoch}{demo}: {100 * mask.area_fraction:.2f}% of the live-CCD area and "
           f"{100 * mask.transient_fraction:.2f}% of the transients masked; wrote {output}",
@@ -2818,10 +3062,13 @@ def _run_epoch(args) -> int:
 
 
 def _run_filter(args) -> int:
+    inputs = _run_inputs(args)
+    stem, ext = os.path.basename(args.input), _suffix(os.path.basename(args.input))
+    output = _output_name(args, f"{stem[: len(stem) - len(ext)]}_filtered{ext}")
+    check_outputs([output], args.overwrite, inputs)
+    table_format_of(output, args.table_format)  # an unknown output format fails before the work
     masks = TransientMasks(args.counts, epochs=args.epochs_file, keep_no_epoch=args.keep_no_epoch,
                            **_mask_options(args))
-    stem, ext = os.path.basename(args.input), _suffix(os.path.basename(args.input))
-    output = args.output or f"{stem[: len(stem) - len(ext)]}_filtered{ext}"
     counts = filter_file(args.input, output, masks, expnum_col=args.expnum_col,
                          ccdnum_col=args.ccdnum_col, x_col=args.x_col, y_col=args.y_col,
                          drop_bad=args.drop_bad, table_format=args.table_format,

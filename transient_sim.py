@@ -45,7 +45,7 @@ __version__ = tm.__version__
 
 __all__ = ["SIM_SOURCES", "SimTruth", "simulate", "simulate_to_file", "main"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("transient_sim")  # also when run as a script (__main__)
 
 # ---- Populations
 
