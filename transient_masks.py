@@ -397,6 +397,8 @@ class _FitsRows:
         integer entries equal to the column's TNULL come back masked.
         """
         column = records[name]
+        if str(self.columns[name].format).endswith("L"):  # FITS logical: bytes 'T' / 'F'
+            return column == ord("T")
         null = self.columns[name].null
         is_null = (column == null) if column.dtype.kind in "iu" and isinstance(null, (int, np.integer)) else None
         scale, zero = self.columns[name].bscale, self.columns[name].bzero

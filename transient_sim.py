@@ -575,11 +575,11 @@ def simulate_to_file(path: str, epochs=("Y2E1",), *, seed: int = 0, background: 
     options = dict(seed=seed, background=background, n_exposures=n_exposures,
                    epoch_table=epoch_table)
     # Everything that can be refused is refused before the (long) simulation.
-    fmt = tm.table_format_of(path)
     if epoch_table is None or isinstance(epoch_table, str):  # the epoch table read is an input too
         tm.check_output(path, overwrite, [epoch_table or tm.data_path(tm.EPOCHS_FILENAME)])
     else:
         tm.check_output(path, overwrite)
+    fmt = tm.table_format_of(path)
     _check_simulation(seed, background)
     _sim_rows(epochs, epoch_table)
     if fmt == "fits" and not path.lower().endswith(".gz"):
