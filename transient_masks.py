@@ -42,6 +42,7 @@ import site
 import sys
 import tempfile
 import threading
+import warnings
 
 import numpy as np
 
@@ -54,11 +55,11 @@ __all__ = [
     "KEEP", "MASKED", "NO_EPOCH", "BAD",
     "BadInputError",
     # files, epochs and count maps
-    "data_path", "check_output", "atomic_output", "read_epochs", "epoch_index", "find_counts_file", "CountMaps",
+    "data_path", "check_input", "check_output", "check_outputs", "atomic_output", "read_epochs", "epoch_index", "find_counts_file", "CountMaps",
     # masks
     "rebin_counts", "poisson_threshold", "EpochMask", "TransientMasks",
     # filtering event tables
-    "FilterCounts", "resolve_columns", "filter_table", "filter_file",
+    "FilterCounts", "TABLE_SUFFIXES", "table_format_of", "resolve_columns", "filter_table", "filter_file",
     # gathering count maps
     "GatherResult", "bin_events", "gather_arrays", "gather_data", "write_count_maps", "write_fits_rows",
     # plotting
@@ -67,7 +68,7 @@ __all__ = [
     "dask_client", "run_cli", "main",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("transient_masks")  # also when run as a script (__main__)
 
 # ---- Constants
 
@@ -119,6 +120,13 @@ class BadInputError(ValueError):
     """
 
 
+def _one_line(exc) -> str:
+    """The first line of an exception's message, at most 200 characters (for error lines)."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0].strip() if lines else type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
 # ---- Files and data
 
 
@@ -144,20 +152,61 @@ def data_path(filename: str) -> str:
 
 
 def check_output(path: str, overwrite: bool = False, inputs=()) -> None:
-    """Refuse an output path that would write over an input or, unless
-    ``overwrite``, an existing file, or that lies in no existing directory.
+    """Refuse an output path that cannot or must not be written.
 
-    `atomic_output` checks this; call it early to refuse before a long job.
+    Refused: an empty name; any input of the run (``inputs``), even with
+    ``overwrite``; a directory, a FIFO, a device or anything else that is not a
+    regular file; an existing file unless ``overwrite``; a path in no existing
+    directory or in one that cannot be written.  `atomic_output` checks this;
+    call it early to refuse before a long job.
     """
+    path = os.fspath(path)
+    if not path:
+        raise BadInputError("empty output file name")
     final = os.path.abspath(path)
     for name in inputs:
+        if not name:
+            continue
+        name = os.fspath(name)
         if os.path.abspath(name) == final or (
                 os.path.exists(name) and os.path.exists(final) and os.path.samefile(name, final)):
             raise BadInputError(f"{path}: refusing to write over the input file")
+    if os.path.isdir(final):
+        raise BadInputError(f"{path}: is a directory, not an output file name")
+    if os.path.lexists(final) and not os.path.isfile(final):
+        raise BadInputError(f"{path}: exists and is not a regular file (a FIFO, device or broken link); "
+                            f"refusing to replace it")
     if os.path.exists(final) and not overwrite:
         raise BadInputError(f"{path}: output exists (use --overwrite to replace it)")
-    if not os.path.isdir(os.path.dirname(final)):
-        raise BadInputError(f"{path}: output directory {os.path.dirname(final)} does not exist")
+    directory = os.path.dirname(final)
+    if not os.path.isdir(directory):
+        raise BadInputError(f"{path}: output directory {directory} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise BadInputError(f"{path}: cannot write in the directory {directory} (permissions)")
+
+
+def check_outputs(paths, overwrite: bool = False, inputs=()) -> None:
+    """`check_output` for every output of a run, and no two of them the same file.
+
+    Call it before any work, so that a refusal leaves nothing written.
+    """
+    seen = {}
+    for path in paths:
+        check_output(path, overwrite, inputs)
+        final = os.path.abspath(os.fspath(path))
+        if final in seen:
+            raise BadInputError(f"{path}: the run would write this file twice ({seen[final]} and {path})")
+        seen[final] = path
+
+
+def _header_text(text) -> str:
+    r"""Text a FITS header card can hold: printable ASCII, other characters escaped.
+
+    >>> print(_header_text("cartes_été.fits"))
+    cartes_\xe9t\xe9.fits
+    """
+    text = str(text).encode("ascii", "backslashreplace").decode("ascii")
+    return "".join(char if " " <= char <= "~" else f"\\x{ord(char):02x}" for char in text)
 
 
 @contextlib.contextmanager
@@ -182,7 +231,10 @@ def atomic_output(path: str, overwrite: bool = False, inputs=()):
     # Keep the final suffix so that writers that choose a format by extension
     # (astropy Table.write, savefig) see the right one.
     base = os.path.basename(final)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{base}.", suffix=f".tmp{_suffix(base)}")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{base}.", suffix=f".tmp{_suffix(base)}")
+    except OSError as exc:
+        raise BadInputError(f"{path}: cannot write in the directory {directory} ({_one_line(exc)})") from None
     os.close(fd)
     os.unlink(tmp)  # writers that refuse to overwrite get a free name
     try:
@@ -201,6 +253,86 @@ def _suffix(filename: str) -> str:
             stem = filename[: -len(compressed)]
             return os.path.splitext(stem)[1] + filename[-len(compressed):]
     return os.path.splitext(filename)[1]
+
+
+# Inputs are validated on the way in, one helper per kind of check, shared by
+# every mode: a new mode that reads through these inherits the checks.
+
+
+def check_input(path: str, what: str = "input file", *, whole_gzip: bool = True) -> str:
+    """Refuse an input that is missing, not a regular file, empty or unreadable.
+
+    A gzip-compressed input is read through once to prove it is complete: a
+    truncated or corrupt gzip file must be an error, never less data.
+
+    Parameters
+    ----------
+    path : str
+        The file.
+    what : str
+        What the file is, for the message ("count-map file", "epoch table"...).
+    whole_gzip : bool
+        Read a gzip file through (False for readers that stream it and catch
+        a cut-short stream themselves).
+
+    Returns
+    -------
+    str
+        ``path``, as given.
+
+    Raises
+    ------
+    BadInputError
+        Naming the file and what is wrong with it.
+    """
+    path = os.fspath(path)
+    if not path:
+        raise BadInputError(f"{what}: empty file name")
+    if not os.path.exists(path):
+        raise BadInputError(f"{path}: {what} not found")
+    if os.path.isdir(path):
+        raise BadInputError(f"{path}: is a directory, expected a {what}")
+    if not os.path.isfile(path):
+        raise BadInputError(f"{path}: not a regular file, expected a {what}")
+    if not os.access(path, os.R_OK):
+        raise BadInputError(f"{path}: {what} is not readable (permissions)")
+    if os.path.getsize(path) == 0:
+        raise BadInputError(f"{path}: empty file (0 bytes), expected a {what}")
+    if whole_gzip and _is_gzip(path):
+        _verify_gzip(path, what)
+    return path
+
+
+def _verify_gzip(path: str, what: str) -> None:
+    """Decompress a gzip file to nowhere: raises BadInputError if it is cut short or corrupt."""
+    import zlib
+
+    try:
+        with gzip.open(path, "rb") as stream:
+            while stream.read(1 << 24):
+                pass
+    except (OSError, EOFError, zlib.error) as exc:
+        raise BadInputError(f"{path}: truncated or corrupt gzip {what} ({_one_line(exc)})") from None
+
+
+@contextlib.contextmanager
+def _reading(path: str, what: str):
+    """Turn what goes wrong while reading a file into a one-line BadInputError.
+
+    astropy's warning that a FITS file "may have been truncated" is an error
+    here: a short file must never be read as less data.
+    """
+    import zlib
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*truncated.*")
+        try:
+            yield
+        except BadInputError:
+            raise
+        except (OSError, EOFError, zlib.error, ValueError, TypeError, KeyError, IndexError,
+                UnicodeError, Warning) as exc:
+            raise BadInputError(f"{path}: not a readable {what} ({_one_line(exc)})") from None
 
 
 # ---- FITS tables, block by block
@@ -222,11 +354,7 @@ class _FitsRows:
         from astropy.io import fits
 
         self.path = path
-        try:
-            hdul = fits.open(path, memmap=False, lazy_load_hdus=True)
-        except (OSError, ValueError) as exc:
-            raise BadInputError(f"{path}: not a readable FITS file ({exc})") from None
-        with hdul:
+        with _reading(path, "FITS table"), fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
             index, hdu = _first_table_hdu(hdul)
             if index is None:
                 raise BadInputError(f"{path}: no table HDU")
@@ -253,7 +381,7 @@ class _FitsRows:
         """Yield (first row, raw records) blocks of at most ``chunk_rows`` rows."""
         opener = gzip.open if _is_gzip(self.path) else open
         row_bytes = self.raw_dtype.itemsize
-        with opener(self.path, "rb") as stream:
+        with _reading(self.path, "FITS table"), opener(self.path, "rb") as stream:
             stream.seek(self.data_start)
             for start in range(0, self.n_rows, chunk_rows):
                 n_block = min(chunk_rows, self.n_rows - start)
@@ -265,18 +393,28 @@ class _FitsRows:
     def values(self, records, name: str) -> np.ndarray:
         """A column of raw records in native byte order, TSCAL/TZERO applied.
 
-        Integers stored with an integer TZERO (unsigned columns) stay integers.
+        Integers stored with an integer TZERO (unsigned columns) stay integers;
+        integer entries equal to the column's TNULL come back masked.
         """
         column = records[name]
+        if str(self.columns[name].format).endswith("L"):  # FITS logical: bytes 'T' / 'F'
+            return column == ord("T")
+        null = self.columns[name].null
+        is_null = (column == null) if column.dtype.kind in "iu" and isinstance(null, (int, np.integer)) else None
         scale, zero = self.columns[name].bscale, self.columns[name].bzero
         scale = 1 if scale is None else scale
         zero = 0 if zero is None else zero
         if scale == 1 and zero == int(zero) and column.dtype.kind in "iu":
-            if zero:  # unsigned integers stored with TZERO
+            if zero == 2**63 and column.dtype.itemsize == 8:  # uint64, as astropy writes it
+                column = column.astype(np.int64).view(np.uint64) ^ np.uint64(2**63)
+            elif zero:  # smaller unsigned integers stored with TZERO
                 column = column.astype(np.int64) + int(zero)
         elif scale != 1 or zero:
             column = column.astype(np.float64) * scale + zero
-        return column.astype(column.dtype.newbyteorder("="), copy=False)
+        column = column.astype(column.dtype.newbyteorder("="), copy=False)
+        if is_null is not None and is_null.any():
+            return np.ma.MaskedArray(column, mask=is_null)
+        return column
 
     def read_whole(self, names):
         """The named columns of a table that is not streamable, read whole."""
@@ -416,15 +554,29 @@ def read_epochs(path: str = None):
     if hasattr(path, "colnames"):  # already a table
         epochs, path = path.copy(), "epoch table"
     else:
-        path = path or data_path(EPOCHS_FILENAME)
-        try:
-            epochs = Table.read(path, hdu=1)
-        except (OSError, ValueError, IndexError) as exc:
-            raise BadInputError(f"{path}: cannot read the epoch table ({exc})") from None
+        path = check_input(path or data_path(EPOCHS_FILENAME), "epoch table")
+        with _reading(path, "epoch table (a FITS binary table in HDU 1)"):
+            epochs = Table.read(path, hdu=1, format="fits")
     missing = {"NAME", "MINEXPNUM", "MAXEXPNUM"} - set(epochs.colnames)
     if missing:
         raise BadInputError(f"{path}: epoch table lacks column(s) {', '.join(sorted(missing))}")
+    if not len(epochs):
+        raise BadInputError(f"{path}: the epoch table has no rows")
+    for name in ("MINEXPNUM", "MAXEXPNUM"):
+        column = epochs[name]
+        if np.ma.is_masked(column):
+            raise BadInputError(f"{path}: epoch table column {name} has NULL entries")
+        values = np.asarray(column)
+        if values.dtype.kind not in "iu" or values.ndim != 1:
+            raise BadInputError(f"{path}: epoch table column {name} holds {_type_name(values.dtype)} "
+                                f"values, expected integer exposure numbers")
+        epochs[name] = values.astype(np.int64)
+    if np.asarray(epochs["NAME"]).dtype.kind not in "US":
+        raise BadInputError(f"{path}: epoch table column NAME must hold strings")
     epochs["NAME"] = np.char.strip(np.asarray(epochs["NAME"]).astype(str))
+    backwards = np.flatnonzero(epochs["MINEXPNUM"] > epochs["MAXEXPNUM"])
+    if backwards.size:
+        raise BadInputError(f"{path}: epoch {epochs['NAME'][backwards[0]]!r} has MINEXPNUM > MAXEXPNUM")
     epochs.sort("MINEXPNUM")
     return epochs
 
@@ -481,14 +633,12 @@ def find_counts_file(path: str = None):
         The path, and whether it is the demo fallback.
     """
     if path is not None:
-        if not os.path.exists(path):
-            raise BadInputError(f"{path}: count-map file not found")
-        return path, False
+        return check_input(path, "count-map file"), False
     here = os.path.dirname(os.path.abspath(__file__))
     for place in (here, os.getcwd()):
         candidate = os.path.join(place, REAL_COUNTS_FILENAME)
         if os.path.exists(candidate):
-            return candidate, False
+            return check_input(candidate, "count-map file"), False
     try:
         demo = data_path(DEMO_COUNTS_FILENAME)
     except FileNotFoundError:
@@ -548,13 +698,13 @@ class CountMaps:
             self._first_demo = bool(first.header.get("DEMO", False))
         self.demo = fallback or self._first_demo
 
+    @contextlib.contextmanager
     def _open(self):
         from astropy.io import fits
 
-        try:
-            return fits.open(self.path, memmap=False, lazy_load_hdus=True)
-        except (OSError, ValueError) as exc:
-            raise BadInputError(f"{self.path}: not a readable FITS file ({exc})") from None
+        with _reading(self.path, "FITS file of count maps"), \
+                fits.open(self.path, memmap=False, lazy_load_hdus=True) as hdul:
+            yield hdul
 
     def _scan(self):
         """Read every header once (not the data) and index the epochs."""
@@ -594,12 +744,21 @@ class CountMaps:
     def info(self, epoch: str) -> dict:
         """Header facts of one epoch: min_exp, max_exp, demo (reads no data)."""
         index, header = self._header(epoch)
+        limits = {}
         for key in ("MIN_EXP", "MAX_EXP"):
             if key not in header:
                 raise BadInputError(f"{self.path}: HDU {index} ({epoch}) lacks the {key} keyword")
+            value = header[key]
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise BadInputError(f"{self.path}: HDU {index} ({epoch}): {key} = {value!r}, "
+                                    f"expected an integer exposure number")
+            limits[key] = int(value)
+        if limits["MIN_EXP"] > limits["MAX_EXP"]:
+            raise BadInputError(f"{self.path}: HDU {index} ({epoch}): MIN_EXP {limits['MIN_EXP']} "
+                                f"> MAX_EXP {limits['MAX_EXP']}")
         return {
-            "min_exp": int(header["MIN_EXP"]),
-            "max_exp": int(header["MAX_EXP"]),
+            "min_exp": limits["MIN_EXP"],
+            "max_exp": limits["MAX_EXP"],
             "demo": self._fallback_demo or bool(header.get("DEMO", False)),
         }
 
@@ -612,7 +771,7 @@ class CountMaps:
                 data = hdul[index].data
                 data = None if data is None else np.array(data)
             where = f"{self.path}: HDU {index} ({epoch})"
-            if data is None or data.ndim != 3 or data.shape[0] != N_CCD:
+            if data is None or data.ndim != 3 or data.shape[0] != N_CCD or 0 in data.shape:
                 shape = None if data is None else data.shape
                 raise BadInputError(f"{where}: counts have shape {shape}, expected ({N_CCD}, ny, nx)")
             if CCD_NY % data.shape[1] or CCD_NX % data.shape[2]:
@@ -629,6 +788,16 @@ class CountMaps:
 
 
 # ---- Epoch masks
+
+
+def _alias(name, value, default, alias, alias_value):
+    """The value of an option that may also be given by its DES name (an alias)."""
+    if alias_value is None:
+        return value
+    if value != default and value != alias_value:
+        raise BadInputError(f"{name}={value!r} and {alias}={alias_value!r}: the same option "
+                            f"({alias} is the DES name of {name}) given two values")
+    return alias_value
 
 
 def _check_options(fp_rate, x_bin, y_bin, floor):
@@ -686,6 +855,15 @@ def poisson_threshold(mode, centre, fp_rate: float = DEFAULT_FP_RATE, floor_fact
     return np.maximum(np.ceil(floor_factor * np.asarray(centre, dtype=np.float64)), poisson_cut)
 
 
+def _mode(cells) -> int:
+    """The most common value of non-negative integer counts (the smallest of ties)."""
+    cells = cells.ravel()
+    if cells.max() < (1 << 20):  # a count table is cheap
+        return int(np.argmax(np.bincount(cells)))
+    values, n = np.unique(cells, return_counts=True)  # a huge count must not size the table
+    return int(values[np.argmax(n)])
+
+
 class EpochMask:
     """The transient mask of one epoch, from its count cube.
 
@@ -709,7 +887,8 @@ class EpochMask:
         False-positive probability per (re-binned) cell of a defect-free CCD.
     x_bin, y_bin : int
         Extra binning: numbers of cells summed along x and y; must divide the
-        cell grid.
+        cell grid.  ``x_shrink`` and ``y_shrink``, their names in the DES
+        module, are accepted as aliases.
     floor : {"median", "mean"}
         Statistic of the cell counts whose double is a floor of the threshold.
         "median" follows the published DES README; "mean" reproduces the
@@ -747,7 +926,9 @@ class EpochMask:
     def __init__(self, counts, *, epoch: str = None, fp_rate: float = DEFAULT_FP_RATE,
                  x_bin: int = 1, y_bin: int = 1, floor: str = DEFAULT_FLOOR,
                  min_exp: int = None, max_exp: int = None, demo: bool = False,
-                 source: str = None):
+                 source: str = None, x_shrink: int = None, y_shrink: int = None):
+        x_bin = _alias("x_bin", x_bin, 1, "x_shrink", x_shrink)
+        y_bin = _alias("y_bin", y_bin, 1, "y_shrink", y_shrink)
         _check_options(fp_rate, x_bin, y_bin, floor)
         counts = np.asarray(counts)
         if counts.ndim != 3 or counts.shape[0] != N_CCD:
@@ -788,7 +969,7 @@ class EpochMask:
             if cells.size == 0 or not cells.any():
                 self.live[index] = False
                 continue
-            self.mode[index] = np.argmax(np.bincount(cells.ravel()))
+            self.mode[index] = _mode(cells)
             self.centre[index] = np.median(cells) if self.floor == "median" else cells.mean()
         self.threshold = np.where(self.live, poisson_threshold(
             np.nan_to_num(self.mode), np.nan_to_num(self.centre), self.fp_rate), np.nan)
@@ -926,14 +1107,14 @@ class EpochMask:
             ("AREAFRAC", self.area_fraction, "fraction of live-CCD area masked"),
             ("TRANFRAC", self.transient_fraction, "fraction of transients masked"),
             ("DEMO", self.demo, "T = made from SYNTHETIC demo counts, not DES"),
-            ("COUNTS", os.path.basename(self.source or ""), "count-map file"),
+            ("COUNTS", _header_text(os.path.basename(self.source or "")), "count-map file"),
             ("TM_VERS", __version__, "transient_masks version"),
             ("DATE", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
              "UTC time the file was written"),
         ]
 
     def write_masks(self, path: str, compress: bool = True, masked_value: int = 1,
-                    overwrite: bool = False) -> str:
+                    overwrite: bool = False, inputs=()) -> str:
         """Write the full-resolution masks: one 4096 x 2048 image per CCD.
 
         Extension k (1..62) is CCDNUM k, with CCDNUM, DETPOS, EXTNAME (= DETPOS)
@@ -953,6 +1134,9 @@ class EpochMask:
             up to 255 and int16 above.
         overwrite : bool
             Whether an existing file may be replaced.
+        inputs : sequence of str
+            Other files of the run that ``path`` must not be (the count-map
+            file is always refused).
 
         Returns
         -------
@@ -996,7 +1180,7 @@ class EpochMask:
                 hdu = fits.ImageHDU(image, header=header)
             return _extension_bytes(hdu)
 
-        inputs = [self.source] if self.source else ()
+        inputs = ([self.source] if self.source else []) + list(inputs)
         with atomic_output(path, overwrite=overwrite, inputs=inputs) as tmp, open(tmp, "wb") as out:
             out.write(primary.header.tostring().encode("ascii"))
             if compress:
@@ -1033,6 +1217,9 @@ def _finite_or(value, default=-1.0):
 
 #: Codes of `TransientMasks.classify` (and BAD for rows that cannot be classified).
 KEEP, MASKED, NO_EPOCH, BAD = 0, 1, 2, 3
+#: What makes an event row bad (see `_event_values`), for messages.
+_BAD_ROW = (f"CCDNUM outside 1..{N_CCD}, a NULL, NaN or off-CCD position, "
+            "or a fractional EXPNUM or CCDNUM")
 
 
 class TransientMasks:
@@ -1053,6 +1240,9 @@ class TransientMasks:
     keep_no_epoch : bool
         Keep (True) or mask (False, the default) events whose EXPNUM is in no
         epoch, or in an epoch with no count map.
+    x_shrink, y_shrink, default
+        The DES module's names of ``x_bin``, ``y_bin`` and ``keep_no_epoch``,
+        accepted as aliases.
 
     Examples
     --------
@@ -1066,10 +1256,18 @@ class TransientMasks:
 
     def __init__(self, counts=None, *, epochs=None, fp_rate: float = DEFAULT_FP_RATE,
                  x_bin: int = 1, y_bin: int = 1, floor: str = DEFAULT_FLOOR,
-                 keep_no_epoch: bool = False):
+                 keep_no_epoch: bool = False, x_shrink: int = None, y_shrink: int = None,
+                 default: bool = None):
+        x_bin = _alias("x_bin", x_bin, 1, "x_shrink", x_shrink)
+        y_bin = _alias("y_bin", y_bin, 1, "y_shrink", y_shrink)
+        keep_no_epoch = bool(_alias("keep_no_epoch", keep_no_epoch, False, "default", default))
         _check_options(fp_rate, x_bin, y_bin, floor)
-        self.maps = counts if isinstance(counts, CountMaps) else CountMaps(counts)
         self.epochs = read_epochs(epochs)
+        self.maps = counts if isinstance(counts, CountMaps) else CountMaps(counts)
+        #: The files these masks are made from (never to be written over).
+        self.inputs = [self.maps.path]
+        if epochs is None or isinstance(epochs, (str, os.PathLike)):
+            self.inputs.append(os.fspath(epochs or data_path(EPOCHS_FILENAME)))
         self.options = {"fp_rate": fp_rate, "x_bin": x_bin, "y_bin": y_bin, "floor": floor}
         self.keep_no_epoch = keep_no_epoch
         self._masks = {}
@@ -1079,7 +1277,7 @@ class TransientMasks:
         """(keyword, value, comment) cards recorded in filtered tables."""
         return [
             ("TM_VERS", __version__, "filtered by transient_masks, this version"),
-            ("TM_COUNT", os.path.basename(self.maps.path), "count-map file of the masks"),
+            ("TM_COUNT", _header_text(os.path.basename(self.maps.path)), "count-map file of the masks"),
             ("TM_FPRAT", self.options["fp_rate"], "masks: false-positive rate per cell"),
             ("TM_XBIN", self.options["x_bin"], "masks: extra binning along x"),
             ("TM_YBIN", self.options["y_bin"], "masks: extra binning along y"),
@@ -1138,6 +1336,65 @@ class TransientMasks:
 #: Fallback position columns, tried in order when the requested ones are absent.
 _FALLBACK_XY = [("X_IMAGE", "Y_IMAGE"), ("X", "Y")]
 _FITS_SUFFIXES = (".fits", ".fit", ".fts")
+#: Event-table formats (astropy's names) by file extension; --format overrides.
+TABLE_SUFFIXES = {
+    **{suffix + gz: "fits" for suffix in _FITS_SUFFIXES for gz in ("", ".gz")},
+    ".parquet": "parquet", ".parq": "parquet", ".pq": "parquet",
+    ".ecsv": "ascii.ecsv", ".csv": "ascii.csv", ".h5": "hdf5", ".hdf5": "hdf5",
+    ".vot": "votable", ".xml": "votable", ".txt": "ascii", ".dat": "ascii",
+}
+
+
+def table_format_of(path: str, table_format: str = None) -> str:
+    """The astropy format of an event table: ``table_format`` if given, else by extension.
+
+    Raises
+    ------
+    BadInputError
+        For a format astropy does not know, or an extension without a format
+        (one line, not astropy's table of formats).
+
+    Examples
+    --------
+    >>> table_format_of("events.fits.gz"), table_format_of("events.pq"), table_format_of("x.dat", "ascii.csv")
+    ('fits', 'parquet', 'ascii.csv')
+    """
+    if table_format:
+        from astropy.io import registry
+        from astropy.table import Table
+
+        known = set(map(str, registry.get_formats(Table)["Format"]))
+        if table_format not in known:
+            raise BadInputError(f"--format {table_format!r}: not a table format astropy knows "
+                                f"(e.g. fits, parquet, ascii.ecsv, ascii.csv, hdf5, votable)")
+        return table_format
+    lower = os.fspath(path).lower()
+    for suffix in sorted(TABLE_SUFFIXES, key=len, reverse=True):
+        if lower.endswith(suffix):
+            return TABLE_SUFFIXES[suffix]
+    raise BadInputError(f"{path}: unknown table format of extension {_suffix(os.path.basename(path))!r} "
+                        f"(use {', '.join(sorted(set(TABLE_SUFFIXES)))}, or --format)")
+
+
+def _read_table(path: str, fmt: str):
+    """Read a whole table with astropy; returns (table, read options). One-line errors."""
+    from astropy.table import Table
+
+    read_options = {"format": fmt}
+    if fmt == "hdf5":
+        read_options["path"] = _first_hdf5_table(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=_astropy_warning())  # units, meta: not errors here
+        try:
+            return Table.read(path, **read_options), read_options
+        except Exception as exc:  # astropy and its readers raise many types for unreadable files
+            raise BadInputError(f"{path}: cannot read as a table ({fmt}: {_one_line(exc)})") from None
+
+
+def _astropy_warning():
+    from astropy.utils.exceptions import AstropyWarning
+
+    return AstropyWarning
 
 
 class FilterCounts:
@@ -1171,8 +1428,7 @@ class FilterCounts:
         if self.bad:
             shown = ", ".join(map(str, self.bad_rows)) + (", ..." if self.bad > len(self.bad_rows) else "")
             raise BadInputError(
-                f"{source}: {self.bad} bad row(s) (CCDNUM outside 1..{N_CCD}, NaN or off-CCD "
-                f"position) at row(s) {shown} (0-based); use --drop_bad to drop them"
+                f"{source}: {self.bad} bad row(s) ({_BAD_ROW}) at row(s) {shown} (0-based); use --drop_bad to drop them"
             )
 
     def summary(self) -> str:
@@ -1214,20 +1470,98 @@ def resolve_columns(colnames, expnum_col="EXPNUM", ccdnum_col="CCDNUM", x_col="X
     return expnum_col, ccdnum_col, x_col, y_col
 
 
-def _column_values(column, fill, dtype):
-    """A column as a plain array, masked entries replaced by ``fill``."""
-    values = np.ma.getdata(column)
-    mask = np.ma.getmaskarray(column) if np.ma.isMaskedArray(column) else None
-    values = np.asarray(values, dtype=dtype)
-    if mask is not None and mask.any():
-        values = np.where(mask, fill, values)
-    return values
+#: The four event columns, in the order the readers yield them.
+_EVENT_ROLES = ("expnum", "ccdnum", "x", "y")
 
 
-def _classify_rows(masks, expnum, ccdnum, x, y):
-    """`TransientMasks.classify` codes for a block of rows, BAD for unusable rows."""
+def _event_values(columns, names, source="table"):
+    """Apply the event-column rule to a block of the four event columns.
+
+    The one rule of every mode that reads events (`filter_table`,
+    `filter_file`, `gather_data`):
+
+    - each column must hold numbers: a column of strings, booleans or any other
+      type is an error (`BadInputError` naming the column), whatever the rows;
+    - EXPNUM and CCDNUM may be stored as any integer type (also unsigned, such
+      as uint64) or as floats holding whole numbers; a fractional, infinite or
+      NaN value, or one outside the int64 range, makes its row *bad*;
+    - x and y may be any integer or float type;
+    - a masked or NULL entry (FITS TNULL, Parquet null, astropy masked value) in
+      any of the four columns makes its row bad.
+
+    Bad rows are then treated alike everywhere: ``--input`` stops naming them
+    (``--drop_bad`` drops them), ``--gather`` skips and counts them, together
+    with rows whose CCDNUM is outside 1..62 or whose position is off the CCD.
+
+    Parameters
+    ----------
+    columns : sequence of 4 array_like
+        EXPNUM, CCDNUM, x, y (numpy or masked arrays).
+    names : sequence of 4 str
+        The column names, for messages.
+    source : str
+        The table, for messages.
+
+    Returns
+    -------
+    (expnum, ccdnum, x, y, bad)
+        Plain arrays (integer columns keep their type, but uint64 becomes
+        int64), and a bool array flagging the bad rows, or None when there are
+        none.
+
+    Examples
+    --------
+    >>> expnum, ccdnum, x, y, bad = _event_values(
+    ...     [np.array([5, 6], dtype=np.uint64), np.array([3.0, 2.5]), [1.0, 2.0], [1.0, 2.0]],
+    ...     ["EXPNUM", "CCDNUM", "X", "Y"])
+    >>> expnum.dtype.name, bad.tolist()
+    ('int64', [False, True])
+    """
+    values, bad = [], None
+    for role, name, column in zip(_EVENT_ROLES, names, columns):
+        data = np.ma.getdata(column)
+        data = data if isinstance(data, np.ndarray) else np.asarray(data)
+        null = np.ma.getmaskarray(column) if np.ma.isMaskedArray(column) else None
+        if data.ndim != 1:
+            raise BadInputError(f"{source}: column {name!r} holds arrays, expected one value per row")
+        kind = data.dtype.kind
+        if kind not in "iuf":
+            raise BadInputError(f"{source}: column {name!r} holds {_type_name(data.dtype)} values, "
+                                f"expected numbers (see --{role}_col)")
+        row_bad = null.copy() if null is not None and null.any() else None
+        if role in ("expnum", "ccdnum") and (kind == "f" or data.dtype == np.uint64):
+            if kind == "f":
+                with np.errstate(invalid="ignore"):
+                    usable = (data == np.floor(data)) & (np.abs(data) < 2.0**62)  # NaN, inf fail
+            else:
+                usable = data <= np.iinfo(np.int64).max
+            data = np.where(usable, data, 0).astype(np.int64)
+            if not usable.all():
+                row_bad = ~usable if row_bad is None else row_bad | ~usable
+        if row_bad is not None:
+            bad = row_bad if bad is None else bad | row_bad
+        values.append(data)
+    if len({value.shape for value in values}) != 1:
+        raise BadInputError(f"{source}: the columns {', '.join(names)} differ in length")
+    return (*values, bad)
+
+
+def _type_name(dtype) -> str:
+    """A reader's name of a column type: 'string', 'boolean', 'object'..."""
+    return {"U": "string", "S": "string", "b": "boolean", "O": "object (mixed or text)",
+            "c": "complex", "M": "date", "m": "time-interval", "V": "structured"}.get(dtype.kind, str(dtype))
+
+
+def _classify_rows(masks, expnum, ccdnum, x, y, bad=None):
+    """`TransientMasks.classify` codes for a block of rows, BAD for unusable rows.
+
+    Unusable: flagged in ``bad`` (see `_event_values`), CCDNUM outside 1..62,
+    or a NaN or off-CCD position.
+    """
     good = ((ccdnum >= 1) & (ccdnum <= N_CCD) & (x >= 0.5) & (x < CCD_NX + 0.5)
             & (y >= 0.5) & (y < CCD_NY + 0.5))  # NaN fails every comparison
+    if bad is not None:
+        good &= ~bad
     codes = np.full(good.shape, BAD, dtype=np.uint8)
     codes[good] = masks.classify(expnum[good], ccdnum[good], x[good], y[good])
     return codes
@@ -1250,7 +1584,8 @@ def filter_table(table, masks: "TransientMasks", *, expnum_col="EXPNUM", ccdnum_
     expnum_col, ccdnum_col, x_col, y_col : str
         Column names (see `resolve_columns` for the x/y fallbacks).
     drop_bad : bool
-        Drop rows with CCDNUM outside 1..62 or a NaN or off-CCD position
+        Drop bad rows (see `_event_values`: CCDNUM outside 1..62, a NULL,
+        NaN or off-CCD position, a fractional EXPNUM or CCDNUM)
         (default: raise `BadInputError` naming them).
     source : str
         Name of the table in messages.
@@ -1261,22 +1596,13 @@ def filter_table(table, masks: "TransientMasks", *, expnum_col="EXPNUM", ccdnum_
         The kept rows with every column, unit and the metadata; the counts.
     """
     names = resolve_columns(table.colnames, expnum_col, ccdnum_col, x_col, y_col, source)
-    expnum = _column_values(table[names[0]], -1, np.int64)
-    ccdnum = _column_values(table[names[1]], 0, np.int64)
-    x = _column_values(table[names[2]], np.nan, np.float64)
-    y = _column_values(table[names[3]], np.nan, np.float64)
-    codes = _classify_rows(masks, expnum, ccdnum, x, y)
+    codes = _classify_rows(masks, *_event_values([table[name] for name in names], names, source))
     kept = _keep(codes, masks.keep_no_epoch)
     counts = FilterCounts()
     counts.add(codes, kept)
     if not drop_bad:
         counts.check_bad(source)
     return table[kept], counts
-
-
-def _is_plain_fits(path, table_format):
-    name = path.lower()
-    return (table_format in (None, "fits")) and name.endswith(_FITS_SUFFIXES)
 
 
 def _filter_fits_stream(input_path, output_path, masks, names, drop_bad, chunk_rows):
@@ -1300,9 +1626,8 @@ def _filter_fits_stream(input_path, output_path, masks, names, drop_bad, chunk_r
     with open(output_path, "wb") as out:
         writer = _FitsRowWriter(out, header, rows.primary_header)
         for start, block in rows.blocks(chunk_rows):
-            expnum, ccdnum, x, y = (rows.values(block, name).astype(dtype, copy=False) for name, dtype
-                                    in zip(names, (np.int64, np.int64, np.float64, np.float64)))
-            codes = _classify_rows(masks, expnum, ccdnum, x, y)
+            codes = _classify_rows(masks, *_event_values(
+                [rows.values(block, name) for name in names], names, input_path))
             kept = _keep(codes, masks.keep_no_epoch)
             counts.add(codes, kept, row_offset=start)
             writer.write(block[kept])
@@ -1328,45 +1653,43 @@ def filter_file(input_path: str, output_path: str, masks: "TransientMasks", *,
     -------
     FilterCounts
     """
-    from astropy.table import Table
-
-    if not os.path.exists(input_path):
-        raise BadInputError(f"{input_path}: input file not found")
+    check_input(input_path, "event table")
+    in_format = table_format_of(input_path, table_format)
+    out_format = table_format_of(output_path, output_format or table_format)
     names = (expnum_col, ccdnum_col, x_col, y_col)
-    same_format = output_format in (None, "fits") and _is_plain_fits(output_path, output_format)
-    with atomic_output(output_path, overwrite=overwrite, inputs=[input_path]) as tmp:
-        if same_format and _is_plain_fits(input_path, table_format):
+    with atomic_output(output_path, overwrite=overwrite, inputs=[input_path, *masks.inputs]) as tmp:
+        if in_format == out_format == "fits" and not _is_gzip(input_path) \
+                and output_path.lower().endswith(_FITS_SUFFIXES):
             counts = _filter_fits_stream(input_path, tmp, masks, names, drop_bad, chunk_rows)
             if counts is not None:
                 return counts
-        read_options = {"format": table_format} if table_format else {}
-        if input_path.lower().endswith((".h5", ".hdf5")) and "path" not in read_options:
-            read_options["path"] = _first_hdf5_table(input_path)
-        try:
-            table = Table.read(input_path, **read_options)
-        except Exception as exc:  # astropy raises many types for unreadable files
-            raise BadInputError(f"{input_path}: cannot read as a table ({type(exc).__name__}: {exc})") from None
+        table, read_options = _read_table(input_path, in_format)
         kept, counts = filter_table(table, masks, expnum_col=expnum_col, ccdnum_col=ccdnum_col,
                                     x_col=x_col, y_col=y_col, drop_bad=drop_bad, source=input_path)
         kept.meta.update((key, value) for key, value, _ in masks.provenance())
-        write_options = {"format": output_format} if output_format else {}
-        if output_path.lower().endswith((".h5", ".hdf5")):
+        write_options = {"format": out_format}
+        if out_format == "hdf5":
             write_options.update(path=read_options.get("path", "data"), serialize_meta=True)
         try:
             kept.write(tmp, **write_options)
-        except Exception as exc:
-            raise BadInputError(f"{output_path}: cannot write this table format ({exc})") from None
+        except Exception as exc:  # astropy's writers raise many types
+            raise BadInputError(f"{output_path}: cannot write a {out_format} table ({_one_line(exc)})") from None
     return counts
 
 
 def _first_hdf5_table(path):
     """Path of the first table in an HDF5 file (astropy needs one to read it)."""
-    import h5py
-
+    try:
+        import h5py
+    except ImportError:
+        raise BadInputError(f"{path}: reading HDF5 needs h5py (pip install 'transient_masks[hdf5]')") from None
     found = []
-    with h5py.File(path, "r") as h5:
-        h5.visititems(lambda name, item: found.append(name)
-                      if isinstance(item, h5py.Dataset) and item.dtype.names else None)
+    try:
+        with h5py.File(path, "r") as h5:
+            h5.visititems(lambda name, item: found.append(name)
+                          if isinstance(item, h5py.Dataset) and item.dtype.names else None)
+    except OSError as exc:
+        raise BadInputError(f"{path}: not a readable HDF5 file ({_one_line(exc)})") from None
     if not found:
         raise BadInputError(f"{path}: no table in this HDF5 file")
     return found[0]
@@ -1657,15 +1980,23 @@ def gather_arrays(expnum, ccdnum, x, y, *, epochs=None,
     """
     table = read_epochs(epochs)
     accumulator = _CountAccumulator(len(table))
-    expnum, ccdnum, x, y = (np.asarray(a) for a in (expnum, ccdnum, x, y))
+    expnum, ccdnum, x, y = (a if isinstance(a, np.ndarray) else np.asarray(a) for a in (expnum, ccdnum, x, y))
     if not expnum.shape == ccdnum.shape == x.shape == y.shape:
         raise BadInputError(f"event arrays differ in shape: {expnum.shape}, {ccdnum.shape}, {x.shape}, {y.shape}")
     lookup = _EpochLookup(table["MINEXPNUM"], table["MAXEXPNUM"])
-    for start in range(0, expnum.size, max(int(chunk_rows), 1)):
-        stop = start + chunk_rows
-        accumulator.add(lookup(expnum[start:stop]),
-                        ccdnum[start:stop], x[start:stop], y[start:stop])
+    _add_events(accumulator, lookup, (expnum, ccdnum, x, y), ("expnum", "ccdnum", "x", "y"), "events",
+                max(int(chunk_rows), 1))
     return _finish_gather(accumulator, table)
+
+
+def _add_events(accumulator, lookup, columns, names, source, chunk_rows):
+    """Bin a block of (expnum, ccdnum, x, y) columns, `_event_values`' rule applied."""
+    expnum, ccdnum, x, y, bad = _event_values(columns, names, source)
+    if bad is not None:  # CCDNUM 0 makes a row bad for the binning
+        ccdnum = np.where(bad, 0, ccdnum)
+    for start in range(0, expnum.size, chunk_rows):
+        stop = start + chunk_rows
+        accumulator.add(lookup(expnum[start:stop]), ccdnum[start:stop], x[start:stop], y[start:stop])
 
 
 def _finish_gather(accumulator, table) -> GatherResult:
@@ -1722,53 +2053,42 @@ def _parquet_chunks(path, names, chunk_rows):
             arrays = []
             for name in names:
                 column = batch.column(name)
-                fill = np.nan if column.type in _arrow_float_types() else -1
-                arrays.append(column.to_numpy(zero_copy_only=False) if column.null_count == 0
-                              else column.fill_null(fill).to_numpy(zero_copy_only=False))
+                if column.null_count:  # nulls make their rows bad (_event_values)
+                    arrays.append(np.ma.MaskedArray(
+                        _arrow_to_numpy(column.fill_null(0), path, name),
+                        mask=column.is_null().to_numpy(zero_copy_only=False)))
+                else:
+                    arrays.append(_arrow_to_numpy(column, path, name))
             yield None, tuple(arrays)
 
 
-def _arrow_float_types():
-    import pyarrow as pa
-
-    return (pa.float16(), pa.float32(), pa.float64())
-
-
-def _table_chunks(path, names, table_format):
-    """Yield the four columns of any table astropy reads (read whole)."""
-    from astropy.table import Table
-
-    read_options = {"format": table_format} if table_format else {}
+def _arrow_to_numpy(column, path, name):
+    """A pyarrow array as numpy; a type numpy cannot hold is named in the error."""
     try:
-        if path.lower().endswith((".h5", ".hdf5")):
-            read_options["path"] = _first_hdf5_table(path)
-        table = Table.read(path, **read_options)
-    except BadInputError:
-        raise
-    except Exception as exc:  # astropy raises many types for unreadable files
-        raise BadInputError(f"{path}: cannot read as a table ({type(exc).__name__}: {exc})") from None
+        return column.to_numpy(zero_copy_only=False)
+    except Exception as exc:  # pyarrow raises its own types
+        raise BadInputError(f"{path}: column {name!r} of type {column.type} is not numbers "
+                            f"({_one_line(exc)})") from None
+
+
+def _table_chunks(path, names, fmt):
+    """Yield the four columns of any table astropy reads (read whole)."""
+    table, _ = _read_table(path, fmt)
     names = resolve_columns(table.colnames, *names, source=path)
-    values = []
-    for name, fill in zip(names, (-1, 0, np.nan, np.nan)):
-        column = table[name]
-        data = np.asarray(np.ma.getdata(column))
-        if np.ma.isMaskedArray(column) and np.ma.getmaskarray(column).any():
-            data = np.where(np.ma.getmaskarray(column), fill, data.astype(np.float64 if fill is np.nan else data.dtype))
-        values.append(data)
-    yield None, tuple(values)
+    yield None, tuple(table[name] for name in names)
 
 
 def _catalog_chunks(path, names, chunk_rows, table_format=None):
     """Yield (header or None, (expnum, ccdnum, x, y)) blocks of one catalog file."""
-    if not os.path.exists(path):
-        raise BadInputError(f"{path}: catalog file not found")
-    lower = path.lower()
-    if table_format in (None, "fits") and lower.endswith(
-            tuple(s + z for s in (".fits", ".fit", ".fts") for z in ("", ".gz"))):
+    fmt = table_format_of(path, table_format)
+    # A gzip FITS catalog is streamed, and a cut-short stream is caught there:
+    # no need to read it twice.
+    check_input(path, "catalog", whole_gzip=fmt != "fits")
+    if fmt == "fits":
         return _fits_table_chunks(path, names, chunk_rows)
-    if table_format == "parquet" or (table_format is None and lower.endswith((".parquet", ".parq", ".pq"))):
+    if fmt == "parquet":
         return _parquet_chunks(path, names, chunk_rows)
-    return _table_chunks(path, names, table_format)
+    return _table_chunks(path, names, fmt)
 
 
 def gather_data(catalogs, output: str = None, *, epochs=None, expnum_col: str = "EXPNUM",
@@ -1829,42 +2149,54 @@ def gather_data(catalogs, output: str = None, *, epochs=None, expnum_col: str = 
     """
     if isinstance(catalogs, (str, os.PathLike)):
         catalogs = [catalogs]
-    catalogs = [os.fspath(path) for path in catalogs]
+    catalogs = _distinct_files([os.fspath(path) for path in catalogs])
     if not catalogs:
         raise BadInputError("gather_data: no catalog given")
     if int(chunk_rows) < 1:
         raise BadInputError(f"chunk_rows={chunk_rows}: must be a positive integer")
     chunk_rows = int(chunk_rows)
     table = read_epochs(epochs)
+    inputs = catalogs + ([os.fspath(epochs or data_path(EPOCHS_FILENAME))]
+                         if epochs is None or isinstance(epochs, (str, os.PathLike)) else [])
     if output is not None:  # fail before the long read, not after it
-        check_output(output, overwrite, catalogs)
+        check_output(output, overwrite, inputs)
     lookup = _EpochLookup(table["MINEXPNUM"], table["MAXEXPNUM"])
     accumulator = _CountAccumulator(len(table))
     names = (expnum_col, ccdnum_col, x_col, y_col)
     simulation_cards = []
     for path in catalogs:
         n_before, bad_before = accumulator.n_read, accumulator.n_bad
-        for header, (expnum, ccdnum, x, y) in _catalog_chunks(path, names, chunk_rows, table_format):
+        for header, columns in _catalog_chunks(path, names, chunk_rows, table_format):
             if header is not None and not simulation_cards:
                 simulation_cards = [(key, header[key], header.comments[key])
                                     for key in header if key.startswith("SIM")]
-            for start in range(0, len(expnum), chunk_rows):
-                stop = start + chunk_rows
-                accumulator.add(lookup(expnum[start:stop]),
-                                ccdnum[start:stop], x[start:stop], y[start:stop])
+            _add_events(accumulator, lookup, columns, names, path, chunk_rows)
         n_bad = accumulator.n_bad - bad_before
         log.info("%s: %d rows read%s", path, accumulator.n_read - n_before,
-                 f", {n_bad} bad rows (CCDNUM outside 1..{N_CCD}, NaN or off-CCD position) skipped"
+                 f", {n_bad} bad rows ({_BAD_ROW}) skipped"
                  if n_bad else "")
     result = _finish_gather(accumulator, table)
     if result.n_bad:
-        log.warning("%d bad row(s) (CCDNUM outside 1..%d, NaN or off-CCD position) skipped",
-                    result.n_bad, N_CCD)
+        log.warning("%d bad row(s) (%s) skipped", result.n_bad, _BAD_ROW)
     if output is not None:
+        # (the epoch table was refused as the output above, before the read)
         write_count_maps(output, result, demo=demo, overwrite=overwrite, inputs=catalogs,
                          extra_cards=simulation_cards)
         result.output = output
     return result
+
+
+def _distinct_files(paths):
+    """The paths with repeats of one file left out (a warning names them)."""
+    distinct, seen = [], {}
+    for path in paths:
+        key = os.path.realpath(path) if path else path
+        if key in seen:
+            log.warning("%s: given more than once (as %s too); read once", path, seen[key])
+            continue
+        seen[key] = path
+        distinct.append(path)
+    return distinct
 
 
 def write_count_maps(path: str, result: GatherResult, *, demo: bool = False, overwrite: bool = False,
@@ -1892,11 +2224,11 @@ def write_count_maps(path: str, result: GatherResult, *, demo: bool = False, ove
         ("CELLNX", _CELL_NX_PX, "pixels per cell along x"),
         ("CELLNY", _CELL_NY_PX, "pixels per cell along y"),
         ("NREAD", result.n_read, "catalog rows read"),
-        ("NBAD", result.n_bad, "bad rows skipped (CCDNUM, NaN or off-CCD)"),
+        ("NBAD", result.n_bad, "bad rows skipped (CCDNUM, NULL, NaN, off-CCD)"),
         ("NNOEPOCH", result.n_no_epoch, "rows in no epoch skipped"),
     ]
     for i, name in enumerate(inputs[:99], start=1):
-        provenance.append((f"INPUT{i}", os.path.basename(name)[:68], "catalog"))
+        provenance.append((f"INPUT{i}", _header_text(os.path.basename(name))[:68], "catalog"))
     if demo:
         provenance.insert(0, ("DEMO", True, "SYNTHETIC demo maps, not DES data"))
     for key, value, comment in list(provenance) + list(extra_cards):
@@ -1911,7 +2243,14 @@ def write_count_maps(path: str, result: GatherResult, *, demo: bool = False, ove
             hdu.header[key] = (value, comment)
         hdus.append(hdu)
     with atomic_output(path, overwrite=overwrite, inputs=list(inputs)) as tmp:
-        fits.HDUList(hdus).writeto(tmp)
+        if path.lower().endswith(".gz"):
+            # gzip level 1: as fast as the gathering itself and 20% larger than
+            # astropy's level 9, which took ten times longer than the gathering.
+            with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1,
+                                                       filename="", mtime=0) as out:
+                fits.HDUList(hdus).writeto(out)
+        else:
+            fits.HDUList(hdus).writeto(tmp)
 
 
 def _add_gather_arguments(parser, modes):
@@ -1927,7 +2266,8 @@ def _add_gather_arguments(parser, modes):
 
 
 def _run_gather(args) -> int:
-    output = args.output or "transient_maps.fits.gz"
+    output = _output_name(args, "transient_maps.fits.gz")
+    check_outputs([output], args.overwrite, _run_inputs(args) + args.gather)
     result = gather_data(
         args.gather, output, epochs=args.epochs_file,
         expnum_col=args.expnum_col, ccdnum_col=args.ccdnum_col, x_col=args.x_col, y_col=args.y_col,
@@ -2599,6 +2939,7 @@ def _run_plot(args) -> int:
     plot_dir = args.plot_dir
     if not os.path.isdir(plot_dir):
         raise BadInputError(f"--plot_dir {plot_dir}: not a directory")
+    inputs = _run_inputs(args)
     maps = CountMaps(args.counts)
     if args.summary:
         stem, pdf_pages = "survey_summary", None
@@ -2611,8 +2952,7 @@ def _run_plot(args) -> int:
     figures = [os.path.join(plot_dir, f"{stem}.{suffix}") for suffix in ("png", "pdf")]
     outputs = ([pdf_pages] if pdf_pages else []) + figures
     # refuse before any work rather than after half the files are written
-    for path in outputs:
-        check_output(path, args.overwrite)
+    check_outputs(outputs, args.overwrite, inputs + [maps.path])
     if args.summary:
         figure = plot_survey_summary(maps, None, **options)
     else:
@@ -2620,7 +2960,7 @@ def _run_plot(args) -> int:
         plot_epoch(epoch_mask, pdf_pages, overwrite=args.overwrite)
         figure = plot_focal_plane(epoch_mask)
     for path in figures:  # each written file is logged
-        _save_figure(figure, path, overwrite=args.overwrite, dpi=150, inputs=[maps.path])
+        _save_figure(figure, path, overwrite=args.overwrite, dpi=150, inputs=inputs + [maps.path])
     demo = " [SYNTHETIC DEMO DATA]" if maps.demo else ""
     what = f"{len(maps.epochs)} epochs" if args.summary else args.plot
     print(f"{what}{demo}: wrote {', '.join(os.path.basename(path) for path in outputs)} in {plot_dir}",
@@ -2664,10 +3004,12 @@ def _add_mask_options(parser):
                        help=f"DES epoch table (default: the shipped {EPOCHS_FILENAME})")
     group.add_argument("--fp_rate", type=float, default=DEFAULT_FP_RATE,
                        help="false-positive probability per cell of a clean CCD (default %(default)g)")
-    group.add_argument("--x_bin", type=_positive_int, default=1,
-                       help="sum this many cells along x before masking (a divisor of 256; default 1)")
-    group.add_argument("--y_bin", type=_positive_int, default=1,
-                       help="sum this many cells along y before masking (a divisor of 256; default 1)")
+    group.add_argument("--x_bin", "--x_shrink", type=_positive_int, default=1,
+                       help="sum this many cells along x before masking (a divisor of 256; default 1; "
+                            "--x_shrink is its DES name)")
+    group.add_argument("--y_bin", "--y_shrink", type=_positive_int, default=1,
+                       help="sum this many cells along y before masking (a divisor of 256; default 1; "
+                            "--y_shrink is its DES name)")
     group.add_argument("--floor", choices=FLOORS, default=DEFAULT_FLOOR,
                        help="threshold floor is twice this statistic of a CCD's cells; 'mean' "
                             "reproduces the published DES masks (default %(default)s)")
@@ -2696,11 +3038,12 @@ def _add_mask_arguments(parser, modes):
     group.add_argument("--masked_value", type=_masked_value, default=1, metavar="VALUE",
                        help="--epoch: value of masked pixels, a number or a DES mask bit name such "
                             "as SUSPECT, so the mask can be OR-ed into a DES bmask (default 1)")
-    group.add_argument("--keep_no_epoch", action="store_true",
-                       help="--input: keep events whose EXPNUM is in no epoch (default: drop them)")
+    group.add_argument("--keep_no_epoch", "--default", action="store_true",
+                       help="--input: keep events whose EXPNUM is in no epoch (default: drop them; "
+                            "--default is its DES name)")
     group.add_argument("--drop_bad", action="store_true",
-                       help="--input: drop rows with CCDNUM outside 1..62 or a NaN or off-CCD "
-                            "position (default: stop with an error naming them)")
+                       help=f"--input: drop bad rows ({_BAD_ROW}) instead of stopping with an "
+                            "error naming them")
     group.add_argument("--format", metavar="FORMAT", dest="table_format",
                        help="--input, --gather: astropy table format of the tables (default: by extension)")
     for role, default in DEFAULT_COLUMNS.items():
@@ -2709,13 +3052,40 @@ def _add_mask_arguments(parser, modes):
                                 + ("; falls back to X_IMAGE/Y_IMAGE or X/Y)" if role in "xy" else ")"))
 
 
+def _run_inputs(args) -> list:
+    """Check the input files named on the command line before any work; return them.
+
+    The event table and the epoch table are read or checked here, before the
+    count maps (whose default may log the demo-data warning), so a bad input
+    gives one line; the count-map file is checked by `CountMaps`.  Every file
+    returned is refused as an output of the run, even with --overwrite.
+    """
+    inputs = []
+    if getattr(args, "input", None) is not None:
+        inputs.append(check_input(args.input, "event table"))
+    if args.epochs_file is not None:
+        read_epochs(args.epochs_file)
+        inputs.append(args.epochs_file)
+    if args.counts is not None:
+        inputs.append(args.counts)
+    return inputs
+
+
+def _output_name(args, default: str) -> str:
+    """-o if given (an empty -o is refused by check_output, not taken for the default)."""
+    return default if args.output is None else args.output
+
+
 def _run_epoch(args) -> int:
+    if not args.epoch.strip():
+        raise BadInputError("--epoch: empty epoch name (e.g. --epoch Y2E1)")
+    inputs = _run_inputs(args)
+    output = _output_name(args, f"transient_masks_{args.epoch}{'.fits.fz' if args.compress else '.fits'}")
+    check_outputs([output], args.overwrite, inputs)
     maps = CountMaps(args.counts)
     mask = EpochMask.from_maps(maps, args.epoch, **_mask_options(args))
-    suffix = ".fits.fz" if args.compress else ".fits"
-    output = args.output or f"transient_masks_{args.epoch}{suffix}"
     mask.write_masks(output, compress=args.compress, masked_value=args.masked_value,
-                     overwrite=args.overwrite)
+                     overwrite=args.overwrite, inputs=inputs)
     demo = " [SYNTHETIC DEMO DATA]" if mask.demo else ""
     print(f"{args.epoch}{demo}: {100 * mask.area_fraction:.2f}% of the live-CCD area and "
           f"{100 * mask.transient_fraction:.2f}% of the transients masked; wrote {output}",
@@ -2724,10 +3094,13 @@ def _run_epoch(args) -> int:
 
 
 def _run_filter(args) -> int:
+    inputs = _run_inputs(args)
+    stem, ext = os.path.basename(args.input), _suffix(os.path.basename(args.input))
+    output = _output_name(args, f"{stem[: len(stem) - len(ext)]}_filtered{ext}")
+    check_outputs([output], args.overwrite, inputs)
+    table_format_of(output, args.table_format)  # an unknown output format fails before the work
     masks = TransientMasks(args.counts, epochs=args.epochs_file, keep_no_epoch=args.keep_no_epoch,
                            **_mask_options(args))
-    stem, ext = os.path.basename(args.input), _suffix(os.path.basename(args.input))
-    output = args.output or f"{stem[: len(stem) - len(ext)]}_filtered{ext}"
     counts = filter_file(args.input, output, masks, expnum_col=args.expnum_col,
                          ccdnum_col=args.ccdnum_col, x_col=args.x_col, y_col=args.y_col,
                          drop_bad=args.drop_bad, table_format=args.table_format,
