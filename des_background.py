@@ -613,11 +613,7 @@ class PizzaInfo:
     def __init__(self, path: str):
         import yaml
 
-        self.path = os.fspath(path)
-        if not os.path.exists(self.path):
-            raise tm.BadInputError(f"{self.path}: pizza-cutter info file not found")
-        if not os.path.isfile(self.path):
-            raise tm.BadInputError(f"{self.path}: not a regular file (a pizza-cutter info YAML)")
+        self.path = tm.check_input(os.fspath(path), "pizza-cutter info file")
         try:
             with open(self.path, encoding="utf-8") as stream:
                 info = yaml.safe_load(stream)
@@ -719,56 +715,26 @@ def _describe_value(value) -> str:
 
 @contextlib.contextmanager
 def _reading(path, option):
-    """Turn astropy's errors and truncation warnings while reading ``path`` into one line."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
+    """`transient_masks._reading` for a FITS image of ``option``, also for the tile codecs' errors.
+
+    A corrupt tile of an fpacked file fails in astropy's decompression with
+    errors of its own types; they are one line naming the file too.
+    """
+    try:
+        with tm._reading(path, f"FITS image for {option}"):
             yield
-        except Exception as exc:  # astropy raises many types for files that are not FITS
-            if any("truncated" in str(w.message) for w in caught):
-                raise tm.BadInputError(f"{path}: truncated FITS file ({option})") from None
-            if isinstance(exc, tm.BadInputError):
-                raise
-            first = str(exc).splitlines()[0] if str(exc) else ""
-            raise tm.BadInputError(f"{path}: not a readable FITS file ({option}: "
-                                   f"{type(exc).__name__}{': ' + first[:120] if first else ''})") from None
-    if any("truncated" in str(w.message) for w in caught):
-        raise tm.BadInputError(f"{path}: truncated FITS file ({option})")
-
-
-def _check_gzip(path, option):
-    """A gzip-compressed FITS file must decompress whole: astropy reads a truncated one as shorter."""
-    import gzip
-    import zlib
-
-    with open(path, "rb") as stream:
-        if stream.read(2) != b"\x1f\x8b":
-            return
-        stream.seek(0)
-        try:
-            with gzip.GzipFile(fileobj=stream) as unzipped:
-                while unzipped.read(1 << 24):
-                    pass
-        except (OSError, EOFError, zlib.error) as exc:
-            raise tm.BadInputError(f"{path}: truncated or corrupt gzip file ({option}: {exc})") from None
+    except tm.BadInputError:
+        raise
+    except Exception as exc:  # astropy's tile codecs raise their own exception types
+        raise tm.BadInputError(f"{path}: not a readable FITS image for {option} "
+                               f"({type(exc).__name__}: {tm._one_line(exc)})") from None
 
 
 def _open_fits(path, option):
     """An open HDUList of ``path`` (plain, gzip or fpack FITS); a one-line error if it is not one."""
     from astropy.io import fits
 
-    if not os.path.exists(path):
-        raise tm.BadInputError(f"{path}: file not found ({option})")
-    if os.path.isdir(path):
-        raise tm.BadInputError(f"{path}: is a directory, not a FITS file ({option})")
-    if not os.path.isfile(path):
-        raise tm.BadInputError(f"{path}: not a regular file ({option})")
-    if os.path.getsize(path) == 0:
-        raise tm.BadInputError(f"{path}: empty file, not a FITS file ({option})")
-    try:
-        _check_gzip(path, option)
-    except OSError as exc:
-        raise tm.BadInputError(f"{path}: cannot read ({option}: {exc.strerror or exc})") from None
+    tm.check_input(path, f"FITS image for {option}")
     with _reading(path, option):
         return fits.open(path)
 
@@ -1443,7 +1409,7 @@ def good_background(files: ImageFiles, *, transient_masks=None, ignore_bits=0,
     ...                            *paths["coadd"]))
     Traceback (most recent call last):
     ...
-    transient_masks.BadInputError: se.fits: file not found (--se_image)
+    transient_masks.BadInputError: se.fits: FITS image for --se_image not found
     """
     ignore = _ignore_value(ignore_bits)
     own = coadd is None
@@ -1466,11 +1432,6 @@ def good_background(files: ImageFiles, *, transient_masks=None, ignore_bits=0,
 # ---- Outputs
 
 
-def _header_text(text: str) -> str:
-    """A FITS header string value: non-ASCII characters escaped (long values use CONTINUE cards)."""
-    return text.encode("ascii", "backslashreplace").decode("ascii")
-
-
 def _provenance(pixels):
     """Cards saying where the output came from."""
     import datetime
@@ -1481,7 +1442,7 @@ def _provenance(pixels):
     for number, role in enumerate(ROLES):
         path, ext = getattr(files, role)
         ext = hdus.get(role, "") if ext is None else ext
-        cards.append((f"BGIN{number}", _header_text(f"{os.path.basename(path)}[{ext}]"), role))
+        cards.append((f"BGIN{number}", tm._header_text(f"{os.path.basename(path)}[{ext}]"), role))
     cards += [
         ("EXPNUM", -1 if pixels.expnum is None else int(pixels.expnum), "exposure of the SE image"),
         ("CCDNUM", -1 if pixels.ccdnum is None else int(pixels.ccdnum), "CCD of the SE image"),
@@ -1504,13 +1465,13 @@ def write_outputs(pixels, fits_path: str, png_path: str = None, *, overwrite: bo
                   inputs=None) -> tuple:
     """Write the reason image (and the picture) of `good_background`'s result, atomically.
 
-    Both names are checked (`check_outputs`) before either is written, and
+    Both names are checked (`_check_outputs`) before either is written, and
     both files appear together: if drawing the picture fails, neither does.
     Returns the paths written.
     """
     inputs = pixels.files.paths() if inputs is None else list(inputs)
     paths = [("the output image", fits_path)] + ([("the picture", png_path)] if png_path else [])
-    check_outputs(paths, overwrite=overwrite, inputs=inputs)
+    _check_outputs(paths, overwrite=overwrite, inputs=inputs)
     with contextlib.ExitStack() as stack:
         fits_tmp = stack.enter_context(tm.atomic_output(fits_path, overwrite=overwrite, inputs=inputs))
         pixels._write_fits(fits_tmp, pixels.se_header, _provenance(pixels))
@@ -1524,38 +1485,33 @@ def _has_suffix(path, suffixes):
     return path.lower().endswith(tuple(suffixes))
 
 
-def check_outputs(paths, *, overwrite: bool = False, inputs=()) -> None:
-    """Refuse a run's outputs before any is written.
+def _check_outputs(paths, *, overwrite: bool = False, inputs=()) -> None:
+    """Refuse a run's outputs, (what, path) pairs, before any is written.
 
-    Each of ``paths`` ((what, path) pairs) must be a distinct name, not one of
-    ``inputs`` (even with ``overwrite``), not a directory nor anything but a
-    regular file, not an existing file unless ``overwrite``, in a directory
-    that exists and can be written.
+    `transient_masks.check_outputs` (no input of the run, even with
+    ``overwrite``; no directory, FIFO...; no existing file unless
+    ``overwrite``), no two the same (saying which two), and a file can be
+    created in each directory (tried: permission bits do not stop root, a
+    read-only file system does).
 
     Examples
     --------
-    >>> check_outputs([("-o", "good.fits"), ("--png", "good.fits")])
+    >>> _check_outputs([("-o", "good.fits"), ("--png", "good.fits")])
     Traceback (most recent call last):
     ...
     transient_masks.BadInputError: good.fits: -o and --png would be the same file
     """
     seen = {}
-    writable = {}
     for what, path in paths:
         final = os.path.abspath(path)
         if final in seen:
             raise tm.BadInputError(f"{path}: {seen[final]} and {what} would be the same file")
         seen[final] = what
-        if os.path.isdir(path):
-            raise tm.BadInputError(f"{path}: {what} is a directory")
-        if os.path.lexists(path) and not os.path.isfile(path):
-            raise tm.BadInputError(f"{path}: {what} exists and is not a regular file")
-        tm.check_output(path, overwrite, inputs)
-        directory = os.path.dirname(final)
-        if directory not in writable:
-            writable[directory] = _can_write_in(directory)
-        if not writable[directory]:
-            raise tm.BadInputError(f"{path}: cannot write in the directory {directory} ({what})")
+    tm.check_outputs([path for _, path in paths], overwrite, inputs)
+    for directory in dict.fromkeys(os.path.dirname(final) for final in seen):
+        if not _can_write_in(directory):
+            path = next(path for _, path in paths if os.path.dirname(os.path.abspath(path)) == directory)
+            raise tm.BadInputError(f"{path}: cannot write in the directory {directory}")
 
 
 def _can_write_in(directory) -> bool:
@@ -1810,7 +1766,7 @@ def iter_good_background(images, *, transient_masks=None, ignore_bits=0, output_
         plan = _prepare(images, coadds, transient_masks, ignore, grid_step)
         if output_dir is not None:
             inputs = list(dict.fromkeys(path for files in images for path in files.paths()))
-            check_outputs(_assign_outputs(plan, output_dir, png, overwrite, inputs), overwrite=overwrite,
+            _check_outputs(_assign_outputs(plan, output_dir, png, overwrite, inputs), overwrite=overwrite,
                           inputs=inputs)
         yield from _run_tasks(plan, coadds, client=client, progress=progress)
     finally:
@@ -2167,7 +2123,7 @@ def _run_background(args) -> int:
             if isinstance(task, _Task):
                 task.inputs, task.keep_pixels = tuple(inputs), single  # many: let each image go
         created = _make_directory(directory)
-        check_outputs(paths, overwrite=args.overwrite, inputs=inputs)
+        _check_outputs(paths, overwrite=args.overwrite, inputs=inputs)
         show = not args.quiet and sys.stderr.isatty()
         if args.jobs and not single:
             try:

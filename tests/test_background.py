@@ -578,8 +578,8 @@ def test_one_bad_se_image_does_not_stop_the_others(tile, monkeypatch, capsys):
     assert "src_info[1]: failed:" in err and "src_info[2]: failed:" in err and "4 SE images: 2 done" in err
     summary = Table.read("out/DES2122+0001_r_goodbkg_summary.ecsv")
     assert list(summary["STATUS"]) == ["done", "failed", "failed", "done"]
-    assert "D00791216_r_c58_immasked.fits.fz: truncated FITS file" in summary["MESSAGE"][1]
-    assert "D00791217_r_c59_immasked.fits.fz: file not found (--se_image)" in summary["MESSAGE"][2]
+    assert "D00791216_r_c58_immasked.fits.fz: not a readable FITS image for --se_image (File may have been truncated" in summary["MESSAGE"][1]
+    assert "D00791217_r_c59_immasked.fits.fz: FITS image for --se_image not found" in summary["MESSAGE"][2]
     assert "\n" not in "".join(summary["MESSAGE"].filled(""))
     assert summary["N_PIXELS"][1] == 0 and np.isnan(summary["GOOD_FRAC"][1])
     assert sorted(os.listdir("out")) == ["D00791215_r_c57_goodbkg.fits", "D00791218_r_c60_goodbkg.fits",
@@ -829,21 +829,21 @@ def unwritable(directory):
 
 BAD_INPUTS = [
     # files that are not what their name says
-    ("PNG named .fits", png_file, explicit(se_image="png.fits"), "png.fits: not a readable FITS file (--se_image"),
+    ("PNG named .fits", png_file, explicit(se_image="png.fits"), "png.fits: not a readable FITS image for --se_image (No SIMPLE card found"),
     ("CSV named .fits", write_bytes("csv.fits", b"x,y\n1,2\n"), explicit(coadd_weight="csv.fits"),
-     "csv.fits: not a readable FITS file (--coadd_weight"),
+     "csv.fits: not a readable FITS image for --coadd_weight"),
     ("zero-byte file", write_bytes("empty.fits", b""), explicit(coadd_seg="empty.fits"),
-     "empty.fits: empty file, not a FITS file (--coadd_seg)"),
+     "empty.fits: empty file (0 bytes), expected a FITS image for --coadd_seg"),
     ("directory named .fits", lambda d: (d / "dir.fits").mkdir(), explicit(se_bmask="dir.fits[1]"),
-     "dir.fits: is a directory, not a FITS file (--se_bmask)"),
-    ("truncated FITS", cut_short("se.fits", "cut.fits", 0.6), SE_IN["cut.fits"], "cut.fits: truncated FITS file"),
+     "dir.fits: is a directory, expected a FITS image for --se_bmask"),
+    ("truncated FITS", cut_short("se.fits", "cut.fits", 0.6), SE_IN["cut.fits"], "cut.fits: not a readable FITS image for --se_weight (File may have been truncated"),
     ("truncated fpack", cut_short("se.fits.fz", "cut.fits.fz", 0.6), SE_IN["cut.fits.fz"],
-     "cut.fits.fz: truncated FITS file"),
-    ("corrupt fpack data", scrambled_heap, SE_IN["bad.fits.fz"], "bad.fits.fz: not a readable FITS file (--se_weight"),
+     "cut.fits.fz: not a readable FITS image for --se_weight (File may have been truncated"),
+    ("corrupt fpack data", scrambled_heap, SE_IN["bad.fits.fz"], "bad.fits.fz: not a readable FITS image for --se_weight (CfitsioException"),
     ("truncated gzip", gzipped("coadd.fits", "coadd.fits.gz", "cut"), explicit(coadd_weight="coadd.fits.gz[wgt]"),
-     "coadd.fits.gz: truncated or corrupt gzip file (--coadd_weight"),
+     "coadd.fits.gz: truncated or corrupt gzip FITS image for --coadd_weight"),
     ("corrupt gzip", gzipped("seg.fits", "seg.fits.gz", "flip"), explicit(coadd_seg="seg.fits.gz"),
-     "seg.fits.gz: truncated or corrupt gzip file (--coadd_seg"),
+     "seg.fits.gz: truncated or corrupt gzip FITS image for --coadd_seg (CRC check failed"),
     ("a table, no image", lambda d: fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU(Table({"a": [1]}))]).writeto(
         d / "table.fits"), explicit(coadd_seg="table.fits"), "table.fits: no HDU holds an image (--coadd_seg)"),
     ("a 3-d image", lambda d: fits.PrimaryHDU(np.zeros((2, 3, 4), np.int16)).writeto(d / "cube.fits"),
@@ -867,13 +867,15 @@ BAD_INPUTS = [
     ("info not found", None, ["--info", "nothere.yaml", "--se_index", "0"],
      "nothere.yaml: pizza-cutter info file not found"),
     ("info a directory", lambda d: (d / "dir.yaml").mkdir(), ["--info", "dir.yaml", "--se_index", "0"],
-     "dir.yaml: not a regular file"),
+     "dir.yaml: is a directory, expected a pizza-cutter info file"),
     ("info binary", write_bytes("binary.yaml", bytes(range(256))), ["--info", "binary.yaml", "--se_index", "0"],
      "binary.yaml: not a text file"),
     ("info bad YAML", write_bytes("syntax.yaml", b"src_info: [1, 2\n"), ["--info", "syntax.yaml", "--se_index", "0"],
      "syntax.yaml: not a readable YAML file"),
     ("info empty", write_bytes("empty.yaml", b""), ["--info", "empty.yaml", "--se_index", "0"],
-     "empty.yaml: no 'src_info' list"),
+     "empty.yaml: empty file (0 bytes), expected a pizza-cutter info file"),
+    ("info without src_info", write_bytes("nolist.yaml", b"tilename: DES2122+0001\n"),
+     ["--info", "nolist.yaml", "--se_index", "0"], "nolist.yaml: no 'src_info' list"),
     ("entry a string", edit_info(lambda i: i["src_info"].__setitem__(1, "D00154912_r_c01.fits")), INFO_1,
      "info.yaml: src_info[1] is 'D00154912_r_c01.fits', not a mapping"),
     ("expnum not a number", entry(expnum="D00154912"), INFO_1,
@@ -893,7 +895,7 @@ BAD_INPUTS = [
     ("band not a string", entry(band=5), INFO_1, "info.yaml: src_info[1]: band 5 is not a string"),
     ("tilename not a string", top(tilename=[1]), INFO_1, "info.yaml: the top level: tilename a list ([1]) is not a"),
     ("the SE image of the entry missing", None, ["--info", "info.yaml", "--se_index", "0"],
-     "missing.fits: file not found (--se_image)"),
+     "missing.fits: FITS image for --se_image not found"),
     ("se_index out of range", None, ["--info", "info.yaml", "--se_index", "2"],
      "info.yaml: --se_index 2 is out of range (src_info has 2 entries, 0..1)"),
     ("se_index backwards", None, ["--info", "info.yaml", "--se_index", "1-0"], "the range 1-0 runs backwards"),
@@ -923,14 +925,14 @@ BAD_INPUTS = [
     ("--summary not ECSV", None, [*EXPLICIT, "--summary", "summary.txt"],
      "--summary summary.txt: the summary table is ECSV"),
     ("--summary a directory", lambda d: (d / "sums.ecsv").mkdir(), [*EXPLICIT, "--summary", "sums.ecsv"],
-     "sums.ecsv: --summary is a directory"),
+     "sums.ecsv: is a directory, not an output file name"),
     ("output name a directory", lambda d: (d / "se_goodbkg.fits").mkdir(), EXPLICIT,
-     "se_goodbkg.fits: the output of se.fits[sci] is a directory"),
+     "se_goodbkg.fits: is a directory, not an output file name"),
     ("-o in no directory", None, [*EXPLICIT, "-o", "nodir/good.fits"], "nodir/good.fits: output directory"),
     ("-o in an unwritable directory", unwritable, [*EXPLICIT, "-o", "/sys/good.fits"],
      "/sys/good.fits: cannot write in the directory /sys"),
     ("-o a FIFO", lambda d: os.mkfifo(d / "fifo.fits"), [*EXPLICIT, "-o", "fifo.fits", "--overwrite"],
-     "fifo.fits: -o exists and is not a regular file"),
+     "fifo.fits: exists and is not a regular file"),
     ("output exists", write_bytes("good.fits", b"keep"), [*EXPLICIT, "-o", "good.fits"],
      "good.fits: output exists (use --overwrite"),
     ("-o empty", None, [*EXPLICIT, "-o", ""], "-o '': give a directory"),
@@ -962,3 +964,4 @@ def test_bad_input_is_one_line_exit_2(files, monkeypatch, capsys, setup, args, m
 
 def test_there_are_enough_bad_inputs():
     assert len(BAD_INPUTS) >= 30
+
