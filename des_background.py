@@ -769,7 +769,8 @@ def _read_data(hdu, path, ext, option, box=None):
         data = hdu.section[...] if box is None else hdu.section[box[0]:box[1], box[2]:box[3]]
     # A section of a tile-compressed image can be a view into its whole tiles
     # (whole rows of the coadd for fpack's default tiling): keep only the part.
-    return np.array(data, copy=True) if isinstance(data, np.ndarray) and data.base is not None else np.asarray(data)
+    data = np.asarray(data)
+    return data.copy() if data.base is not None else data
 
 
 def _holds_integers(array) -> bool:
@@ -886,7 +887,6 @@ class Coadd:
             self.shape = self._open.check("coadd")
             self.wcs = next((wcs for wcs in (_celestial_wcs(self._open.header(role), self.roles[role][0])
                                              for role in COADD_ROLES) if wcs is not None), None)
-            self.headers = {role: self._open.header(role).copy() for role in COADD_ROLES}
             self.hdus = {role: self._open.hdu(role)[0] for role in COADD_ROLES}
         except BaseException:
             self.close()
@@ -895,9 +895,6 @@ class Coadd:
             self.close()
             raise tm.BadInputError(f"{self.roles['coadd_weight'][0]}: no usable celestial WCS in the coadd "
                                    "weight, bmask or segmentation-map header")
-
-    def paths(self):
-        return list(dict.fromkeys(path for path, _ in self.roles.values()))
 
     def box(self, se_wcs, se_shape):
         """The part (y0, y1, x0, x1) of the coadd under an SE image, or None when off the coadd."""
@@ -2107,46 +2104,59 @@ def _run_background(args) -> int:
     ignore = bits_value(args.ignore_bits)
     info, images = _choose_images(args)
     single = len(images) == 1
-    masks = None
-    if not args.no_transient_cut:
-        masks = tm.TransientMasks(args.counts, epochs=args.epochs_file, **tm._mask_options(args))
-    inputs = ([info.path] if info else []) + [path for files in images for path in files.paths()]
-    if masks is not None:
-        inputs += [masks.maps.path, args.epochs_file or tm.data_path(tm.EPOCHS_FILENAME)]
-    inputs = list(dict.fromkeys(inputs))
-    coadds, results, created = {}, [], None
-    try:
-        # Every input is checked, and every output named and checked, before the first SE image runs.
-        plan = _prepare(images, coadds, masks, ignore, GRID_STEP, catch=not single)
-        paths, directory, summary_path = _plan_outputs(args, plan, info)
-        for task in plan:
-            if isinstance(task, _Task):
-                task.inputs, task.keep_pixels = tuple(inputs), single  # many: let each image go
-        created = _make_directory(directory)
-        _check_outputs(paths, overwrite=args.overwrite, inputs=inputs)
-        show = not args.quiet and sys.stderr.isatty()
+    paths, created, results = [], None, []
+    with contextlib.ExitStack() as stack:
+        client = None
         if args.jobs and not single:
-            try:
-                with tm.dask_client(args.jobs) as client:
-                    for result in _run_tasks(plan, coadds, client=client, progress=show):
-                        results.append(_report_one(result, single))
-            finally:
-                _remove_temporaries(path for _, path in paths)
-        else:
-            for result in _run_tasks(plan, coadds, progress=show and not single, catch=not single):
-                results.append(_report_one(result, single))
-        table = summary_table(results, meta=_run_meta(args, info, masks, ignore))
-        with tm.atomic_output(summary_path, overwrite=args.overwrite, inputs=inputs) as tmp:
-            table.write(tmp, format="ascii.ecsv")
-    except BaseException:
-        if created and not os.listdir(created):
-            os.rmdir(created)
-        raise
-    finally:
-        for coadd in coadds.values():
-            coadd.close()
+            # What a killed worker may leave is removed once the cluster is down
+            # (callbacks run last in, first out).
+            stack.callback(lambda: _remove_temporaries(path for _, path in paths))
+            client = stack.enter_context(tm.dask_client(args.jobs))
+            # The workers import what they need while this process prepares.
+            warming = [client.submit(_warm_up, pure=False, workers=[worker])
+                       for worker in client.scheduler_info()["workers"]]
+        masks = None
+        if not args.no_transient_cut:
+            masks = tm.TransientMasks(args.counts, epochs=args.epochs_file, **tm._mask_options(args))
+        inputs = ([info.path] if info else []) + [path for files in images for path in files.paths()]
+        if masks is not None:
+            inputs += [masks.maps.path, args.epochs_file or tm.data_path(tm.EPOCHS_FILENAME)]
+        inputs = list(dict.fromkeys(inputs))
+        coadds = {}
+        stack.callback(lambda: [coadd.close() for coadd in coadds.values()])
+        try:
+            # Every input is checked, and every output named and checked, before the first SE image runs.
+            plan = _prepare(images, coadds, masks, ignore, GRID_STEP, catch=not single)
+            paths[:], directory, summary_path = _plan_outputs(args, plan, info)
+            for task in plan:
+                if isinstance(task, _Task):
+                    task.inputs, task.keep_pixels = tuple(inputs), single  # many: let each image go
+            created = _make_directory(directory)
+            _check_outputs(paths, overwrite=args.overwrite, inputs=inputs)
+            show = not args.quiet and sys.stderr.isatty()
+            if client is not None:
+                # Done importing before the coadd (its WCS) is sent: a worker unpickles data in
+                # another thread, and two threads must not import astropy.wcs at once.
+                client.gather(warming)
+            for result in _run_tasks(plan, coadds, client=client, progress=show and not single,
+                                     catch=not single):
+                results.append(_report_one(result))
+            table = summary_table(results, meta=_run_meta(args, info, masks, ignore))
+            with tm.atomic_output(summary_path, overwrite=args.overwrite, inputs=inputs) as tmp:
+                table.write(tmp, format="ascii.ecsv")
+        except BaseException:
+            if created and not os.listdir(created):
+                os.rmdir(created)
+            raise
     _report_run(results, single, summary_path, masks)
     return EXIT_SOME_FAILED if any(r.status == "failed" for r in results) else 0
+
+
+def _warm_up():
+    """Import in a worker what the SE images need, ahead of the first one."""
+    import astropy.io.fits  # noqa: F401
+    import astropy.wcs  # noqa: F401
+    import scipy.interpolate  # noqa: F401
 
 
 def _make_directory(directory):
@@ -2165,7 +2175,7 @@ def _make_directory(directory):
     return directory
 
 
-def _report_one(result, single):
+def _report_one(result):
     if result.status == "failed":
         log.warning("%s: failed: %s", result.label, result.message)
     elif result.status == "skipped":
