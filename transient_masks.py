@@ -119,6 +119,143 @@ class BadInputError(ValueError):
     """
 
 
+# ---- Argument checks
+# The public functions check their arguments here on the way in, so that a bad
+# argument gives a one-line BadInputError naming it, never an IndexError,
+# TypeError, ZeroDivisionError or MemoryError from deep inside.
+
+
+def _describe_value(value) -> str:
+    """A short repr of an argument for a message (arrays by dtype and shape)."""
+    if isinstance(value, np.ndarray) and value.ndim:
+        return f"array of {value.dtype} with shape {value.shape}"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_int(name: str, value, lo: int = None, hi: int = None) -> int:
+    """``value`` as an int: an integer (or a whole float) in ``lo..hi``; not a bool or str."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float, np.floating)):
+        raise BadInputError(f"{name}={_describe_value(value)}: must be an integer")
+    if isinstance(value, (float, np.floating)):
+        if not np.isfinite(value) or value != int(value):
+            raise BadInputError(f"{name}={value!r}: must be an integer")
+    value = int(value)
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        limits = f"in {lo}..{hi}" if lo is not None and hi is not None else (
+            f"at least {lo}" if lo is not None else f"at most {hi}")
+        raise BadInputError(f"{name}={value}: must be {limits}")
+    return value
+
+
+def _check_real(name: str, value) -> float:
+    """``value`` as a finite float; not a bool, str or complex."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+            value, (int, float, np.integer, np.floating)):
+        raise BadInputError(f"{name}={_describe_value(value)}: must be a number")
+    value = float(value)
+    if not np.isfinite(value):
+        raise BadInputError(f"{name}={value}: must be finite")
+    return value
+
+
+def _check_fp_rate(fp_rate) -> float:
+    """The false-positive rate as a float strictly between 0 and 1."""
+    try:
+        value = _check_real("fp_rate", fp_rate)
+    except BadInputError:
+        value = None
+    if value is None or not 0 < value < 1:
+        raise BadInputError(f"fp_rate={_describe_value(fp_rate)}: must be between 0 and 1")
+    if 1.0 - value == 1.0:  # the Poisson quantile works at the level 1 - fp_rate
+        raise BadInputError(f"fp_rate={value!r}: too small, 1 - fp_rate rounds to 1 (use at least 1e-15)")
+    return value
+
+
+def _check_path(name: str, value, optional: bool = False):
+    """A file path argument: a non-empty str or os.PathLike (None if ``optional``)."""
+    if value is None and optional:
+        return None
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value:
+        raise BadInputError(f"{name}={_describe_value(value)}: must be a file path (a non-empty str)")
+    return value
+
+
+def _check_str(name: str, value, optional: bool = False):
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise BadInputError(f"{name}={_describe_value(value)}: must be a str")
+    return value
+
+
+def _numeric_array(name: str, value, kinds: str = "iuf") -> np.ndarray:
+    """``value`` as a numpy array of one of the dtype ``kinds`` (i, u, f; b if listed).
+
+    Strings, objects, complex numbers, dates and ragged sequences are refused.
+    """
+    if isinstance(value, (str, bytes)):
+        raise BadInputError(f"{name}={_describe_value(value)}: must be numbers, not a string")
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as exc:  # ragged nested sequences
+        raise BadInputError(f"{name}: not an array of numbers ({exc})") from None
+    if np.ma.isMaskedArray(value) and np.ma.getmaskarray(value).any():
+        raise BadInputError(f"{name}: has masked (null) values")
+    if array.dtype.kind not in kinds:
+        raise BadInputError(f"{name}: must be numbers, not {array.dtype} values")
+    return array
+
+
+def _float_array(name: str, value) -> np.ndarray:
+    """A numeric argument as a float64 array (integers and booleans excluded: i, u, f kinds)."""
+    return _numeric_array(name, value).astype(np.float64, copy=False)
+
+
+def _whole_int64(name: str, values: np.ndarray, bad=None) -> np.ndarray:
+    """Integer-valued numbers as int64.
+
+    Integer arrays are cast (uint64 beyond the int64 range and, for floats,
+    non-finite or fractional values become ``bad`` when it is given, else raise).
+    """
+    if values.dtype.kind == "i":
+        return values.astype(np.int64, copy=False)
+    if values.dtype.kind == "u":
+        too_big = values > np.iinfo(np.int64).max
+        if not too_big.any():
+            return values.astype(np.int64, copy=False)
+        if bad is None:
+            raise BadInputError(f"{name}: {int(too_big.sum())} value(s) beyond the int64 range")
+        return np.where(too_big, bad, values.astype(np.int64))  # wraps only where replaced
+    with np.errstate(invalid="ignore"):
+        whole = np.isfinite(values) & (values == np.floor(values)) & (np.abs(values) < 2.0 ** 63)
+    if whole.all():
+        return values.astype(np.int64)
+    if bad is None:
+        first = int(np.flatnonzero(~whole.ravel())[0])
+        raise BadInputError(f"{name}: {int((~whole).sum())} value(s) are not whole numbers "
+                            f"(first at index {first}: {values.ravel()[first]!r})")
+    return np.where(whole, values, bad).astype(np.int64)
+
+
+def _same_shape(**arrays) -> tuple:
+    """The common shape of arrays that must match (0-d arrays broadcast to it)."""
+    shapes = {name: array.shape for name, array in arrays.items() if array.ndim}
+    if len(set(shapes.values())) > 1:
+        listed = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
+        raise BadInputError(f"arrays of different shapes: {listed}")
+    return next(iter(shapes.values()), ())
+
+
+def _ccdnum_array(ccdnum) -> np.ndarray:
+    """CCDNUM values as int64; fractional, NaN or out-of-range values become 0 (no CCD)."""
+    values = _numeric_array("ccdnum", ccdnum)
+    values = _whole_int64("ccdnum", values, bad=0)
+    return values
+
+
 # ---- Files and data
 
 
@@ -633,13 +770,14 @@ class CountMaps:
 
 def _check_options(fp_rate, x_bin, y_bin, floor):
     """Validate the masking options shared by the classes and the CLI."""
-    if not 0 < fp_rate < 1:
-        raise BadInputError(f"fp_rate={fp_rate}: must be between 0 and 1")
+    _check_fp_rate(fp_rate)
     for name, value in (("x_bin", x_bin), ("y_bin", y_bin)):
-        if int(value) != value or value < 1:
-            raise BadInputError(f"{name}={value}: must be a positive integer")
-    if floor not in FLOORS:
-        raise BadInputError(f"floor={floor!r}: must be one of {', '.join(FLOORS)}")
+        try:
+            _check_int(name, value, lo=1)
+        except BadInputError:
+            raise BadInputError(f"{name}={_describe_value(value)}: must be a positive integer") from None
+    if not isinstance(floor, str) or floor not in FLOORS:
+        raise BadInputError(f"floor={_describe_value(floor)}: must be one of {', '.join(FLOORS)}")
 
 
 def rebin_counts(counts: np.ndarray, x_bin: int = 1, y_bin: int = 1) -> np.ndarray:
@@ -653,6 +791,11 @@ def rebin_counts(counts: np.ndarray, x_bin: int = 1, y_bin: int = 1) -> np.ndarr
     >>> int(rebin_counts(cube, 2, 4).sum()) == int(cube.sum())
     True
     """
+    counts = _numeric_array("counts", counts, kinds="iu")
+    if counts.ndim != 3 or 0 in counts.shape:
+        raise BadInputError(f"counts have shape {counts.shape}, expected (n_ccd, ny, nx), none of them 0")
+    x_bin = _check_int("x_bin", x_bin, lo=1)
+    y_bin = _check_int("y_bin", y_bin, lo=1)
     n_ccd, ny, nx = counts.shape
     for name, factor, size in (("x_bin", x_bin, nx), ("y_bin", y_bin, ny)):
         if size % factor:
@@ -671,19 +814,88 @@ def poisson_threshold(mode, centre, fp_rate: float = DEFAULT_FP_RATE, floor_fact
     Poisson mean is the modal cell count plus one: the mode of a Poisson variable
     is the floor of its mean, so the +1 errs on the side of masking less.
 
+    The Poisson quantile is ``scipy.stats.poisson(mode + 1).isf(fp_rate)`` to
+    the bit, computed from `scipy.special` without importing `scipy.stats`
+    (which took most of the start-up time of every command).
+
+    Parameters
+    ----------
+    mode, centre : array_like of float
+        Per CCD: the modal cell count (finite, >= 0) and the median or mean
+        cell count (finite), of the same shape or broadcastable.
+    fp_rate : float
+        False-positive probability per cell, 0 < fp_rate < 1.
+    floor_factor : float
+        The threshold is at least ``ceil(floor_factor * centre)``.
+
+    Returns
+    -------
+    numpy.ndarray of float
+
+    Raises
+    ------
+    BadInputError
+        For a non-numeric, NaN, infinite or negative argument, an fp_rate
+        outside 0..1 (or below 1e-16, where ``1 - fp_rate`` rounds to 1), or
+        shapes that do not broadcast.
+
     Examples
     --------
-    >>> from scipy.stats import poisson
     >>> float(poisson_threshold(3, 3.2, 1e-4))  # ceil(6.4) = 7 < Poisson(4).isf(1e-4)
     13.0
-    >>> float(poisson(4).isf(1e-4))
-    13.0
+    >>> poisson_threshold([0, 3, 10], [0.5, 3.0, 12.0]).tolist()
+    [6.0, 13.0, 25.0]
     """
-    from scipy.stats import poisson
+    fp_rate = _check_fp_rate(fp_rate)
+    floor_factor = _check_real("floor_factor", floor_factor)
+    mode = _float_array("mode", mode)
+    centre = _float_array("centre", centre)
+    if not np.isfinite(mode).all() or (mode < 0).any() or (mode >= _MAX_COUNT).any():
+        raise BadInputError("mode: must be finite, non-negative and below 2**52")
+    if not np.isfinite(centre).all():
+        raise BadInputError("centre: must be finite")
+    try:
+        mode, centre = np.broadcast_arrays(mode, centre)
+    except ValueError:
+        raise BadInputError(f"mode and centre have shapes {mode.shape} and {centre.shape}, "
+                            "which do not broadcast") from None
+    poisson_cut = _poisson_isf(fp_rate, mode + 1.0)
+    return np.maximum(np.ceil(floor_factor * centre), poisson_cut)
 
-    mode = np.asarray(mode, dtype=np.float64)
-    poisson_cut = poisson.isf(fp_rate, mode + 1.0)
-    return np.maximum(np.ceil(floor_factor * np.asarray(centre, dtype=np.float64)), poisson_cut)
+
+#: Counts are whole numbers in float64 for the threshold: they must stay below 2**52.
+_MAX_COUNT = 1 << 52
+
+
+def _poisson_isf(fp_rate: float, mean: np.ndarray) -> np.ndarray:
+    """``scipy.stats.poisson(mean).isf(fp_rate)`` from `scipy.special` alone.
+
+    The quantile is the smallest count k with ``P(X <= k) >= level``, where
+    ``level = 1.0 - fp_rate`` in float64: the ceiling of the continuous inverse
+    `scipy.special.pdtrik`, or the count below it when that one already
+    reaches the level (pdtrik is a numerical inverse).  This is how scipy.stats
+    computes it, so the thresholds are the same to the bit (tests compare them
+    over a grid of means and rates).
+    """
+    from scipy.special import pdtr, pdtrik
+
+    level = 1.0 - fp_rate
+    k = np.ceil(pdtrik(level, mean))
+    below = np.maximum(k - 1, 0)
+    return np.where(pdtr(below, mean) >= level, below, k)
+
+
+def _modal_count(cells: np.ndarray) -> int:
+    """The most frequent value of non-negative integer counts (the smallest on ties).
+
+    A bincount while the counts are small; sorting beyond, so that one huge
+    count never makes a huge allocation.
+    """
+    cells = cells.ravel()
+    if int(cells.max()) < (1 << 20):
+        return int(np.argmax(np.bincount(cells)))
+    values, frequency = np.unique(cells, return_counts=True)
+    return int(values[np.argmax(frequency)])
 
 
 class EpochMask:
@@ -749,13 +961,23 @@ class EpochMask:
                  min_exp: int = None, max_exp: int = None, demo: bool = False,
                  source: str = None):
         _check_options(fp_rate, x_bin, y_bin, floor)
-        counts = np.asarray(counts)
-        if counts.ndim != 3 or counts.shape[0] != N_CCD:
-            raise BadInputError(f"counts have shape {counts.shape}, expected ({N_CCD}, ny, nx)")
+        try:
+            counts = np.asarray(counts)
+        except (ValueError, TypeError) as exc:  # ragged nested sequences
+            raise BadInputError(f"counts: not an array of integers ({exc})") from None
+        if counts.ndim != 3 or counts.shape[0] != N_CCD or 0 in counts.shape:
+            raise BadInputError(f"counts have shape {counts.shape}, expected ({N_CCD}, ny, nx) with ny, nx >= 1")
         if counts.dtype.kind not in "ui" or (counts.size and counts.min() < 0):
             raise BadInputError(f"counts must be non-negative integers, not {counts.dtype}")
         if CCD_NY % counts.shape[1] or CCD_NX % counts.shape[2]:
             raise BadInputError(f"a {counts.shape[1]} x {counts.shape[2]} cell grid does not divide a CCD")
+        if counts.size and int(counts.max()) * int(x_bin) * int(y_bin) >= _MAX_COUNT:
+            raise BadInputError(f"counts up to {int(counts.max())}: a (re-binned) cell must hold "
+                                f"fewer than 2**52 transients")
+        epoch = _check_str("epoch", epoch, optional=True)
+        min_exp = None if min_exp is None else _check_int("min_exp", min_exp)
+        max_exp = None if max_exp is None else _check_int("max_exp", max_exp)
+        source = _check_path("source", source, optional=True)
         self.epoch = epoch
         self.fp_rate = float(fp_rate)
         self.x_bin, self.y_bin = int(x_bin), int(y_bin)
@@ -788,7 +1010,7 @@ class EpochMask:
             if cells.size == 0 or not cells.any():
                 self.live[index] = False
                 continue
-            self.mode[index] = np.argmax(np.bincount(cells.ravel()))
+            self.mode[index] = _modal_count(cells)
             self.centre[index] = np.median(cells) if self.floor == "median" else cells.mean()
         self.threshold = np.where(self.live, poisson_threshold(
             np.nan_to_num(self.mode), np.nan_to_num(self.centre), self.fp_rate), np.nan)
