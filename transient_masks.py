@@ -552,7 +552,9 @@ def read_epochs(path: str = None):
 
     if hasattr(path, "colnames"):  # already a table
         epochs, path = path.copy(), "epoch table"
+        _check_epoch_table(epochs, path)
     else:
+        _check_path("path", path, optional=True)
         path = path or data_path(EPOCHS_FILENAME)
         try:
             epochs = Table.read(path, hdu=1)
@@ -566,6 +568,18 @@ def read_epochs(path: str = None):
     return epochs
 
 
+def _check_epoch_table(epochs, where):
+    """Refuse an epoch table without rows, or whose expnum ranges are not whole numbers."""
+    if not len(epochs):
+        raise BadInputError(f"{where}: the epoch table has no rows")
+    for name in ("MINEXPNUM", "MAXEXPNUM"):
+        if name in epochs.colnames:
+            values = _numeric_array(f"{where}: column {name}", epochs[name])
+            if values.ndim != 1:
+                raise BadInputError(f"{where}: column {name} holds arrays, expected one value per row")
+            _whole_int64(f"{where}: column {name}", values)
+
+
 def epoch_index(expnum, minexp, maxexp):
     """Index of the epoch of each exposure number; -1 where it is in no epoch.
 
@@ -577,23 +591,38 @@ def epoch_index(expnum, minexp, maxexp):
     Parameters
     ----------
     expnum : array_like of int
-        Exposure numbers.
+        Exposure numbers (integers, or floats holding whole numbers).
     minexp, maxexp : array_like of int
-        Inclusive expnum range of each epoch, sorted by ``minexp``.
+        Inclusive expnum range of each epoch, sorted by ``minexp``: 1-d, of
+        the same non-zero length.
 
     Returns
     -------
     numpy.ndarray of int
         Same shape as ``expnum``.
 
+    Raises
+    ------
+    BadInputError
+        For arguments that are not such numbers: strings, fractional or NaN
+        exposure numbers, ranges of different lengths, empty or unsorted.
+
     Examples
     --------
     >>> epoch_index([5, 15, 25, 35], minexp=[10, 20, 30], maxexp=[18, 32, 40])
     array([-1,  0,  1,  2])
     """
-    expnum = np.asarray(expnum)
-    minexp = np.asarray(minexp)
-    maxexp = np.asarray(maxexp)
+    expnum = _numeric_array("expnum", expnum)
+    if expnum.dtype.kind == "u":  # beyond the int64 range is beyond every epoch
+        expnum = np.minimum(expnum, np.iinfo(np.int64).max)
+    expnum = _whole_int64("expnum", expnum)
+    minexp = _whole_int64("minexp", _numeric_array("minexp", minexp))
+    maxexp = _whole_int64("maxexp", _numeric_array("maxexp", maxexp))
+    if minexp.ndim != 1 or minexp.shape != maxexp.shape or not minexp.size:
+        raise BadInputError(f"minexp and maxexp must be 1-d of the same non-zero length, "
+                            f"not shapes {minexp.shape} and {maxexp.shape}")
+    if (np.diff(minexp) < 0).any():
+        raise BadInputError("minexp: the epochs must be sorted by minexp")
     index = np.searchsorted(minexp, expnum, side="right") - 1
     inside = (index >= 0) & (expnum <= maxexp[np.maximum(index, 0)])
     return np.where(inside, index, -1)
@@ -993,6 +1022,9 @@ class EpochMask:
     @classmethod
     def from_maps(cls, maps: "CountMaps", epoch: str, **options) -> "EpochMask":
         """The mask of one epoch of a `CountMaps` file (options as for the class)."""
+        if not isinstance(maps, CountMaps):
+            raise BadInputError(f"maps={_describe_value(maps)}: must be a CountMaps")
+        _check_str("epoch", epoch)
         info = maps.info(epoch)
         return cls(maps.counts(epoch), epoch=epoch, min_exp=info["min_exp"],
                    max_exp=info["max_exp"], demo=info["demo"], source=maps.path, **options)
@@ -1076,11 +1108,17 @@ class EpochMask:
         higher-x side), exactly as the DES maps count transients.  The half
         pixel 0.5 <= x < 1 left of the first cell edge belongs to the first cell.
         Likewise in y.  Positions off the CCD (x < 0.5, x >= 2048.5, y < 0.5,
-        y >= 4096.5, NaN) and CCDNUM outside 1..62 give -1.
+        y >= 4096.5, NaN) and CCDNUM outside 1..62 (or not a whole number) give -1.
+
+        ``ccdnum``, ``x`` and ``y`` are numbers of one shape (scalars are
+        broadcast); anything else (strings, different lengths) raises
+        `BadInputError`.
         """
-        ccdnum = np.asarray(ccdnum)
-        x = np.asarray(x, dtype=np.float64)
-        y = np.asarray(y, dtype=np.float64)
+        ccdnum = _ccdnum_array(ccdnum)
+        x = _float_array("x", x)
+        y = _float_array("y", y)
+        shape = _same_shape(ccdnum=ccdnum, x=x, y=y)
+        ccdnum, x, y = (np.broadcast_to(a, shape) for a in (ccdnum, x, y))
         n_ccd, ny, nx = self.mask.shape
         cell_ny, cell_nx = self.cell_size
         on = (ccdnum >= 1) & (ccdnum <= n_ccd)
@@ -1101,8 +1139,9 @@ class EpochMask:
         Raises
         ------
         BadInputError
-            If any CCDNUM is outside 1..62 or any position is off the CCD
-            (0.5 <= x < 2048.5 and 0.5 <= y < 4096.5) or NaN.
+            If any CCDNUM is outside 1..62 (or not a whole number) or any
+            position is off the CCD (0.5 <= x < 2048.5 and 0.5 <= y < 4096.5)
+            or NaN; or if the arguments are not numbers of one shape.
         """
         flat = self.cell_index(ccdnum, x, y)
         off = flat < 0
@@ -1120,8 +1159,7 @@ class EpochMask:
         Pixel (x, y) with centre at the integer position is masked exactly when
         the cell holding its centre is.
         """
-        if not 1 <= ccdnum <= self.mask.shape[0]:
-            raise BadInputError(f"ccdnum={ccdnum}: must be in 1..{self.mask.shape[0]}")
+        ccdnum = _check_int("ccdnum", ccdnum, 1, self.mask.shape[0])
         return self._full_resolution(self.mask[ccdnum - 1])
 
     def _full_resolution(self, cells):
@@ -1183,9 +1221,8 @@ class EpochMask:
         """
         from astropy.io import fits
 
-        masked_value = int(masked_value)
-        if not 1 <= masked_value <= 32767:
-            raise BadInputError(f"masked_value={masked_value}: must be in 1..32767")
+        path = _check_path("path", path)
+        masked_value = _check_int("masked_value", masked_value, 1, 32767)
         dtype = np.uint8 if masked_value <= 255 else np.int16
         primary = fits.PrimaryHDU()
         for card in self.provenance():
@@ -1290,10 +1327,16 @@ class TransientMasks:
                  x_bin: int = 1, y_bin: int = 1, floor: str = DEFAULT_FLOOR,
                  keep_no_epoch: bool = False):
         _check_options(fp_rate, x_bin, y_bin, floor)
-        self.maps = counts if isinstance(counts, CountMaps) else CountMaps(counts)
+        if not isinstance(counts, CountMaps):
+            counts = CountMaps(_check_path("counts", counts, optional=True))
+        if epochs is not None and not hasattr(epochs, "colnames"):
+            _check_path("epochs", epochs)
+        self.maps = counts
         self.epochs = read_epochs(epochs)
         self.options = {"fp_rate": fp_rate, "x_bin": x_bin, "y_bin": y_bin, "floor": floor}
-        self.keep_no_epoch = keep_no_epoch
+        if not isinstance(keep_no_epoch, (bool, np.bool_)):
+            raise BadInputError(f"keep_no_epoch={_describe_value(keep_no_epoch)}: must be True or False")
+        self.keep_no_epoch = bool(keep_no_epoch)
         self._masks = {}
         self._warned = set()
 
@@ -1322,6 +1365,7 @@ class TransientMasks:
 
     def mask_for(self, epoch: str) -> EpochMask:
         """The `EpochMask` of one epoch, built on first use."""
+        _check_str("epoch", epoch)
         if epoch not in self._masks:
             self._masks[epoch] = EpochMask.from_maps(self.maps, epoch, **self.options)
         return self._masks[epoch]
@@ -1330,12 +1374,15 @@ class TransientMasks:
         """KEEP (0), MASKED (1) or NO_EPOCH (2) for each event.
 
         NO_EPOCH: the EXPNUM is in no epoch, or its epoch has no count map.
-        Positions must be on the CCDs (see `EpochMask.apply`).
+        Positions must be on the CCDs (see `EpochMask.apply`).  The four
+        arguments are numbers of one shape (scalars are broadcast).
         """
         index = self.epoch_index(expnum)
-        ccdnum = np.asarray(ccdnum)
-        x = np.asarray(x)
-        y = np.asarray(y)
+        ccdnum = _ccdnum_array(ccdnum)
+        x = _float_array("x", x)
+        y = _float_array("y", y)
+        shape = _same_shape(expnum=index, ccdnum=ccdnum, x=x, y=y)
+        index, ccdnum, x, y = (np.broadcast_to(a, shape) for a in (index, ccdnum, x, y))
         codes = np.full(index.shape, NO_EPOCH, dtype=np.uint8)
         for row in np.unique(index[index >= 0]):  # a loop over epochs, not events
             epoch = str(self.epochs["NAME"][row])
@@ -1766,7 +1813,8 @@ class _EpochLookup:
             self.lo = int(self.minexp.min())
             self.hi = int(self.maxexp.max())
             expnums = np.arange(self.lo, self.hi + 1, dtype=np.int64)
-            self.lut = epoch_index(expnums, self.minexp, self.maxexp).astype(np.int16)
+            self.lut = epoch_index(expnums, self.minexp, self.maxexp).astype(
+                np.int16 if self.minexp.size < np.iinfo(np.int16).max else np.int32)
 
     def __call__(self, expnum) -> np.ndarray:
         expnum = np.asarray(expnum)
@@ -1816,6 +1864,20 @@ def _cell_index(ccdnum, x, y):
     return flat, good
 
 
+def _event_arrays(**arrays) -> tuple:
+    """Event columns (named keyword arrays) checked and flattened to one length.
+
+    Each must hold numbers (integers or floats; CCDNUM and positions are then
+    checked row by row by the binning); all non-scalar ones must have the
+    same shape, scalars are repeated.
+    """
+    checked = {name: _numeric_array(name, value) for name, value in arrays.items()}
+    if "ccdnum" in checked and checked["ccdnum"].dtype.kind == "f":  # 5.5 is no CCD: a bad row
+        checked["ccdnum"] = _ccdnum_array(checked["ccdnum"])
+    shape = _same_shape(**checked)
+    return tuple(np.broadcast_to(value, shape).ravel() for value in checked.values())
+
+
 def bin_events(epoch_idx, ccdnum, x, y, n_epochs: int) -> np.ndarray:
     """Count events in the DES map cells of each epoch (integer arithmetic).
 
@@ -1841,10 +1903,19 @@ def bin_events(epoch_idx, ccdnum, x, y, n_epochs: int) -> np.ndarray:
     >>> int(counts[0, 0, 0, 0]), int(counts[0, 0, 0, 1]), int(counts[1, 61, 255, 255])
     (1, 1, 1)
     """
+    n_epochs = _check_int("n_epochs", n_epochs, lo=0)
+    epoch_idx = _whole_int64("epoch_idx", _numeric_array("epoch_idx", epoch_idx))
+    epoch_idx, ccdnum, x, y = _event_arrays(epoch_idx=epoch_idx, ccdnum=ccdnum, x=x, y=y)
+    if epoch_idx.size and epoch_idx.max() >= n_epochs:
+        raise BadInputError(f"epoch_idx: {int(epoch_idx.max())} is not below n_epochs={n_epochs}")
+    try:
+        counts = np.zeros((n_epochs, N_CCD, MAP_NY, MAP_NX), dtype=np.int64)
+    except MemoryError:
+        raise BadInputError(f"n_epochs={n_epochs}: too many epochs to hold their maps "
+                            f"({N_CCD * _MAP_CELLS * 8 / 2**20:.0f} MB each)") from None
     accumulator = _CountAccumulator(n_epochs)
     accumulator.add(epoch_idx, ccdnum, x, y)
     accumulator.flush()
-    counts = np.zeros((n_epochs, N_CCD, MAP_NY, MAP_NX), dtype=np.int64)
     for index, total in accumulator.totals.items():
         counts[index] = total.reshape(N_CCD, MAP_NY, MAP_NX)
     return counts
@@ -1877,13 +1948,12 @@ def gather_arrays(expnum, ccdnum, x, y, *, epochs=None,
     >>> list(result.counts), result.n_binned, result.n_no_epoch
     (['Y2E1'], 2, 1)
     """
+    chunk_rows = _check_int("chunk_rows", chunk_rows, lo=1)
+    expnum, ccdnum, x, y = _event_arrays(expnum=expnum, ccdnum=ccdnum, x=x, y=y)
     table = read_epochs(epochs)
     accumulator = _CountAccumulator(len(table))
-    expnum, ccdnum, x, y = (np.asarray(a) for a in (expnum, ccdnum, x, y))
-    if not expnum.shape == ccdnum.shape == x.shape == y.shape:
-        raise BadInputError(f"event arrays differ in shape: {expnum.shape}, {ccdnum.shape}, {x.shape}, {y.shape}")
     lookup = _EpochLookup(table["MINEXPNUM"], table["MAXEXPNUM"])
-    for start in range(0, expnum.size, max(int(chunk_rows), 1)):
+    for start in range(0, expnum.size, chunk_rows):
         stop = start + chunk_rows
         accumulator.add(lookup(expnum[start:stop]),
                         ccdnum[start:stop], x[start:stop], y[start:stop])
@@ -2051,12 +2121,13 @@ def gather_data(catalogs, output: str = None, *, epochs=None, expnum_col: str = 
     """
     if isinstance(catalogs, (str, os.PathLike)):
         catalogs = [catalogs]
-    catalogs = [os.fspath(path) for path in catalogs]
+    if not isinstance(catalogs, (list, tuple)):
+        raise BadInputError(f"catalogs={_describe_value(catalogs)}: must be a file path or a list of them")
+    catalogs = [_check_path("catalogs", path) for path in catalogs]
     if not catalogs:
         raise BadInputError("gather_data: no catalog given")
-    if int(chunk_rows) < 1:
-        raise BadInputError(f"chunk_rows={chunk_rows}: must be a positive integer")
-    chunk_rows = int(chunk_rows)
+    chunk_rows = _check_int("chunk_rows", chunk_rows, lo=1)
+    output = _check_path("output", output, optional=True)
     table = read_epochs(epochs)
     if output is not None:  # fail before the long read, not after it
         check_output(output, overwrite, catalogs)
