@@ -129,7 +129,7 @@ def _describe_value(value) -> str:
     """A short repr of an argument for a message (arrays by dtype and shape)."""
     if isinstance(value, np.ndarray) and value.ndim:
         return f"array of {value.dtype} with shape {value.shape}"
-    text = repr(value)
+    text = " ".join(repr(value).split())  # one line
     return text if len(text) <= 60 else text[:57] + "..."
 
 
@@ -181,6 +181,17 @@ def _check_path(name: str, value, optional: bool = False):
     if not isinstance(value, str) or not value:
         raise BadInputError(f"{name}={_describe_value(value)}: must be a file path (a non-empty str)")
     return value
+
+
+def _path_list(name: str, value) -> list:
+    """A list of file paths: one path, or an iterable of them (None: none)."""
+    if value is None:
+        return []
+    if isinstance(value, (str, os.PathLike)):
+        value = [value]
+    if not hasattr(value, "__iter__"):
+        raise BadInputError(f"{name}={_describe_value(value)}: must be a list of file paths")
+    return [_check_path(name, path) for path in value]
 
 
 def _check_str(name: str, value, optional: bool = False):
@@ -235,7 +246,7 @@ def _whole_int64(name: str, values: np.ndarray, bad=None) -> np.ndarray:
         return values.astype(np.int64)
     if bad is None:
         first = int(np.flatnonzero(~whole.ravel())[0])
-        raise BadInputError(f"{name}: {int((~whole).sum())} value(s) are not whole numbers "
+        raise BadInputError(f"{name}: {int((~whole).sum())} value(s) are not whole numbers in the int64 range "
                             f"(first at index {first}: {values.ravel()[first]!r})")
     return np.where(whole, values, bad).astype(np.int64)
 
@@ -270,6 +281,8 @@ def data_path(filename: str) -> str:
     FileNotFoundError
         When the file is in none of those places.
     """
+    if not isinstance(filename, str) or not filename or os.path.basename(filename) != filename:
+        raise BadInputError(f"filename={_describe_value(filename)}: must be the name of a shipped data file")
     places = [os.path.dirname(os.path.abspath(__file__))]
     for prefix in (sys.prefix, getattr(site, "USER_BASE", None) or ""):
         places.append(os.path.join(prefix, "share", "transient_masks"))
@@ -286,6 +299,8 @@ def check_output(path: str, overwrite: bool = False, inputs=()) -> None:
 
     `atomic_output` checks this; call it early to refuse before a long job.
     """
+    path = _check_path("path", path)
+    inputs = _path_list("inputs", inputs)
     final = os.path.abspath(path)
     for name in inputs:
         if os.path.abspath(name) == final or (
@@ -485,7 +500,8 @@ def write_fits_rows(path: str, blocks, *, header_cards=(), overwrite: bool = Fal
     path : str
         Output file (written atomically; uncompressed FITS).
     blocks : iterable of dict
-        Column name -> 1-d array; every block has the same columns and dtypes.
+        Column name -> 1-d array of numbers or ASCII strings (not booleans);
+        every block has the same columns and dtypes.
     header_cards : iterable of (key, value, comment)
         Extra keywords of the table header.
     overwrite : bool
@@ -504,24 +520,51 @@ def write_fits_rows(path: str, blocks, *, header_cards=(), overwrite: bool = Fal
     """
     from astropy.io import fits
 
+    path = _check_path("path", path)
+    if isinstance(blocks, dict) or not hasattr(blocks, "__iter__"):
+        raise BadInputError("blocks: must be an iterable of dicts (column name -> 1-d array)")
+
     with atomic_output(path, overwrite=overwrite) as tmp, open(tmp, "wb") as out:
         writer = None
         for block in blocks:
-            names = list(block)
-            record = np.empty(len(block[names[0]]), dtype=[
-                (name, np.asarray(block[name]).dtype.newbyteorder(">")) for name in names])
-            for name in names:
-                record[name] = block[name]
+            columns = _row_block(block)
+            record = np.empty(len(next(iter(columns.values()))), dtype=[
+                (name, column.dtype.newbyteorder(">")) for name, column in columns.items()])
+            if writer is not None and record.dtype != writer_dtype:
+                raise BadInputError(f"{path}: every block must have the same columns and dtypes")
+            for name, column in columns.items():
+                record[name] = column
             if writer is None:
                 hdu = fits.BinTableHDU(data=record[:0])
                 for key, value, comment in header_cards:
                     hdu.header[key] = (value, comment)
                 writer = _FitsRowWriter(out, hdu.header)
+                writer_dtype = record.dtype
             writer.write(record)
         if writer is None:
             raise BadInputError(f"{path}: nothing to write")
         writer.close()
     return writer.n_rows
+
+
+def _row_block(block) -> dict:
+    """A block of `write_fits_rows`: column name -> 1-d array of one length, numbers or strings."""
+    if not isinstance(block, dict) or not block:
+        raise BadInputError(f"block={_describe_value(block)}: must be a non-empty dict of columns")
+    columns = {}
+    for name, values in block.items():
+        _check_str("column name", name)
+        column = _numeric_array(f"column {name!r}", values, kinds="iufSU")  # no bool: FITS T/F bytes
+        if column.ndim != 1:
+            raise BadInputError(f"column {name!r}: must be 1-d, not of shape {column.shape}")
+        if column.dtype.kind == "U":  # FITS holds ASCII bytes
+            try:
+                column = column.astype(f"S{max(column.dtype.itemsize // 4, 1)}")
+            except UnicodeEncodeError:
+                raise BadInputError(f"column {name!r}: FITS text columns must be ASCII") from None
+        columns[name] = column
+    _same_shape(**{f"column {name!r}": column for name, column in columns.items()})
+    return columns
 
 
 # ---- Epochs
@@ -646,6 +689,7 @@ def find_counts_file(path: str = None):
     (str, bool)
         The path, and whether it is the demo fallback.
     """
+    path = _check_path("path", path, optional=True)
     if path is not None:
         if not os.path.exists(path):
             raise BadInputError(f"{path}: count-map file not found")
@@ -747,9 +791,10 @@ class CountMaps:
         return list(self._scan())
 
     def __contains__(self, epoch) -> bool:
-        return epoch in self._scan()
+        return isinstance(epoch, str) and epoch in self._scan()
 
     def _header(self, epoch):
+        _check_str("epoch", epoch)
         try:
             return self._scan()[epoch]
         except KeyError:
@@ -800,13 +845,17 @@ class CountMaps:
 def _check_options(fp_rate, x_bin, y_bin, floor):
     """Validate the masking options shared by the classes and the CLI."""
     _check_fp_rate(fp_rate)
-    for name, value in (("x_bin", x_bin), ("y_bin", y_bin)):
-        try:
-            _check_int(name, value, lo=1)
-        except BadInputError:
-            raise BadInputError(f"{name}={_describe_value(value)}: must be a positive integer") from None
+    _check_bin("x_bin", x_bin)
+    _check_bin("y_bin", y_bin)
     if not isinstance(floor, str) or floor not in FLOORS:
         raise BadInputError(f"floor={_describe_value(floor)}: must be one of {', '.join(FLOORS)}")
+
+
+def _check_bin(name: str, value) -> int:
+    try:
+        return _check_int(name, value, lo=1)
+    except BadInputError:
+        raise BadInputError(f"{name}={_describe_value(value)}: must be a positive integer") from None
 
 
 def rebin_counts(counts: np.ndarray, x_bin: int = 1, y_bin: int = 1) -> np.ndarray:
@@ -823,8 +872,8 @@ def rebin_counts(counts: np.ndarray, x_bin: int = 1, y_bin: int = 1) -> np.ndarr
     counts = _numeric_array("counts", counts, kinds="iu")
     if counts.ndim != 3 or 0 in counts.shape:
         raise BadInputError(f"counts have shape {counts.shape}, expected (n_ccd, ny, nx), none of them 0")
-    x_bin = _check_int("x_bin", x_bin, lo=1)
-    y_bin = _check_int("y_bin", y_bin, lo=1)
+    x_bin = _check_bin("x_bin", x_bin)
+    y_bin = _check_bin("y_bin", y_bin)
     n_ccd, ny, nx = counts.shape
     for name, factor, size in (("x_bin", x_bin, nx), ("y_bin", y_bin, ny)):
         if size % factor:
@@ -1423,6 +1472,10 @@ class FilterCounts:
 
     def add(self, codes, kept, row_offset=0):
         """Count one block of rows from its `classify` codes and kept flags."""
+        codes = _numeric_array("codes", codes, kinds="iu")
+        kept = _numeric_array("kept", kept, kinds="b")
+        _same_shape(codes=codes, kept=kept)
+        row_offset = _check_int("row_offset", row_offset, lo=0)
         no_epoch = codes == NO_EPOCH
         bad = codes == BAD
         self.read += codes.size
@@ -1466,7 +1519,11 @@ def resolve_columns(colnames, expnum_col="EXPNUM", ccdnum_col="CCDNUM", x_col="X
     (str, str, str, str)
         The EXPNUM, CCDNUM, x and y column names.
     """
+    if isinstance(colnames, (str, bytes)) or not hasattr(colnames, "__iter__"):
+        raise BadInputError(f"colnames={_describe_value(colnames)}: must be a list of column names")
     colnames = list(colnames)
+    for role, name in (("expnum", expnum_col), ("ccdnum", ccdnum_col), ("x", x_col), ("y", y_col)):
+        _check_str(f"{role}_col", name)
     if (x_col, y_col) == (DEFAULT_COLUMNS["x"], DEFAULT_COLUMNS["y"]) and not (
         x_col in colnames and y_col in colnames
     ):
@@ -1528,8 +1585,23 @@ def filter_table(table, masks: "TransientMasks", *, expnum_col="EXPNUM", ccdnum_
     -------
     (astropy.table.Table, FilterCounts)
         The kept rows with every column, unit and the metadata; the counts.
+
+    Raises
+    ------
+    BadInputError
+        For a missing column, a column that does not hold one number per
+        row, or (without ``drop_bad``) bad rows.
     """
+    if not hasattr(table, "colnames") or not hasattr(table, "__getitem__"):
+        raise BadInputError(f"table={_describe_value(table)}: must be an astropy Table")
+    if not isinstance(masks, TransientMasks):
+        raise BadInputError(f"masks={_describe_value(masks)}: must be a TransientMasks")
     names = resolve_columns(table.colnames, expnum_col, ccdnum_col, x_col, y_col, source)
+    for name in names:
+        column = np.ma.getdata(table[name])
+        if np.ndim(column) != 1 or np.asarray(column).dtype.kind not in "iuf":
+            raise BadInputError(f"{source}: column {name!r} must hold one number per row, "
+                                f"not {_describe_value(np.asarray(column))}")
     expnum = _column_values(table[names[0]], -1, np.int64)
     ccdnum = _column_values(table[names[1]], 0, np.int64)
     x = _column_values(table[names[2]], np.nan, np.float64)
@@ -1599,6 +1671,11 @@ def filter_file(input_path: str, output_path: str, masks: "TransientMasks", *,
     """
     from astropy.table import Table
 
+    input_path = _check_path("input_path", input_path)
+    output_path = _check_path("output_path", output_path)
+    if not isinstance(masks, TransientMasks):
+        raise BadInputError(f"masks={_describe_value(masks)}: must be a TransientMasks")
+    chunk_rows = _check_int("chunk_rows", chunk_rows, lo=1)
     if not os.path.exists(input_path):
         raise BadInputError(f"{input_path}: input file not found")
     names = (expnum_col, ccdnum_col, x_col, y_col)
@@ -1910,7 +1987,7 @@ def bin_events(epoch_idx, ccdnum, x, y, n_epochs: int) -> np.ndarray:
         raise BadInputError(f"epoch_idx: {int(epoch_idx.max())} is not below n_epochs={n_epochs}")
     try:
         counts = np.zeros((n_epochs, N_CCD, MAP_NY, MAP_NX), dtype=np.int64)
-    except MemoryError:
+    except (MemoryError, ValueError):  # numpy: ValueError when beyond any address space
         raise BadInputError(f"n_epochs={n_epochs}: too many epochs to hold their maps "
                             f"({N_CCD * _MAP_CELLS * 8 / 2**20:.0f} MB each)") from None
     accumulator = _CountAccumulator(n_epochs)
@@ -2177,6 +2254,23 @@ def write_count_maps(path: str, result: GatherResult, *, demo: bool = False, ove
     """
     from astropy.io import fits
 
+    path = _check_path("path", path)
+    if not isinstance(result, GatherResult):
+        raise BadInputError(f"result={_describe_value(result)}: must be a GatherResult")
+    inputs = _path_list("inputs", inputs)
+    for name, counts in result.counts.items():
+        where = f"result.counts[{name!r}]"
+        _check_str("epoch name", name)
+        counts = _numeric_array(where, counts, kinds="iu")
+        if counts.shape != (N_CCD, MAP_NY, MAP_NX):
+            raise BadInputError(f"{where}: shape {counts.shape}, expected ({N_CCD}, {MAP_NY}, {MAP_NX})")
+        if counts.size and (counts.min() < 0 or counts.max() > _UINT16_MAX):
+            raise BadInputError(f"{where}: counts must be in 0..{_UINT16_MAX} (the DES maps are uint16)")
+        for bounds in (result.min_exp, result.max_exp):
+            if name not in bounds:
+                raise BadInputError(f"{where}: no MIN_EXP/MAX_EXP for this epoch in the result")
+            _check_int(f"expnum bound of {name}", bounds[name])
+
     primary = fits.PrimaryHDU()
     hdus = [primary]
     provenance = [
@@ -2253,6 +2347,9 @@ def dask_client(jobs: int = None, scheduler: str = None):
         When Dask is not installed (the ``dask`` extra) or the scheduler
         cannot be reached.
     """
+    if jobs is not None:
+        jobs = _check_int("jobs", jobs, lo=0)  # 0: one per core, as None
+    scheduler = _check_str("scheduler", scheduler, optional=True)
     try:
         from dask.distributed import Client, LocalCluster
     except ImportError:
@@ -2314,7 +2411,7 @@ def read_ccd_layout(path: str = None):
 
     from astropy.table import Table
 
-    path = path or data_path(CCDS_FILENAME)
+    path = _check_path("path", path, optional=True) or data_path(CCDS_FILENAME)
     try:
         with open(path, newline="") as stream:
             rows = list(csv.DictReader(line for line in stream if not line.startswith("#")))
@@ -2337,7 +2434,8 @@ def read_ccd_layout(path: str = None):
 def _epoch_mask_for(epoch_mask_or_epoch, maps, fp_rate, x_bin, y_bin, floor):
     """An EpochMask as given, or built for an epoch name from the count maps."""
     if not isinstance(epoch_mask_or_epoch, str):
-        return epoch_mask_or_epoch
+        return _check_epoch_mask(epoch_mask_or_epoch)
+    _check_options(fp_rate, x_bin, y_bin, floor)
     maps = maps if maps is not None else CountMaps()
     epoch = epoch_mask_or_epoch
     if epoch not in maps.epochs:
@@ -2345,6 +2443,21 @@ def _epoch_mask_for(epoch_mask_or_epoch, maps, fp_rate, x_bin, y_bin, floor):
             f"{maps.path}: no epoch {epoch!r} in the count maps (they have {', '.join(maps.epochs) or 'none'})"
         )
     return EpochMask.from_maps(maps, epoch, fp_rate=fp_rate, x_bin=x_bin, y_bin=y_bin, floor=floor)
+
+
+def _check_epoch_mask(epoch_mask):
+    """An argument that must be an epoch mask (an `EpochMask`, or any object with its arrays)."""
+    needed = ("counts", "mask", "live", "threshold", "cell_size", "area_fraction", "transient_fraction")
+    if not all(hasattr(epoch_mask, name) for name in needed):
+        raise BadInputError(f"epoch_mask={_describe_value(epoch_mask)}: must be an EpochMask")
+    return epoch_mask
+
+
+def _check_dpi(dpi) -> float:
+    dpi = _check_real("dpi", dpi)
+    if not 1 <= dpi <= 10_000:
+        raise BadInputError(f"dpi={dpi:g}: must be in 1..10000")
+    return dpi
 
 
 def _describe(epoch_mask) -> str:
@@ -2471,9 +2584,7 @@ class _CcdPage:
 
     def draw(self, ccdnum: int):
         """Show CCD ``ccdnum`` on the page; returns the figure."""
-        if not 1 <= int(ccdnum) <= N_CCD:
-            raise BadInputError(f"ccdnum {ccdnum}: must be 1..{N_CCD}")
-        ccdnum = int(ccdnum)
+        ccdnum = _check_int("ccdnum", ccdnum, 1, N_CCD)
         index = ccdnum - 1
         epoch_mask = self.epoch_mask
         threshold = float(epoch_mask.threshold[index])
@@ -2544,6 +2655,8 @@ def plot_ccd(epoch_mask, ccdnum: int, *, figure=None):
     >>> mask = EpochMask.from_maps(CountMaps(data_path(DEMO_COUNTS_FILENAME)), "Y2E1")
     >>> plot_ccd(mask, 46).savefig("n15.png")
     """
+    _check_epoch_mask(epoch_mask)
+    ccdnum = _check_int("ccdnum", ccdnum, 1, N_CCD)
     return _CcdPage(epoch_mask, figure).draw(ccdnum)
 
 
@@ -2595,11 +2708,18 @@ def plot_epoch(epoch_mask_or_epoch, pdf_file: str, *, maps=None, fp_rate: float 
     """
     from matplotlib.backends.backend_pdf import PdfPages
 
+    pdf_file = _check_path("pdf_file", pdf_file)
+    if maps is not None and not isinstance(maps, CountMaps):
+        raise BadInputError(f"maps={_describe_value(maps)}: must be a CountMaps")
+    if ccdnums is None:
+        ccdnums = list(range(1, N_CCD + 1))
+    else:
+        if isinstance(ccdnums, (str, bytes)) or not hasattr(ccdnums, "__iter__"):
+            raise BadInputError(f"ccdnums={_describe_value(ccdnums)}: must be a list of CCD numbers")
+        ccdnums = [_check_int("ccdnums", c, 1, N_CCD) for c in ccdnums]
+        if not ccdnums:
+            raise BadInputError(f"ccdnums=[]: give at least one CCD number (1..{N_CCD})")
     epoch_mask = _epoch_mask_for(epoch_mask_or_epoch, maps, fp_rate, x_bin, y_bin, floor)
-    ccdnums = list(range(1, N_CCD + 1)) if ccdnums is None else [int(c) for c in ccdnums]
-    bad = [c for c in ccdnums if not 1 <= c <= N_CCD]
-    if bad or not ccdnums:
-        raise BadInputError(f"ccdnums {bad or ccdnums}: CCD numbers must be 1..{N_CCD}")
     source = getattr(epoch_mask, "source", None) or (getattr(maps, "path", None) if maps is not None else None)
     inputs = [source] if source else []
     page = _CcdPage(epoch_mask)
@@ -2665,6 +2785,12 @@ def plot_focal_plane(epoch_mask, path: str = None, *, overwrite: bool = False, v
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch, Rectangle
 
+    _check_epoch_mask(epoch_mask)
+    path = _check_path("path", path, optional=True)
+    vmax = _check_real("vmax", vmax)
+    if vmax <= 0:
+        raise BadInputError(f"vmax={vmax}: must be positive")
+    dpi = _check_dpi(dpi)
     layout = read_ccd_layout(layout_file)
     figure = Figure(figsize=(9.0, 9.2))
     ax = figure.add_axes((0.085, 0.06, 0.78, 0.855))
@@ -2805,6 +2931,14 @@ def plot_survey_summary(maps, path: str = None, *, fp_rate: float = DEFAULT_FP_R
     """
     from matplotlib.figure import Figure
 
+    if not isinstance(maps, CountMaps):
+        raise BadInputError(f"maps={_describe_value(maps)}: must be a CountMaps")
+    path = _check_path("path", path, optional=True)
+    _check_options(fp_rate, x_bin, y_bin, floor)
+    vmax_percent = _check_real("vmax_percent", vmax_percent)
+    if vmax_percent <= 0:
+        raise BadInputError(f"vmax_percent={vmax_percent}: must be positive")
+    dpi = _check_dpi(dpi)
     epochs = list(maps.epochs)
     if not epochs:
         raise BadInputError(f"{maps.path}: the count maps hold no epoch")
