@@ -231,15 +231,16 @@ def _whole_int64(name: str, values: np.ndarray, bad=None) -> np.ndarray:
     Integer arrays are cast (uint64 beyond the int64 range and, for floats,
     non-finite or fractional values become ``bad`` when it is given, else raise).
     """
-    if values.dtype.kind == "i":
+    if values.dtype.kind == "i" or (values.dtype.kind == "u" and values.dtype.itemsize < 8):
         return values.astype(np.int64, copy=False)
     if values.dtype.kind == "u":
-        too_big = values > np.iinfo(np.int64).max
+        too_big = values > np.uint64(np.iinfo(np.int64).max)
         if not too_big.any():
             return values.astype(np.int64, copy=False)
         if bad is None:
             raise BadInputError(f"{name}: {int(too_big.sum())} value(s) beyond the int64 range")
         return np.where(too_big, bad, values.astype(np.int64))  # wraps only where replaced
+    values = values.astype(np.float64, copy=False)  # float16 cannot hold 2**63
     with np.errstate(invalid="ignore"):
         whole = np.isfinite(values) & (values == np.floor(values)) & (np.abs(values) < 2.0 ** 63)
     if whole.all():
@@ -656,7 +657,7 @@ def epoch_index(expnum, minexp, maxexp):
     array([-1,  0,  1,  2])
     """
     expnum = _numeric_array("expnum", expnum)
-    if expnum.dtype.kind == "u":  # beyond the int64 range is beyond every epoch
+    if expnum.dtype == np.uint64:  # beyond the int64 range is beyond every epoch
         expnum = np.minimum(expnum, np.iinfo(np.int64).max)
     expnum = _whole_int64("expnum", expnum)
     minexp = _whole_int64("minexp", _numeric_array("minexp", minexp))
@@ -937,8 +938,11 @@ def poisson_threshold(mode, centre, fp_rate: float = DEFAULT_FP_RATE, floor_fact
     except ValueError:
         raise BadInputError(f"mode and centre have shapes {mode.shape} and {centre.shape}, "
                             "which do not broadcast") from None
-    poisson_cut = _poisson_isf(fp_rate, mode + 1.0)
-    return np.maximum(np.ceil(floor_factor * centre), poisson_cut)
+    with np.errstate(over="ignore"):
+        floor = np.ceil(floor_factor * centre)
+    if not np.isfinite(floor).all():
+        raise BadInputError(f"floor_factor={floor_factor:g} times centre overflows")
+    return np.maximum(floor, _poisson_isf(fp_rate, mode + 1.0))
 
 
 #: Counts are whole numbers in float64 for the threshold: they must stay below 2**52.
@@ -1597,11 +1601,14 @@ def filter_table(table, masks: "TransientMasks", *, expnum_col="EXPNUM", ccdnum_
     if not isinstance(masks, TransientMasks):
         raise BadInputError(f"masks={_describe_value(masks)}: must be a TransientMasks")
     names = resolve_columns(table.colnames, expnum_col, ccdnum_col, x_col, y_col, source)
-    for name in names:
-        column = np.ma.getdata(table[name])
-        if np.ndim(column) != 1 or np.asarray(column).dtype.kind not in "iuf":
+    for index, name in enumerate(names):
+        column = np.asarray(np.ma.getdata(table[name]))
+        if column.ndim != 1 or column.dtype.kind not in "iuf":
             raise BadInputError(f"{source}: column {name!r} must hold one number per row, "
-                                f"not {_describe_value(np.asarray(column))}")
+                                f"not {_describe_value(column)}")
+        if index < 2 and column.dtype.kind == "f":  # EXPNUM, CCDNUM stored as floats: whole numbers
+            present = ~np.ma.getmaskarray(table[name])
+            _whole_int64(f"{source}: column {name!r}", column[present])
     expnum = _column_values(table[names[0]], -1, np.int64)
     ccdnum = _column_values(table[names[1]], 0, np.int64)
     x = _column_values(table[names[2]], np.nan, np.float64)
