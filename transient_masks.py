@@ -262,10 +262,10 @@ def _same_shape(**arrays) -> tuple:
 
 
 def _ccdnum_array(ccdnum) -> np.ndarray:
-    """CCDNUM values as int64; fractional, NaN or out-of-range values become 0 (no CCD)."""
+    """CCDNUM values as integers (kept in their integer dtype, for speed); floats that
+    are not whole numbers (5.5, NaN, inf) become 0, no CCD."""
     values = _numeric_array("ccdnum", ccdnum)
-    values = _whole_int64("ccdnum", values, bad=0)
-    return values
+    return _whole_int64("ccdnum", values, bad=0) if values.dtype.kind == "f" else values
 
 
 # ---- Files and data

@@ -68,20 +68,21 @@ def _edges():
 
 
 EDGES = _edges()
-x_values = st.one_of(
-    st.integers(0, 256).map(lambda X: 8.0 * X + 1),  # exact cell edges in x
-    st.integers(0, 256).map(lambda X: float(np.nextafter(8.0 * X + 1, -np.inf))),
-    st.sampled_from(EDGES),
-    st.floats(-5, 2055, allow_nan=False),
-    st.sampled_from([np.nan, np.inf, -np.inf]),
-)
-y_values = st.one_of(
-    st.integers(0, 256).map(lambda Y: 16.0 * Y + 1),  # exact cell edges in y
-    st.integers(0, 256).map(lambda Y: float(np.nextafter(16.0 * Y + 1, -np.inf))),
-    st.sampled_from(EDGES),
-    st.floats(-5, 4105, allow_nan=False),
-    st.sampled_from([np.nan, np.inf, -np.inf]),
-)
+
+
+def positions(cell, size):
+    """Positions along one axis of ``cell`` pixels per cell and ``size`` pixels."""
+    return st.one_of(
+        st.integers(0, 256).map(lambda k: cell * k + 1.0),  # exact cell edges
+        st.integers(0, 256).map(lambda k: float(np.nextafter(cell * k + 1.0, -np.inf))),  # just below
+        st.sampled_from(EDGES),
+        st.floats(-5, size + 7, allow_nan=False),
+        st.sampled_from([np.nan, np.inf, -np.inf]),
+    )
+
+
+x_values = positions(8, 2048)
+y_values = positions(16, 4096)
 ccd_values = st.one_of(st.integers(-1, 64), st.sampled_from([1, 31, 32, 62]))
 events = st.lists(st.tuples(ccd_values, x_values, y_values), max_size=40)
 binnings = st.tuples(st.sampled_from([1, 2, 4, 8, 256]), st.sampled_from([1, 2, 16, 256]))
