@@ -159,6 +159,13 @@ def _check_real(name: str, value) -> float:
     return value
 
 
+def _check_flag(name: str, value) -> bool:
+    """A yes/no argument: True, False (numpy booleans, 0 and 1 too); not "no", which is true."""
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer)) and value in (0, 1)):
+        return bool(value)
+    raise BadInputError(f"{name}={_describe_value(value)}: must be True or False")
+
+
 def _check_fp_rate(fp_rate) -> float:
     """The false-positive rate as a float strictly between 0 and 1."""
     try:
@@ -301,6 +308,7 @@ def check_output(path: str, overwrite: bool = False, inputs=()) -> None:
     `atomic_output` checks this; call it early to refuse before a long job.
     """
     path = _check_path("path", path)
+    overwrite = _check_flag("overwrite", overwrite)
     inputs = _path_list("inputs", inputs)
     final = os.path.abspath(path)
     for name in inputs:
@@ -1060,6 +1068,7 @@ class EpochMask:
         min_exp = None if min_exp is None else _check_int("min_exp", min_exp)
         max_exp = None if max_exp is None else _check_int("max_exp", max_exp)
         source = _check_path("source", source, optional=True)
+        demo = _check_flag("demo", demo)
         self.epoch = epoch
         self.fp_rate = float(fp_rate)
         self.x_bin, self.y_bin = int(x_bin), int(y_bin)
@@ -1276,6 +1285,7 @@ class EpochMask:
 
         path = _check_path("path", path)
         masked_value = _check_int("masked_value", masked_value, 1, 32767)
+        compress = _check_flag("compress", compress)
         dtype = np.uint8 if masked_value <= 255 else np.int16
         primary = fits.PrimaryHDU()
         for card in self.provenance():
@@ -1387,9 +1397,7 @@ class TransientMasks:
         self.maps = counts
         self.epochs = read_epochs(epochs)
         self.options = {"fp_rate": fp_rate, "x_bin": x_bin, "y_bin": y_bin, "floor": floor}
-        if not isinstance(keep_no_epoch, (bool, np.bool_)):
-            raise BadInputError(f"keep_no_epoch={_describe_value(keep_no_epoch)}: must be True or False")
-        self.keep_no_epoch = bool(keep_no_epoch)
+        self.keep_no_epoch = _check_flag("keep_no_epoch", keep_no_epoch)
         self._masks = {}
         self._warned = set()
 
@@ -1600,6 +1608,7 @@ def filter_table(table, masks: "TransientMasks", *, expnum_col="EXPNUM", ccdnum_
         raise BadInputError(f"table={_describe_value(table)}: must be an astropy Table")
     if not isinstance(masks, TransientMasks):
         raise BadInputError(f"masks={_describe_value(masks)}: must be a TransientMasks")
+    drop_bad = _check_flag("drop_bad", drop_bad)
     names = resolve_columns(table.colnames, expnum_col, ccdnum_col, x_col, y_col, source)
     for index, name in enumerate(names):
         column = np.asarray(np.ma.getdata(table[name]))
@@ -1683,6 +1692,7 @@ def filter_file(input_path: str, output_path: str, masks: "TransientMasks", *,
     if not isinstance(masks, TransientMasks):
         raise BadInputError(f"masks={_describe_value(masks)}: must be a TransientMasks")
     chunk_rows = _check_int("chunk_rows", chunk_rows, lo=1)
+    drop_bad = _check_flag("drop_bad", drop_bad)
     if not os.path.exists(input_path):
         raise BadInputError(f"{input_path}: input file not found")
     names = (expnum_col, ccdnum_col, x_col, y_col)
@@ -2212,6 +2222,7 @@ def gather_data(catalogs, output: str = None, *, epochs=None, expnum_col: str = 
         raise BadInputError("gather_data: no catalog given")
     chunk_rows = _check_int("chunk_rows", chunk_rows, lo=1)
     output = _check_path("output", output, optional=True)
+    demo = _check_flag("demo", demo)
     table = read_epochs(epochs)
     if output is not None:  # fail before the long read, not after it
         check_output(output, overwrite, catalogs)
@@ -2262,6 +2273,7 @@ def write_count_maps(path: str, result: GatherResult, *, demo: bool = False, ove
     from astropy.io import fits
 
     path = _check_path("path", path)
+    demo = _check_flag("demo", demo)
     if not isinstance(result, GatherResult):
         raise BadInputError(f"result={_describe_value(result)}: must be a GatherResult")
     inputs = _path_list("inputs", inputs)

@@ -463,3 +463,24 @@ def test_every_public_callable_is_covered_here():
     missing = [name for name in callables if name not in no_arguments and f"tm.{name}" not in text]
     assert not missing, missing
     assert inspect.isfunction(tm.run_cli)  # the command line: tests/test_cli.py
+
+
+@pytest.mark.parametrize("value", ["no", "False", None, 2, 0.5, [True]])
+def test_yes_no_arguments_are_booleans(mask, masks, tmp_path, value):
+    """overwrite="no" is true in Python: refused, rather than replacing a file."""
+    existing = tmp_path / "exists.fits"
+    existing.write_bytes(b"keep me")
+    raises("overwrite=", tm.check_output, str(existing), value)
+    raises("overwrite=", mask.write_masks, str(existing), overwrite=value)
+    raises("compress=", mask.write_masks, str(tmp_path / "m.fits"), compress=value)
+    raises("demo=", tm.EpochMask, np.ones((62, 4, 4), int), demo=value)
+    raises("keep_no_epoch=", tm.TransientMasks, tm.data_path(tm.DEMO_COUNTS_FILENAME), keep_no_epoch=value)
+    raises("drop_bad=", tm.filter_table, _events(), masks, drop_bad=value)
+    raises("demo=", tm.gather_data, str(existing), demo=value)
+    raises("demo=", tm.write_count_maps, str(tmp_path / "maps.fits"), tm.GatherResult(), demo=value)
+    assert existing.read_bytes() == b"keep me" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_numpy_booleans_and_0_1_are_yes_no(tmp_path):
+    tm.check_output(str(tmp_path / "new.fits"), np.False_)
+    tm.check_output(str(tmp_path / "new.fits"), 1)
