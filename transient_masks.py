@@ -1958,18 +1958,33 @@ def _cell_index(ccdnum, x, y):
     return flat, good
 
 
-def _event_arrays(**arrays) -> tuple:
-    """Event columns (named keyword arrays) checked and flattened to one length.
+_NOT_WHOLE = np.iinfo(np.int64).min  # marks the EXPNUM/CCDNUM values that are not whole numbers
 
-    Each must hold numbers (integers or floats; CCDNUM and positions are then
-    checked row by row by the binning); all non-scalar ones must have the
-    same shape, scalars are repeated.
+
+def _event_arrays(**arrays) -> tuple:
+    """Event columns (named keyword arrays, CCDNUM as ``ccdnum``) checked and flattened.
+
+    Each must hold numbers (any integer or float type); all non-scalar ones
+    must have the same shape, scalars are repeated.  As for event tables, a
+    row is *bad* (its CCDNUM becomes 0, which the binning skips and counts)
+    when any of its entries is masked, or when its EXPNUM or CCDNUM is not a
+    whole number (5.5, NaN).
     """
-    checked = {name: _numeric_array(name, value) for name, value in arrays.items()}
-    if "ccdnum" in checked and checked["ccdnum"].dtype.kind == "f":  # 5.5 is no CCD: a bad row
-        checked["ccdnum"] = _ccdnum_array(checked["ccdnum"])
+    names = list(arrays)
+    values = [np.ma.getdata(value) if np.ma.isMaskedArray(value) else value for value in arrays.values()]
+    checked = {name: _numeric_array(name, value) for name, value in zip(names, values)}
     shape = _same_shape(**checked)
-    return tuple(np.broadcast_to(value, shape).ravel() for value in checked.values())
+    flat = {name: np.broadcast_to(value, shape).ravel() for name, value in checked.items()}
+    bad = np.zeros(flat[names[0]].shape, dtype=bool)
+    for name, value in zip(names, arrays.values()):
+        if np.ma.isMaskedArray(value):
+            bad |= np.broadcast_to(np.ma.getmaskarray(value), shape).ravel()
+        if name in ("expnum", "ccdnum") and flat[name].dtype.kind == "f":
+            flat[name] = _whole_int64(name, flat[name], bad=_NOT_WHOLE)
+            bad |= flat[name] == _NOT_WHOLE
+    if "ccdnum" in flat and bad.any():
+        flat["ccdnum"] = np.where(bad, 0, flat["ccdnum"])
+    return tuple(flat.values())
 
 
 def bin_events(epoch_idx, ccdnum, x, y, n_epochs: int) -> np.ndarray:
