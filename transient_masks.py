@@ -191,14 +191,14 @@ def _check_path(name: str, value, optional: bool = False):
 
 
 def _path_list(name: str, value) -> list:
-    """A list of file paths: one path, or an iterable of them (None: none)."""
+    """A list of file paths: one path, or an iterable of them; None and "" entries (no file) are left out."""
     if value is None:
         return []
     if isinstance(value, (str, os.PathLike)):
         value = [value]
     if not hasattr(value, "__iter__"):
         raise BadInputError(f"{name}={_describe_value(value)}: must be a list of file paths")
-    return [_check_path(name, path) for path in value]
+    return [_check_path(name, path) for path in value if path is not None and path != ""]
 
 
 def _check_str(name: str, value, optional: bool = False):

@@ -406,7 +406,7 @@ def test_write_fits_rows_writes_text_columns_as_ascii(tmp_path):
 
 @pytest.mark.parametrize("function, args, match", [
     (tm.data_path, (5,), "filename="), (tm.data_path, ("../setup.py",), "filename="),
-    (tm.check_output, (5,), "path="), (tm.check_output, ("",), "path="),
+    (tm.check_output, (5,), "path="), (tm.check_output, ("",), "path=|empty output file name"),
     (tm.check_output, ("out.fits", False, [5]), "inputs="),
     (tm.find_counts_file, (5,), "path="), (tm.CountMaps, (5,), "path="),
     (tm.read_ccd_layout, (5,), "path="),
