@@ -36,7 +36,7 @@ setup(
     data_files=[("share/transient_masks", DATA_FILES)],
     install_requires=["numpy>=1.22", "scipy>=1.8", "astropy>=5.0", "matplotlib>=3.5", "pyyaml>=5.4"],
     extras_require={
-        "test": ["pytest>=7", "fitsio", "h5py", "pyarrow", "pandas", "wheel"],
+        "test": ["pytest>=7", "hypothesis>=6", "fitsio", "h5py", "pyarrow", "pandas", "wheel", "setuptools"],
         "parquet": ["pyarrow", "pandas"],
         "hdf5": ["h5py"],
     },
