@@ -7,9 +7,14 @@ image is the lower-left 120 x 240 pixels of the CCD and the coadd a small
 TAN image on the same tangent point that covers most, not all, of it.
 """
 import hashlib
+import importlib.util
 import logging
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -382,9 +387,6 @@ def listing(directory):
 
 def test_script_run_reports_bad_input(tmp_path):
     """Run as a script, des_background is __main__: its bad-input errors must still be exit 2."""
-    import subprocess
-    import sys
-
     script = os.path.join(os.path.dirname(DATA), os.pardir, "des_background.py")
     done = subprocess.run([sys.executable, script, "--info", "nothere.yaml", "--se_index", "0"],
                           cwd=tmp_path, capture_output=True, text=True)
@@ -610,11 +612,24 @@ def test_from_python_one_call_yields_every_image(tile, monkeypatch):
     assert list(table["INDEX"]) == [1, 3] and table["N_GOOD"][1] == results[0].counts[0]
 
 
+def test_progress_bar_on_stderr_only(tile, monkeypatch, capsys):
+    pytest.importorskip("tqdm")
+    tmp_path, paths = tile
+    results = list(bg.iter_good_background(bg.PizzaInfo(paths["info"]).images("0-1"), progress=True))
+    out, err = capsys.readouterr()
+    assert len(results) == 2 and out == "" and "SE images" in err and "/2 " in err
+    # the command shows it only on a terminal, and never with --quiet
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    args = ["--info", paths["info"], "--se_index", "0-1", "--no_transient_cut"]
+    assert bg.main([*args, "-o", "shown/"]) == 0
+    assert "SE images" in capsys.readouterr().err
+    assert bg.main([*args, "-o", "quiet/", "--quiet"]) == 0
+    assert capsys.readouterr() == ("", "")
+
+
 def test_parallel_run_matches_one_process(tile, monkeypatch, capsys):
     pytest.importorskip("distributed")
-    import subprocess
-    import sys
-
     tmp_path, paths = tile
     monkeypatch.chdir(tmp_path)
     info = "tile/DES2122+0001_r_pizza_info.yaml"
@@ -965,3 +980,37 @@ def test_bad_input_is_one_line_exit_2(files, monkeypatch, capsys, setup, args, m
 def test_there_are_enough_bad_inputs():
     assert len(BAD_INPUTS) >= 30
 
+
+# ---- Signals
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("jobs", [[], ["--jobs", "2"]], ids=["one process", "two workers"])
+@pytest.mark.parametrize("signum, code, word", [(signal.SIGTERM, 143, "terminated"),
+                                                (signal.SIGINT, 130, "interrupted")], ids=["SIGTERM", "SIGINT"])
+def test_signal_leaves_no_temporary_file(tmp_path, jobs, signum, code, word):
+    """Signalled while the pictures are being drawn, the run exits with one line and leaves no temporary file."""
+    if jobs and importlib.util.find_spec("distributed") is None:
+        pytest.skip("needs dask.distributed")
+    bg.write_example_tile(tmp_path / "tile", n_images=6, se_shape=(1024, 512))
+    script = os.path.join(os.path.dirname(DATA), os.pardir, "des_background.py")
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    process = subprocess.Popen([sys.executable, script, "--info", "tile/DES2122+0001_r_pizza_info.yaml",
+                                "--se_index", "all", "-o", "out/", "--png", "--no_transient_cut", *jobs],
+                               cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    out = tmp_path / "out"
+    while not (out.is_dir() and any(".tmp" in name for name in os.listdir(out))):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"no temporary output appeared: {process.communicate()}")
+        time.sleep(0.005)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == code, err
+    assert err.strip().splitlines()[-1] == f"des_background: {word}; no output written", err
+    if not jobs:  # (Dask's workers may log their lost connections as the cluster goes down)
+        assert "Traceback" not in err
+    left = os.listdir(out) if out.exists() else []
+    assert not [name for name in left if name.startswith(".") or ".tmp" in name], left
+    assert not [name for name in left if name.endswith(".ecsv")]  # no summary of an interrupted run
