@@ -35,9 +35,11 @@ From Python::
 """
 import argparse
 import contextlib
+import glob
 import gzip
 import logging
 import os
+import re
 import site
 import sys
 import tempfile
@@ -58,7 +60,7 @@ __all__ = [
     # masks
     "rebin_counts", "poisson_threshold", "EpochMask", "TransientMasks",
     # filtering event tables
-    "FilterCounts", "resolve_columns", "filter_table", "filter_file",
+    "FilterCounts", "resolve_columns", "filter_table", "filter_file", "filter_files", "expand_inputs",
     # gathering count maps
     "GatherResult", "bin_events", "gather_arrays", "gather_data", "write_count_maps", "write_fits_rows",
     # plotting
@@ -1767,6 +1769,25 @@ def _add_events(accumulator, lookup, columns, names, source, chunk_rows):
         accumulator.add(lookup(expnum[start:stop]), ccdnum[start:stop], x[start:stop], y[start:stop])
 
 
+def _gather_file(accumulator, lookup, path, names, chunk_rows, table_format):
+    """Bin one catalog file into ``accumulator``; returns its SIM* header cards (or []).
+
+    The per-file piece of `gather_data`, run in place or on a Dask worker.
+    """
+    n_before, bad_before = accumulator.n_read, accumulator.n_bad
+    cards = []
+    for header, columns in _catalog_chunks(path, names, chunk_rows, table_format):
+        if header is not None and not cards:
+            cards = [(key, header[key], header.comments[key]) for key in header if key.startswith("SIM")]
+        _add_events(accumulator, lookup, columns, names, path, chunk_rows)
+    _log_rows_read(path, accumulator.n_read - n_before, accumulator.n_bad - bad_before)
+    return cards
+
+
+def _log_rows_read(path, n_read, n_bad):
+    log.info("%s: %d rows read%s", path, n_read, f", {n_bad} bad rows ({_BAD_ROW}) skipped" if n_bad else "")
+
+
 def _finish_gather(accumulator, table) -> GatherResult:
     """The accumulated uint16 maps and row counts; warns about clipped cells."""
     accumulator.flush()
@@ -1872,7 +1893,7 @@ def _catalog_chunks(path, names, chunk_rows, table_format=None):
 def gather_data(catalogs, output: str = None, *, epochs=None, expnum_col: str = "EXPNUM",
                 ccdnum_col: str = "CCDNUM", x_col: str = "XWIN_IMAGE", y_col: str = "YWIN_IMAGE",
                 chunk_rows: int = GATHER_CHUNK_ROWS, table_format: str = None, demo: bool = False,
-                overwrite: bool = False) -> GatherResult:
+                overwrite: bool = False, client=None, progress: bool = False) -> GatherResult:
     """Build DES-format transient count maps from one or several catalogs.
 
     Each event is binned into the map cell (CCDNUM - 1, Y, X) of its epoch, with
@@ -1888,8 +1909,11 @@ def gather_data(catalogs, output: str = None, *, epochs=None, expnum_col: str = 
 
     Parameters
     ----------
-    catalogs : str or list of str
-        Catalog file(s) with one row per transient.
+    catalogs : str, list of str, or dask.dataframe.DataFrame
+        Catalog file(s) with one row per transient: paths, glob patterns
+        (``"cats/*.fits"``) and directories of dataset files (a Parquet
+        dataset), see `expand_inputs`; or a Dask DataFrame, binned partition
+        by partition where it lives.
     output : str, optional
         Write the maps there (atomically): an empty primary HDU, then one
         uint16 image HDU per epoch (BITPIX 16, BZERO 32768) with EXTNAME =
@@ -1908,6 +1932,12 @@ def gather_data(catalogs, output: str = None, *, epochs=None, expnum_col: str = 
         Flag the output as synthetic demo data (DEMO = T in every HDU).
     overwrite : bool
         Replace an existing ``output``.
+    client : dask.distributed.Client, optional
+        Bin the files in parallel on this Dask cluster (see `dask_client`):
+        one task per file, their counts summed by a tree reduction.  The maps
+        are the same, bit for bit, as without it.
+    progress : bool
+        Show a progress bar on stderr (tqdm; Dask's own for parallel runs).
 
     Returns
     -------
@@ -1925,38 +1955,31 @@ def gather_data(catalogs, output: str = None, *, epochs=None, expnum_col: str = 
     >>> result.summary()
     '1000 rows read, 1000 binned, 0 in no epoch, 0 bad rows skipped; epochs with transients: Y2E1'
     """
-    if isinstance(catalogs, (str, os.PathLike)):
-        catalogs = [catalogs]
-    catalogs = [os.fspath(path) for path in catalogs]
-    if not catalogs:
-        raise BadInputError("gather_data: no catalog given")
+    if not _is_dask_frame(catalogs):
+        catalogs = expand_inputs(catalogs)  # paths, glob patterns, dataset directories
     if int(chunk_rows) < 1:
         raise BadInputError(f"chunk_rows={chunk_rows}: must be a positive integer")
     chunk_rows = int(chunk_rows)
     table = read_epochs(epochs)
     if output is not None:  # fail before the long read, not after it
-        check_output(output, overwrite, catalogs)
+        check_output(output, overwrite, [] if _is_dask_frame(catalogs) else catalogs)
     lookup = _EpochLookup(table["MINEXPNUM"], table["MAXEXPNUM"])
-    accumulator = _CountAccumulator(len(table))
     names = (expnum_col, ccdnum_col, x_col, y_col)
-    simulation_cards = []
-    for path in catalogs:
-        n_before, bad_before = accumulator.n_read, accumulator.n_bad
-        for header, columns in _catalog_chunks(path, names, chunk_rows, table_format):
-            if header is not None and not simulation_cards:
-                simulation_cards = [(key, header[key], header.comments[key])
-                                    for key in header if key.startswith("SIM")]
-            _add_events(accumulator, lookup, columns, names, path, chunk_rows)
-        n_bad = accumulator.n_bad - bad_before
-        log.info("%s: %d rows read%s", path, accumulator.n_read - n_before,
-                 f", {n_bad} bad rows ({_BAD_ROW}) skipped"
-                 if n_bad else "")
+    if client is not None or _is_dask_frame(catalogs):  # see "Parallel runs (Dask)"
+        accumulator, simulation_cards = _gather_dask(catalogs, client, lookup, len(table), names,
+                                                     chunk_rows, table_format, progress)
+    else:
+        accumulator = _CountAccumulator(len(table))
+        simulation_cards = []
+        for path in _progress(catalogs, progress and len(catalogs) > 1, "files"):
+            cards = _gather_file(accumulator, lookup, path, names, chunk_rows, table_format)
+            simulation_cards = simulation_cards or cards
     result = _finish_gather(accumulator, table)
     if result.n_bad:
         log.warning("%d bad row(s) (%s) skipped", result.n_bad, _BAD_ROW)
     if output is not None:
-        write_count_maps(output, result, demo=demo, overwrite=overwrite, inputs=catalogs,
-                         extra_cards=simulation_cards)
+        write_count_maps(output, result, demo=demo, overwrite=overwrite,
+                         inputs=[] if _is_dask_frame(catalogs) else catalogs, extra_cards=simulation_cards)
         result.output = output
     return result
 
@@ -2022,18 +2045,550 @@ def _add_gather_arguments(parser, modes):
 
 def _run_gather(args) -> int:
     output = args.output or "transient_maps.fits.gz"
-    result = gather_data(
-        args.gather, output, epochs=args.epochs_file,
-        expnum_col=args.expnum_col, ccdnum_col=args.ccdnum_col, x_col=args.x_col, y_col=args.y_col,
-        chunk_rows=args.chunk_rows, table_format=args.table_format,
-        demo=args.demo, overwrite=args.overwrite,
-    )
+    with _parallel_client(args) as client:
+        result = gather_data(
+            args.gather, output, epochs=args.epochs_file,
+            expnum_col=args.expnum_col, ccdnum_col=args.ccdnum_col, x_col=args.x_col, y_col=args.y_col,
+            chunk_rows=args.chunk_rows, table_format=args.table_format,
+            demo=args.demo, overwrite=args.overwrite, client=client, progress=_show_progress(args),
+        )
     demo = " [SYNTHETIC DEMO maps: DEMO = T]" if args.demo else ""
     print(f"{result.summary()}; wrote {output}{demo}", file=sys.stderr)
     return 0
 
 
 # ---- Parallel runs (Dask)
+# Many inputs -- paths, glob patterns, directories of dataset files (a Parquet
+# dataset), or from Python a Dask DataFrame -- are filtered or binned one
+# partition at a time (a partition: one input file, or one partition of the
+# DataFrame), in this process or as one Dask task each; nothing gathers the
+# rows on one machine.
+#
+# - The masks travel as `_ShippedMasks`: the (62, ny, nx) bool cell mask of
+#   each epoch of the count maps and the epoch table, built once on the client
+#   and scattered once to every worker; `TransientMasks.classify` runs on them
+#   unchanged.  Full-resolution masks are never made.
+# - Filtering: each partition is written by `filter_file` (a DataFrame
+#   partition: by pyarrow, as Parquet) into a temporary sibling of the output
+#   directory, which is renamed into place at the end (`_atomic_directory`).
+# - Gathering: each file is binned by `_gather_file` into its own
+#   `_CountAccumulator`, turned into a `_CountPartial` that keeps only the
+#   (epoch, CCD) blocks the file touched (uint16 counts saturated at 65535,
+#   and the cells that passed 65535), and the partials are summed by Dask's
+#   tree reduction (`dask.bag.Bag.reduction`).  Saturating addition of counts
+#   >= 0 is associative, so the maps, the clipped cells and every row count
+#   are those of the single-process path, bit for bit.
+
+_GLOB_CHARS = frozenset("*?[")
+#: Partials summed at a time by the tree reduction of gathered counts.
+_SPLIT_EVERY = 8
+#: Seconds a run must last before a progress bar appears.
+_PROGRESS_DELAY = 2.0
+
+
+def _is_dask_frame(obj) -> bool:
+    """Whether ``obj`` is a Dask DataFrame (never imports Dask)."""
+    module = sys.modules.get("dask.dataframe")
+    return module is not None and isinstance(obj, module.DataFrame)
+
+
+def _natural_key(path):
+    """Sort key of a path whose numbers compare as numbers: part.2 before part.10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path)]
+
+
+def _dataset_files(directory):
+    """The files of a dataset directory, in natural path order (hidden and ``_`` files skipped)."""
+    found = []
+    for root, dirs, names in os.walk(directory):
+        dirs[:] = [name for name in dirs if not name.startswith((".", "_"))]
+        found.extend(os.path.join(root, name) for name in names if not name.startswith((".", "_")))
+    if not found:
+        raise BadInputError(f"{directory}: no data files in this directory")
+    return sorted(found, key=_natural_key)
+
+
+def _input_files(inputs):
+    """(path, name in an output directory) of each input file; see `expand_inputs`."""
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    files = []
+    for item in map(os.fspath, inputs):
+        if os.path.isdir(item):
+            files.extend((path, os.path.relpath(path, item)) for path in _dataset_files(item))
+        elif _GLOB_CHARS & set(item) and not os.path.exists(item):
+            matches = [path for path in glob.glob(item, recursive=True) if os.path.isfile(path)]
+            if not matches:
+                raise BadInputError(f"{item}: no file matches this pattern")
+            files.extend((path, os.path.basename(path)) for path in sorted(matches, key=_natural_key))
+        else:
+            files.append((item, os.path.basename(item)))
+    if not files:
+        raise BadInputError("no input file given")
+    return files
+
+
+def expand_inputs(inputs) -> list:
+    """The input files named by paths, glob patterns and dataset directories.
+
+    A directory stands for every file under it (a Parquet dataset, also
+    partitioned in subdirectories), hidden files and files starting with ``_``
+    (``_metadata``, ``_SUCCESS``) left out.  A glob pattern (``*``, ``?``,
+    ``[``; ``**`` crosses directories) that matches no file is an error.
+    Files come in natural order (``part.2`` before ``part.10``).
+
+    Parameters
+    ----------
+    inputs : str or list of str
+
+    Returns
+    -------
+    list of str
+
+    Examples
+    --------
+    >>> os.makedirs("cats")
+    >>> for i in (1, 2, 10):
+    ...     _ = write_fits_rows(f"cats/part{i}.fits", [{"A": np.arange(3)}])
+    >>> expand_inputs("cats/part*.fits")
+    ['cats/part1.fits', 'cats/part2.fits', 'cats/part10.fits']
+    >>> expand_inputs(["cats"]) == expand_inputs("cats/*")
+    True
+    """
+    return [path for path, _ in _input_files(inputs)]
+
+
+def _several_inputs(inputs) -> bool:
+    """Whether command-line inputs name several files: more than one, a pattern or a directory."""
+    return len(inputs) > 1 or os.path.isdir(inputs[0]) or (
+        bool(_GLOB_CHARS & set(inputs[0])) and not os.path.exists(inputs[0]))
+
+
+class _MapsInfo:
+    """What masks on a worker need of a `CountMaps`: its path, demo flag and epochs."""
+
+    def __init__(self, maps):
+        self.path, self.demo, self.epochs = maps.path, maps.demo, list(maps.epochs)
+
+    def __contains__(self, epoch) -> bool:
+        return epoch in self.epochs
+
+
+class _CellMask(EpochMask):
+    """The cell mask of one epoch, all that `EpochMask.apply` needs (no counts, no statistics)."""
+
+    def __init__(self, epoch_mask):  # nothing to compute: the mask is made
+        self.epoch, self.mask, self.cell_size = epoch_mask.epoch, epoch_mask.mask, epoch_mask.cell_size
+
+
+class _ShippedMasks(TransientMasks):
+    """`TransientMasks` as sent to Dask workers: the cell masks of every epoch of
+    the count maps, built once, and the epoch table (4 MB per DES epoch)."""
+
+    def __init__(self, masks: TransientMasks):  # no TransientMasks.__init__: nothing is read
+        self.__dict__.update(vars(masks))
+        self.maps = _MapsInfo(masks.maps)
+        self._masks = {epoch: _CellMask(masks.mask_for(epoch)) for epoch in masks.maps.epochs}
+        self._warned = set()
+
+
+class _CountPartial:
+    """Gathered counts of some partitions, kept small for the tree reduction.
+
+    Only the (epoch, CCD) blocks the partitions touched are held: per epoch
+    index, the CCD indices and their (k, 65536) uint16 counts, saturated at
+    65535, and the flat cells whose count passed 65535.
+    """
+
+    def __init__(self):
+        self.n_read = self.n_bad = self.n_no_epoch = 0
+        self.n_events = {}  # epoch index -> events binned
+        self.blocks = {}  # epoch index -> (CCD indices, (k, 65536) uint16 counts)
+        self.clipped = {}  # epoch index -> flat cells whose count passed 65535
+        self.files = []  # (partition number, name, rows read, bad rows), for the log
+        self.cards = []  # (partition number, SIM* header cards) of the first file with some
+
+    @classmethod
+    def of(cls, accumulator, number, name, cards=()):
+        """The partial of one partition binned into ``accumulator``."""
+        accumulator.flush()
+        part = cls()
+        part.n_read, part.n_bad, part.n_no_epoch = accumulator.n_read, accumulator.n_bad, accumulator.n_no_epoch
+        for index, total in accumulator.totals.items():
+            total = total.reshape(N_CCD, _MAP_CELLS)
+            ccds = np.flatnonzero(total.any(axis=1))
+            part.blocks[index] = (ccds, total[ccds])
+            part.n_events[index] = int(accumulator.n_events[index])
+            if index in accumulator.clipped:
+                part.clipped[index] = np.flatnonzero(accumulator.clipped[index])
+        part.files = [(number, name, accumulator.n_read, accumulator.n_bad)]
+        part.cards = [(number, list(cards))] if cards else []
+        return part
+
+    @classmethod
+    def merge(cls, parts):
+        """The sum of some partials (the step of the tree reduction)."""
+        parts = list(parts)
+        if len(parts) == 1:
+            return parts[0]
+        total = cls()
+        for part in parts:
+            total.n_read += part.n_read
+            total.n_bad += part.n_bad
+            total.n_no_epoch += part.n_no_epoch
+            for index, n_events in part.n_events.items():
+                total.n_events[index] = total.n_events.get(index, 0) + n_events
+            total.files.extend(part.files)
+            total.cards.extend(part.cards)
+        total.files.sort(key=lambda item: item[0])
+        total.cards = sorted(total.cards, key=lambda item: item[0])[:1]
+        for index in sorted({index for part in parts for index in part.blocks}):
+            counts = np.zeros((N_CCD, _MAP_CELLS), dtype=np.uint32)  # a sum of < 65537 uint16
+            for part in parts:
+                if index in part.blocks:
+                    ccds, block = part.blocks[index]
+                    counts[ccds] += block
+            clipped = [part.clipped[index] for part in parts if index in part.clipped]
+            over = np.flatnonzero(counts > _UINT16_MAX)  # counts is C-contiguous: flat cells
+            if over.size or clipped:
+                total.clipped[index] = np.union1d(over, np.concatenate(clipped)) if clipped else over
+                np.minimum(counts, _UINT16_MAX, out=counts)
+            ccds = np.flatnonzero(counts.any(axis=1))
+            total.blocks[index] = (ccds, counts[ccds].astype(np.uint16))
+        return total
+
+    def accumulator(self, n_epochs) -> "_CountAccumulator":
+        """These counts as a flushed `_CountAccumulator`, for `_finish_gather`."""
+        accumulator = _CountAccumulator(n_epochs)
+        accumulator.n_read, accumulator.n_bad, accumulator.n_no_epoch = self.n_read, self.n_bad, self.n_no_epoch
+        for index, (ccds, block) in self.blocks.items():
+            total = np.zeros((N_CCD, _MAP_CELLS), dtype=np.uint16)
+            total[ccds] = block
+            accumulator.totals[index] = total.reshape(-1)
+            accumulator.n_events[index] = self.n_events[index]
+            if index in self.clipped:
+                flags = np.zeros(N_CCD * _MAP_CELLS, dtype=bool)
+                flags[self.clipped[index]] = True
+                accumulator.clipped[index] = flags
+        return accumulator
+
+
+def _frame_columns(frame, names):
+    """Columns of a pandas DataFrame as numpy arrays, nullable columns as masked arrays."""
+    columns = []
+    for name in names:
+        series = frame[name]
+        numpy_dtype = series.dtype if isinstance(series.dtype, np.dtype) else getattr(
+            series.dtype, "numpy_dtype", None)
+        if isinstance(series.dtype, np.dtype) or numpy_dtype is None or numpy_dtype.kind not in "iuf":
+            columns.append(series.to_numpy())  # not numbers: refused by _event_values
+        else:  # a pandas nullable or pyarrow-backed number column
+            columns.append(np.ma.MaskedArray(series.to_numpy(dtype=numpy_dtype, na_value=0),
+                                             mask=series.isna().to_numpy(dtype=bool)))
+    return columns
+
+
+def _gather_partition(number, path, lookup, n_epochs, names, chunk_rows, table_format):
+    """Dask task: the partial counts of one catalog file (a bag partition of one item)."""
+    accumulator = _CountAccumulator(n_epochs)
+    cards = _gather_file(accumulator, lookup, path, names, chunk_rows, table_format)
+    return [_CountPartial.of(accumulator, number, path, cards)]
+
+
+def _gather_frame_partition(frame, number, lookup, n_epochs, names, chunk_rows):
+    """Dask task: the partial counts of one partition of a DataFrame."""
+    accumulator = _CountAccumulator(n_epochs)
+    source = f"DataFrame partition {number}"
+    _add_events(accumulator, lookup, _frame_columns(frame, names), names, source, chunk_rows)
+    return [_CountPartial.of(accumulator, number, source)]
+
+
+def _gather_dask(catalogs, client, lookup, n_epochs, names, chunk_rows, table_format, progress):
+    """`gather_data` on Dask: (the flushed `_CountAccumulator` of every partition, SIM cards)."""
+    import dask
+    import dask.bag
+
+    client = client or _current_client()
+    shared = _share(client, lookup, "epoch-lookup")
+    if _is_dask_frame(catalogs):
+        names = resolve_columns(list(catalogs.columns), *names, source="DataFrame")
+        parts = [dask.delayed(_gather_frame_partition)(frame, number, shared, n_epochs, names, chunk_rows)
+                 for number, frame in enumerate(catalogs.to_delayed())]
+    else:
+        parts = [dask.delayed(_gather_partition)(number, path, shared, n_epochs, names, chunk_rows,
+                                                 table_format)
+                 for number, path in enumerate(catalogs)]
+    total = dask.bag.from_delayed(parts).reduction(_CountPartial.merge, _CountPartial.merge,
+                                                   split_every=_SPLIT_EVERY)
+    partial = _compute(client, total, progress)
+    for _, name, n_read, n_bad in partial.files:
+        _log_rows_read(name, n_read, n_bad)
+    return partial.accumulator(n_epochs), (partial.cards[0][1] if partial.cards else [])
+
+
+def _add_filter_counts(total: FilterCounts, part: FilterCounts) -> None:
+    """Add the counts of one partition to ``total``."""
+    for name in ("read", "masked", "no_epoch_dropped", "no_epoch_kept", "bad", "written"):
+        setattr(total, name, getattr(total, name) + getattr(part, name))
+
+
+def _filter_partition(path, output, masks, options):
+    """Dask task: `filter_file` of one input file; (counts, epochs warned about)."""
+    return filter_file(path, output, masks, **options), sorted(masks._warned)
+
+
+def _filter_frame_partition(frame, number, output, masks, names, drop_bad):
+    """Dask task: the kept rows of one DataFrame partition written as Parquet; (counts, warned)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from astropy.table import Table, meta
+
+    source = f"DataFrame partition {number}"
+    codes = _classify_rows(masks, *_event_values(_frame_columns(frame, names), names, source))
+    kept = _keep(codes, masks.keep_no_epoch)
+    counts = FilterCounts()
+    counts.add(codes, kept)
+    if not drop_bad:
+        counts.check_bad(source)
+    table = pa.Table.from_pandas(frame[kept], preserve_index=False)
+    # The provenance where astropy keeps table metadata (its YAML header, which
+    # lists the columns), as the single-file path writes it.
+    header = Table({field.name: np.zeros(0, dtype=_numpy_type(field.type)) for field in table.schema},
+                   meta={key: value for key, value, _ in masks.provenance()})
+    metadata = dict(table.schema.metadata or {})
+    metadata[b"table_meta_yaml"] = "\n".join(meta.get_yaml_from_table(header)).encode()
+    pq.write_table(table.replace_schema_metadata(metadata), output)
+    return counts, sorted(masks._warned)
+
+
+def _numpy_type(arrow_type):
+    """The numpy dtype of a pyarrow type (object for strings and other types numpy lacks)."""
+    try:
+        return np.dtype(arrow_type.to_pandas_dtype())
+    except (NotImplementedError, TypeError):
+        return np.dtype(object)
+
+
+def filter_files(inputs, output_dir: str, masks: TransientMasks, *, client=None,
+                 expnum_col: str = "EXPNUM", ccdnum_col: str = "CCDNUM", x_col: str = "XWIN_IMAGE",
+                 y_col: str = "YWIN_IMAGE", drop_bad: bool = False, table_format: str = None,
+                 overwrite: bool = False, chunk_rows: int = 500_000, progress: bool = False) -> FilterCounts:
+    """Filter many event tables into a directory: one output per input partition.
+
+    Each input file is filtered as `filter_file` does it (same rows in the
+    same order, columns, dtypes, units, metadata and provenance) into a file
+    of the same name in ``output_dir`` (files of a dataset directory keep
+    their path under it); each partition of a Dask DataFrame becomes
+    ``part.N.parquet``.  With a ``client`` (or a DataFrame) the partitions are
+    Dask tasks, the masks sent to each worker once as small cell masks.
+    ``output_dir`` appears at the end, whole, or not at all: it is built in a
+    temporary sibling directory and renamed.
+
+    Parameters
+    ----------
+    inputs : str, list of str, or dask.dataframe.DataFrame
+        Paths, glob patterns and dataset directories (see `expand_inputs`),
+        or a Dask DataFrame.
+    output_dir : str
+        The output directory (it must not exist, unless ``overwrite``).
+    masks : TransientMasks
+        The masks; its ``keep_no_epoch`` decides the events in no epoch.
+    client : dask.distributed.Client, optional
+        Run on this Dask cluster (see `dask_client`); without it, files are
+        filtered one after the other here, and a DataFrame on Dask's
+        current scheduler.
+    expnum_col, ccdnum_col, x_col, y_col, drop_bad, table_format, chunk_rows
+        As for `filter_file` (``table_format`` also for the outputs).
+    overwrite : bool
+        Replace an existing ``output_dir``.
+    progress : bool
+        Show a progress bar on stderr (tqdm; Dask's own for parallel runs).
+
+    Returns
+    -------
+    FilterCounts
+        Summed over the partitions.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(5)
+    >>> os.makedirs("events")
+    >>> for i in range(3):
+    ...     _ = write_fits_rows(f"events/part{i}.fits", [{
+    ...         "EXPNUM": rng.integers(345031, 382974, 100), "CCDNUM": rng.integers(1, 63, 100),
+    ...         "XWIN_IMAGE": rng.uniform(1, 2048, 100), "YWIN_IMAGE": rng.uniform(1, 4096, 100)}])
+    >>> masks = TransientMasks(data_path(DEMO_COUNTS_FILENAME))
+    >>> counts = filter_files("events", "clean", masks)
+    >>> sorted(os.listdir("clean")), counts.read
+    (['part0.fits', 'part1.fits', 'part2.fits'], 300)
+    """
+    frame = _is_dask_frame(inputs)
+    files = [] if frame else _input_files(inputs)
+    writers = {}
+    for path, name in files:
+        if name in writers:
+            raise BadInputError(f"{writers[name]} and {path}: both would be written as {name} in "
+                                f"{output_dir} (rename one)")
+        writers[name] = path
+    roots = [] if frame else [item for item in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)
+                              if os.path.isdir(item)]
+    options = dict(expnum_col=expnum_col, ccdnum_col=ccdnum_col, x_col=x_col, y_col=y_col,
+                   drop_bad=drop_bad, table_format=table_format, output_format=table_format,
+                   chunk_rows=chunk_rows)
+    with _atomic_directory(output_dir, overwrite, [path for path, _ in files], roots) as tmp:
+        for name in writers:  # workers never make directories (see _atomic_directory)
+            os.makedirs(os.path.dirname(os.path.join(tmp, name)), exist_ok=True)
+        if client is None and not frame:
+            results = [(filter_file(path, os.path.join(tmp, name), masks, **options), [])
+                       for path, name in _progress(files, progress, "files")]
+        else:
+            import dask
+
+            client = client or _current_client()
+            shared = _share(client, _ShippedMasks(masks), "cell-masks")
+            if frame:
+                names = resolve_columns(list(inputs.columns), expnum_col, ccdnum_col, x_col, y_col,
+                                        source="DataFrame")
+                tasks = [dask.delayed(_filter_frame_partition)(
+                    part, number, os.path.join(tmp, f"part.{number}.parquet"), shared, names, drop_bad)
+                    for number, part in enumerate(inputs.to_delayed())]
+            else:
+                tasks = [dask.delayed(_filter_partition)(path, os.path.join(tmp, name), shared, options)
+                         for path, name in files]
+            results = _compute(client, tasks, progress)
+    total = FilterCounts()
+    for counts, _ in results:
+        _add_filter_counts(total, counts)
+    for epoch in sorted({epoch for _, warned in results for epoch in warned} - masks._warned):
+        log.warning("%s: no count map for epoch %s; its events count as in no epoch", masks.maps.path, epoch)
+        masks._warned.add(epoch)
+    return total
+
+
+@contextlib.contextmanager
+def _atomic_directory(path, overwrite=False, inputs=(), input_dirs=()):
+    """Context manager giving a temporary directory that becomes ``path`` on success.
+
+    The temporary directory is a hidden sibling of ``path``, so the final
+    rename is atomic; on any failure or interrupt it is removed.  With
+    ``overwrite`` an existing ``path`` is replaced (moved aside, then removed).
+    ``path`` may be neither an input nor inside an input directory.
+    """
+    check_output(path, overwrite, inputs)
+    final = os.path.abspath(path)
+    for directory in input_dirs:
+        directory = os.path.abspath(directory)
+        if os.path.commonpath([final, directory]) == directory:
+            raise BadInputError(f"{path}: refusing to write into the input directory {directory}")
+    parent, base = os.path.split(final)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{base}.", suffix=".tmp")
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the output is a normal directory
+    try:
+        yield tmp
+        if os.path.lexists(final):  # overwrite: the old output goes once the new one is in place
+            aside = tempfile.mkdtemp(dir=parent, prefix=f".{base}.", suffix=".old")
+            os.rename(final, os.path.join(aside, base))
+            os.rename(tmp, final)
+            _remove_tree(aside)
+        else:
+            os.rename(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            _remove_tree(tmp)
+
+
+def _remove_tree(path, attempts=10):
+    """Remove a directory tree, again if a worker still wrote into it meanwhile."""
+    import shutil
+    import time
+
+    for _ in range(attempts):
+        try:
+            shutil.rmtree(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.1)
+    log.warning("%s: could not remove this temporary directory", path)
+
+
+def _current_client():
+    """The current dask.distributed client, if Dask uses one; else None (Dask's local scheduler)."""
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return None
+    try:
+        return distributed.get_client()
+    except ValueError:  # no client
+        return None
+
+
+def _share(client, obj, name):
+    """``obj`` for many Dask tasks, sent once: scattered to every worker, or one graph key."""
+    import uuid
+
+    import dask
+
+    if client is not None:
+        return client.scatter(obj, broadcast=True, hash=False)
+    return dask.delayed(obj, name=f"{name}-{uuid.uuid4().hex}")
+
+
+def _compute(client, collection, progress=False):
+    """Compute a Dask collection (or a list of them) on ``client``, or on Dask's own scheduler.
+
+    A worker that dies becomes a one-line RuntimeError; whatever still runs
+    after a failure is cancelled.
+    """
+    import dask
+
+    if client is None:
+        if not progress:
+            return dask.compute(collection)[0]
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar(minimum=_PROGRESS_DELAY, out=sys.stderr):
+            return dask.compute(collection)[0]
+    futures = client.compute(collection)
+    try:
+        if progress:
+            _progress_bar(futures)
+        return client.gather(futures)
+    except Exception as exc:
+        if type(exc).__name__ == "KilledWorker":  # distributed.KilledWorker, multi-line
+            raise RuntimeError("a Dask worker died (out of memory, or killed) while running "
+                               f"{_one_line(exc)}") from None
+        raise
+    finally:
+        client.cancel(futures)
+
+
+def _progress_bar(futures):
+    """Dask's text progress bar of ``futures`` on stderr, once they take over 2 s."""
+    from distributed import wait
+    from distributed.diagnostics.progressbar import TextProgressBar
+
+    try:
+        wait(futures, timeout=_PROGRESS_DELAY)
+        return
+    except TimeoutError:
+        pass
+    with contextlib.redirect_stdout(sys.stderr):  # it writes to sys.stdout
+        TextProgressBar(futures if isinstance(futures, list) else [futures])
+
+
+def _progress(items, enabled, unit):
+    """``items`` with a tqdm bar on stderr when enabled (shown only after 2 s)."""
+    if not enabled:
+        return items
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, unit=unit, delay=_PROGRESS_DELAY, file=sys.stderr, leave=False)
 
 
 @contextlib.contextmanager
@@ -2043,7 +2598,8 @@ def dask_client(jobs: int = None, scheduler: str = None):
     Parameters
     ----------
     jobs : int, optional
-        Start a local cluster of this many single-threaded worker processes.
+        Start a local cluster of this many single-threaded worker processes
+        (default: one per core).
     scheduler : str, optional
         Instead, connect to the ``dask.distributed`` scheduler at this address
         (e.g. ``tcp://10.0.0.5:8786``, or a cluster of dask-jobqueue).
@@ -2051,9 +2607,11 @@ def dask_client(jobs: int = None, scheduler: str = None):
     Raises
     ------
     BadInputError
-        When Dask is not installed (the ``dask`` extra) or the scheduler
-        cannot be reached.
+        When Dask is not installed (the ``dask`` extra), both options are
+        given, or the scheduler cannot be reached.
     """
+    if jobs and scheduler:
+        raise BadInputError("--jobs and --scheduler: give one or the other")
     try:
         from dask.distributed import Client, LocalCluster
     except ImportError:
@@ -2062,7 +2620,7 @@ def dask_client(jobs: int = None, scheduler: str = None):
         try:
             client = Client(scheduler, timeout="20s")
         except (OSError, TimeoutError, ValueError) as exc:
-            raise BadInputError(f"--scheduler {scheduler}: cannot connect ({exc})") from None
+            raise BadInputError(f"--scheduler {scheduler}: cannot connect ({_one_line(exc)})") from None
         with client:
             yield client
         return
@@ -2072,6 +2630,47 @@ def dask_client(jobs: int = None, scheduler: str = None):
     with LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
                       dashboard_address=None) as cluster, Client(cluster) as client:
         yield client
+
+
+def _add_parallel_arguments(parser, modes=None):
+    """Add --jobs, --scheduler and --quiet (also used by other commands, e.g. des_background)."""
+    group = parser.add_argument_group("parallel runs on Dask (--input, --gather)")
+    group.add_argument("--jobs", type=_positive_int, metavar="N",
+                       help="run on a local Dask cluster of N worker processes (needs the dask extra)")
+    group.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run on the dask.distributed scheduler at ADDRESS (e.g. tcp://host:8786)")
+    group.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
+    return group
+
+
+def _parallel_client(args):
+    """Context manager: the Dask client of --jobs / --scheduler, or None (a run in this process)."""
+    if not (args.jobs or args.scheduler):
+        return contextlib.nullcontext(None)
+    return dask_client(args.jobs, args.scheduler)
+
+
+def _show_progress(args) -> bool:
+    """Progress bars: on a terminal, without --quiet."""
+    return not args.quiet and sys.stderr.isatty()
+
+
+def _run_filter_many(args, masks) -> int:
+    """--input with several files, a pattern or a directory: an output directory."""
+    if args.output:
+        output = args.output
+    elif len(args.input) == 1 and os.path.isdir(args.input[0]):
+        output = os.path.basename(os.path.normpath(args.input[0])) + "_filtered"
+    else:
+        raise BadInputError("several inputs: name the output directory with -o")
+    with _parallel_client(args) as client:
+        counts = filter_files(args.input, output, masks, client=client, expnum_col=args.expnum_col,
+                              ccdnum_col=args.ccdnum_col, x_col=args.x_col, y_col=args.y_col,
+                              drop_bad=args.drop_bad, table_format=args.table_format,
+                              overwrite=args.overwrite, progress=_show_progress(args))
+    demo = " [masks from SYNTHETIC DEMO DATA]" if masks.maps.demo else ""
+    print(f"{' '.join(args.input)}: {counts.summary()}; wrote {output}{os.sep}{demo}", file=sys.stderr)
+    return 0
 
 
 # ---- Plotting
@@ -2777,8 +3376,10 @@ def _add_mask_arguments(parser, modes):
     """Add the --epoch and --input modes, the masking options and the output options."""
     modes.add_argument("--epoch", metavar="EPOCH",
                        help="write the full-resolution masks of this epoch (e.g. Y2E1)")
-    modes.add_argument("--input", metavar="TABLE",
-                       help="write a copy of this event table without the events in masked regions")
+    modes.add_argument("--input", metavar="TABLE", nargs="+",
+                       help="write a copy of this event table without the events in masked regions; "
+                            "several tables, glob patterns or a dataset directory: one output each, "
+                            "in the directory -o")
     group = _add_mask_options(parser)
     group.add_argument("-o", "--output", metavar="FILE",
                        help="output file (default: transient_masks_EPOCH.fits.fz for --epoch, "
@@ -2820,14 +3421,19 @@ def _run_epoch(args) -> int:
 def _run_filter(args) -> int:
     masks = TransientMasks(args.counts, epochs=args.epochs_file, keep_no_epoch=args.keep_no_epoch,
                            **_mask_options(args))
-    stem, ext = os.path.basename(args.input), _suffix(os.path.basename(args.input))
+    if _several_inputs(args.input):
+        return _run_filter_many(args, masks)
+    input_path = args.input[0]
+    if args.jobs or args.scheduler:
+        log.info("%s: one input file is one task; filtering it here, without Dask", input_path)
+    stem, ext = os.path.basename(input_path), _suffix(os.path.basename(input_path))
     output = args.output or f"{stem[: len(stem) - len(ext)]}_filtered{ext}"
-    counts = filter_file(args.input, output, masks, expnum_col=args.expnum_col,
+    counts = filter_file(input_path, output, masks, expnum_col=args.expnum_col,
                          ccdnum_col=args.ccdnum_col, x_col=args.x_col, y_col=args.y_col,
                          drop_bad=args.drop_bad, table_format=args.table_format,
                          output_format=args.table_format, overwrite=args.overwrite)
     demo = " [masks from SYNTHETIC DEMO DATA]" if masks.maps.demo else ""
-    print(f"{args.input}: {counts.summary()}; wrote {output}{demo}", file=sys.stderr)
+    print(f"{input_path}: {counts.summary()}; wrote {output}{demo}", file=sys.stderr)
     return 0
 
 
@@ -2933,7 +3539,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     modes = parser.add_mutually_exclusive_group(required=True)
     for add_arguments in (_add_mask_arguments, _add_gather_arguments, _add_plot_arguments,
-                          _add_moved_modes):
+                          _add_moved_modes, _add_parallel_arguments):
         add_arguments(parser, modes)
     return parser
 
