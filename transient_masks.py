@@ -2561,6 +2561,8 @@ def _compute(client, collection, progress=False):
         if type(exc).__name__ == "KilledWorker":  # distributed.KilledWorker, multi-line
             raise RuntimeError("a Dask worker died (out of memory, or killed) while running "
                                f"{_one_line(exc)}") from None
+        if type(exc).__name__ == "FutureCancelledError":  # what a dead worker's task can also give
+            raise RuntimeError(f"a Dask worker died or the scheduler cancelled the run: {_one_line(exc)}") from None
         raise
     finally:
         client.cancel(futures)
@@ -2627,8 +2629,9 @@ def dask_client(jobs: int = None, scheduler: str = None):
     jobs = int(jobs or os.cpu_count() or 1)
     if jobs < 1:
         raise BadInputError(f"jobs={jobs}: must be a positive integer")
-    with LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+    # No dashboard; its HTTP server (metrics) on a free local port, never a busy 8787.
+    with LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
+                      scheduler_kwargs={"dashboard": False}) as cluster, Client(cluster) as client:
         yield client
 
 
