@@ -1158,6 +1158,7 @@ class TransientMasks:
 #: Fallback position columns, tried in order when the requested ones are absent.
 _FALLBACK_XY = [("X_IMAGE", "Y_IMAGE"), ("X", "Y")]
 _FITS_SUFFIXES = (".fits", ".fit", ".fts")
+_PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
 
 
 class FilterCounts:
@@ -1405,6 +1406,61 @@ def _filter_fits_stream(input_path, output_path, masks, names, drop_bad, chunk_r
     return counts
 
 
+def _is_parquet(path, table_format):
+    return table_format == "parquet" or (table_format is None and path.lower().endswith(_PARQUET_SUFFIXES))
+
+
+def _filter_parquet_stream(input_path, output_path, masks, names, drop_bad, chunk_rows):
+    """Filter a Parquet file batch by batch with pyarrow (memory: one batch).
+
+    The output has the input's schema (column types) and metadata, with the
+    mask provenance added to astropy's table metadata (its YAML header, which
+    also holds the units), as astropy's Parquet writer writes it.  Returns
+    the FilterCounts.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with _open_parquet(input_path) as parquet:
+        schema = parquet.schema_arrow
+        names = resolve_columns(schema.names, *names, source=input_path)
+        metadata = dict(schema.metadata or {})
+        metadata[b"table_meta_yaml"] = _astropy_parquet_header(input_path, masks.provenance())
+        counts = FilterCounts()
+        start = 0
+        with pq.ParquetWriter(output_path, schema.with_metadata(metadata)) as writer:
+            for batch in parquet.iter_batches(batch_size=chunk_rows):
+                codes = _classify_rows(masks, *_event_values(_arrow_columns(batch, names, input_path),
+                                                             names, input_path))
+                kept = _keep(codes, masks.keep_no_epoch)
+                counts.add(codes, kept, row_offset=start)
+                writer.write_batch(batch.filter(pa.array(kept)))
+                start += batch.num_rows
+    if not drop_bad:
+        counts.check_bad(input_path)  # the partial output is discarded
+    return counts
+
+
+def _astropy_parquet_header(path, cards) -> bytes:
+    """astropy's YAML table header of a Parquet file (columns, units, meta), ``cards`` added to its meta."""
+    import warnings
+
+    from astropy.table import Table, meta, serialize
+    from astropy.utils.data_info import serialize_context_as
+    from astropy.utils.exceptions import AstropyUserWarning
+
+    try:
+        with warnings.catch_warnings():  # string lengths guessed: only the column attributes are used
+            warnings.simplefilter("ignore", AstropyUserWarning)
+            header = Table.read(path, format="parquet", schema_only=True)
+    except Exception as exc:  # astropy raises many types (and needs pandas)
+        raise BadInputError(f"{path}: cannot read as a table ({type(exc).__name__}: {_one_line(exc)})") from None
+    header.meta.update((key, value) for key, value, _ in cards)
+    with serialize_context_as("parquet"):  # as astropy's writer does
+        header = serialize.represent_mixins_as_columns(header)
+    return "\n".join(meta.get_yaml_from_table(header)).encode()
+
+
 def filter_file(input_path: str, output_path: str, masks: "TransientMasks", *,
                 expnum_col="EXPNUM", ccdnum_col="CCDNUM", x_col="XWIN_IMAGE",
                 y_col="YWIN_IMAGE", drop_bad=False, table_format=None,
@@ -1415,7 +1471,8 @@ def filter_file(input_path: str, output_path: str, masks: "TransientMasks", *,
     chosen by extension or ``table_format``; writes ``output_path`` atomically in
     its own format (``output_format`` or its extension).  Rows keep their order,
     every column, dtype, unit and the table metadata.  An uncompressed FITS
-    binary table written to FITS is streamed in blocks of ``chunk_rows`` rows.
+    binary table written to FITS, and a Parquet file written to Parquet, are
+    streamed in blocks of ``chunk_rows`` rows.
 
     Returns
     -------
@@ -1432,6 +1489,8 @@ def filter_file(input_path: str, output_path: str, masks: "TransientMasks", *,
             counts = _filter_fits_stream(input_path, tmp, masks, names, drop_bad, chunk_rows)
             if counts is not None:
                 return counts
+        if _is_parquet(input_path, table_format) and _is_parquet(output_path, output_format or table_format):
+            return _filter_parquet_stream(input_path, tmp, masks, names, drop_bad, chunk_rows)
         read_options = {"format": table_format} if table_format else {}
         if input_path.lower().endswith((".h5", ".hdf5")) and "path" not in read_options:
             read_options["path"] = _first_hdf5_table(input_path)
@@ -1828,27 +1887,36 @@ def _fits_table_chunks(path, names, chunk_rows):
 
 def _parquet_chunks(path, names, chunk_rows):
     """Yield (expnum, ccdnum, x, y) blocks of a Parquet file, batch by batch."""
+    with _open_parquet(path) as parquet:
+        names = resolve_columns(parquet.schema_arrow.names, *names, source=path)
+        for batch in parquet.iter_batches(batch_size=chunk_rows, columns=list(dict.fromkeys(names))):
+            yield None, _arrow_columns(batch, names, path)
+
+
+def _open_parquet(path):
+    """A `pyarrow.parquet.ParquetFile`; a missing pyarrow or an unreadable file is a BadInputError."""
     try:
         import pyarrow.parquet as pq
     except ImportError:
         raise BadInputError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
     try:
-        parquet = pq.ParquetFile(path)
+        return pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises its own error types
         raise BadInputError(f"{path}: not a readable Parquet file ({exc})") from None
-    with parquet:
-        names = resolve_columns(parquet.schema_arrow.names, *names, source=path)
-        for batch in parquet.iter_batches(batch_size=chunk_rows, columns=list(dict.fromkeys(names))):
-            arrays = []
-            for name in names:
-                column = batch.column(name)
-                if column.null_count:  # nulls make their rows bad (_event_values)
-                    arrays.append(np.ma.MaskedArray(
-                        _arrow_to_numpy(column.fill_null(0), path, name),
-                        mask=column.is_null().to_numpy(zero_copy_only=False)))
-                else:
-                    arrays.append(_arrow_to_numpy(column, path, name))
-            yield None, tuple(arrays)
+
+
+def _arrow_columns(batch, names, path):
+    """The named columns of a pyarrow record batch as numpy arrays; nulls masked (bad rows)."""
+    arrays = []
+    for name in names:
+        column = batch.column(name)
+        if column.null_count:  # nulls make their rows bad (_event_values)
+            arrays.append(np.ma.MaskedArray(
+                _arrow_to_numpy(column.fill_null(0), path, name),
+                mask=column.is_null().to_numpy(zero_copy_only=False)))
+        else:
+            arrays.append(_arrow_to_numpy(column, path, name))
+    return tuple(arrays)
 
 
 def _arrow_to_numpy(column, path, name):
@@ -1885,7 +1953,7 @@ def _catalog_chunks(path, names, chunk_rows, table_format=None):
     if table_format in (None, "fits") and lower.endswith(
             tuple(s + z for s in (".fits", ".fit", ".fts") for z in ("", ".gz"))):
         return _fits_table_chunks(path, names, chunk_rows)
-    if table_format == "parquet" or (table_format is None and lower.endswith((".parquet", ".parq", ".pq"))):
+    if _is_parquet(path, table_format):
         return _parquet_chunks(path, names, chunk_rows)
     return _table_chunks(path, names, table_format)
 
@@ -2615,6 +2683,7 @@ def dask_client(jobs: int = None, scheduler: str = None):
     if jobs and scheduler:
         raise BadInputError("--jobs and --scheduler: give one or the other")
     try:
+        import dask
         from dask.distributed import Client, LocalCluster
     except ImportError:
         raise BadInputError("parallel runs need Dask: pip install 'transient_masks[dask]'") from None
@@ -2629,9 +2698,15 @@ def dask_client(jobs: int = None, scheduler: str = None):
     jobs = int(jobs or os.cpu_count() or 1)
     if jobs < 1:
         raise BadInputError(f"jobs={jobs}: must be a positive integer")
+    # Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536, which sends every
+    # large numpy temporary through mmap and page faults: binning and filtering
+    # run 2-3x slower.  These workers keep glibc's default (one thread each still).
+    environ = {key: value for key, value in dask.config.get("distributed.nanny.pre-spawn-environ").items()
+               if key != "MALLOC_TRIM_THRESHOLD_"}
     # No dashboard; its HTTP server (metrics) on a free local port, never a busy 8787.
-    with LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
-                      scheduler_kwargs={"dashboard": False}) as cluster, Client(cluster) as client:
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), \
+            LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
+                         scheduler_kwargs={"dashboard": False}) as cluster, Client(cluster) as client:
         yield client
 
 
