@@ -1828,10 +1828,11 @@ def _add_events(accumulator, lookup, columns, names, source, chunk_rows):
         accumulator.add(lookup(expnum[start:stop]), ccdnum[start:stop], x[start:stop], y[start:stop])
 
 
-def _gather_file(accumulator, lookup, path, names, chunk_rows, table_format):
+def _gather_file(accumulator, lookup, path, names, chunk_rows, table_format, bar=None):
     """Bin one catalog file into ``accumulator``; returns its SIM* header cards (or []).
 
-    The per-file piece of `gather_data`, run in place or on a Dask worker.
+    The per-file piece of `gather_data`, run in place or on a Dask worker;
+    ``bar`` (a tqdm bar) counts the rows.
     """
     n_before, bad_before = accumulator.n_read, accumulator.n_bad
     cards = []
@@ -1839,6 +1840,8 @@ def _gather_file(accumulator, lookup, path, names, chunk_rows, table_format):
         if header is not None and not cards:
             cards = [(key, header[key], header.comments[key]) for key in header if key.startswith("SIM")]
         _add_events(accumulator, lookup, columns, names, path, chunk_rows)
+        if bar is not None:
+            bar.update(len(columns[0]))
     _log_rows_read(path, accumulator.n_read - n_before, accumulator.n_bad - bad_before)
     return cards
 
@@ -2039,9 +2042,10 @@ def gather_data(catalogs, output: str = None, *, epochs=None, expnum_col: str = 
     else:
         accumulator = _CountAccumulator(len(table))
         simulation_cards = []
-        for path in _progress(catalogs, progress and len(catalogs) > 1, "files"):
-            cards = _gather_file(accumulator, lookup, path, names, chunk_rows, table_format)
-            simulation_cards = simulation_cards or cards
+        with _row_progress(catalogs, progress) as bar:
+            for path in catalogs:
+                cards = _gather_file(accumulator, lookup, path, names, chunk_rows, table_format, bar)
+                simulation_cards = simulation_cards or cards
     result = _finish_gather(accumulator, table)
     if result.n_bad:
         log.warning("%d bad row(s) (%s) skipped", result.n_bad, _BAD_ROW)
@@ -2659,6 +2663,36 @@ def _progress(items, enabled, unit):
     except ImportError:
         return items
     return tqdm(items, unit=unit, delay=_PROGRESS_DELAY, file=sys.stderr, leave=False)
+
+
+@contextlib.contextmanager
+def _row_progress(paths, enabled):
+    """A tqdm bar of the rows of ``paths`` on stderr (None when not enabled or without tqdm).
+
+    The total counts the rows of the FITS and Parquet files, read from their
+    headers; the bar shows once the run has lasted 2 s.
+    """
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        enabled = False
+    if not enabled:
+        yield None
+        return
+    total = 0
+    for path in paths:
+        try:
+            if _is_parquet(path, None):
+                with _open_parquet(path) as parquet:
+                    total += parquet.metadata.num_rows
+            else:
+                total += _FitsRows(path).n_rows
+        except BadInputError:  # other formats: no total; errors come with the real read
+            total = None
+            break
+    with tqdm(total=total, unit=" rows", unit_scale=True, delay=_PROGRESS_DELAY, file=sys.stderr,
+              leave=False) as bar:
+        yield bar
 
 
 @contextlib.contextmanager

@@ -316,3 +316,16 @@ def test_partials_sum_like_one_accumulator(partitions, split_every):
         np.testing.assert_array_equal(merged.clipped.get(index, np.zeros(total.size, bool)),
                                       whole.clipped.get(index, np.zeros(total.size, bool)))
     np.testing.assert_array_equal(merged.n_events, whole.n_events)
+
+
+def test_progress_bars_go_to_stderr(tmp_path, client, rng, monkeypatch, capsys):
+    paths = write_parts(tmp_path / "ds", [events(rng, 1000) for _ in range(3)], "parquet")
+    monkeypatch.setattr(tm, "_PROGRESS_DELAY", 0.0)  # show them at once
+    serial = tm.gather_data(paths, progress=True)
+    out, err = capsys.readouterr()
+    assert out == "" and "/3.00k" in err and "rows/s" in err  # tqdm, the rows of the three files
+    parallel = tm.gather_data(paths, client=client, progress=True)
+    counts = tm.filter_files(paths, str(tmp_path / "out"), tm.TransientMasks(DEMO), client=client, progress=True)
+    out, err = capsys.readouterr()
+    assert out == "" and "100% Completed" in err  # Dask's own bar
+    assert serial.summary() == parallel.summary() and counts.read == 3000
