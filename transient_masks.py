@@ -44,6 +44,7 @@ import site
 import sys
 import tempfile
 import threading
+import warnings
 
 import numpy as np
 
@@ -56,11 +57,12 @@ __all__ = [
     "KEEP", "MASKED", "NO_EPOCH", "BAD",
     "BadInputError",
     # files, epochs and count maps
-    "data_path", "check_output", "atomic_output", "read_epochs", "epoch_index", "find_counts_file", "CountMaps",
+    "data_path", "check_input", "check_output", "check_outputs", "atomic_output", "read_epochs", "epoch_index", "find_counts_file", "CountMaps",
     # masks
     "rebin_counts", "poisson_threshold", "EpochMask", "TransientMasks",
     # filtering event tables
-    "FilterCounts", "resolve_columns", "filter_table", "filter_file", "filter_files", "expand_inputs",
+    "FilterCounts", "TABLE_SUFFIXES", "table_format_of", "resolve_columns", "filter_table", "filter_file",
+    "filter_files", "expand_inputs",
     # gathering count maps
     "GatherResult", "bin_events", "gather_arrays", "gather_data", "write_count_maps", "write_fits_rows",
     # plotting
@@ -69,7 +71,7 @@ __all__ = [
     "dask_client", "run_cli", "main",
 ]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("transient_masks")  # also when run as a script (__main__)
 
 # ---- Constants
 
@@ -153,20 +155,61 @@ def data_path(filename: str) -> str:
 
 
 def check_output(path: str, overwrite: bool = False, inputs=()) -> None:
-    """Refuse an output path that would write over an input or, unless
-    ``overwrite``, an existing file, or that lies in no existing directory.
+    """Refuse an output path that cannot or must not be written.
 
-    `atomic_output` checks this; call it early to refuse before a long job.
+    Refused: an empty name; any input of the run (``inputs``), even with
+    ``overwrite``; a directory, a FIFO, a device or anything else that is not a
+    regular file; an existing file unless ``overwrite``; a path in no existing
+    directory or in one that cannot be written.  `atomic_output` checks this;
+    call it early to refuse before a long job.
     """
+    path = os.fspath(path)
+    if not path:
+        raise BadInputError("empty output file name")
     final = os.path.abspath(path)
     for name in inputs:
+        if not name:
+            continue
+        name = os.fspath(name)
         if os.path.abspath(name) == final or (
                 os.path.exists(name) and os.path.exists(final) and os.path.samefile(name, final)):
             raise BadInputError(f"{path}: refusing to write over the input file")
+    if os.path.isdir(final):
+        raise BadInputError(f"{path}: is a directory, not an output file name")
+    if os.path.lexists(final) and not os.path.isfile(final):
+        raise BadInputError(f"{path}: exists and is not a regular file (a FIFO, device or broken link); "
+                            f"refusing to replace it")
     if os.path.exists(final) and not overwrite:
         raise BadInputError(f"{path}: output exists (use --overwrite to replace it)")
-    if not os.path.isdir(os.path.dirname(final)):
-        raise BadInputError(f"{path}: output directory {os.path.dirname(final)} does not exist")
+    directory = os.path.dirname(final)
+    if not os.path.isdir(directory):
+        raise BadInputError(f"{path}: output directory {directory} does not exist")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise BadInputError(f"{path}: cannot write in the directory {directory} (permissions)")
+
+
+def check_outputs(paths, overwrite: bool = False, inputs=()) -> None:
+    """`check_output` for every output of a run, and no two of them the same file.
+
+    Call it before any work, so that a refusal leaves nothing written.
+    """
+    seen = {}
+    for path in paths:
+        check_output(path, overwrite, inputs)
+        final = os.path.abspath(os.fspath(path))
+        if final in seen:
+            raise BadInputError(f"{path}: the run would write this file twice ({seen[final]} and {path})")
+        seen[final] = path
+
+
+def _header_text(text) -> str:
+    r"""Text a FITS header card can hold: printable ASCII, other characters escaped.
+
+    >>> print(_header_text("cartes_été.fits"))
+    cartes_\xe9t\xe9.fits
+    """
+    text = str(text).encode("ascii", "backslashreplace").decode("ascii")
+    return "".join(char if " " <= char <= "~" else f"\\x{ord(char):02x}" for char in text)
 
 
 @contextlib.contextmanager
@@ -191,7 +234,10 @@ def atomic_output(path: str, overwrite: bool = False, inputs=()):
     # Keep the final suffix so that writers that choose a format by extension
     # (astropy Table.write, savefig) see the right one.
     base = os.path.basename(final)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{base}.", suffix=f".tmp{_suffix(base)}")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{base}.", suffix=f".tmp{_suffix(base)}")
+    except OSError as exc:
+        raise BadInputError(f"{path}: cannot write in the directory {directory} ({_one_line(exc)})") from None
     os.close(fd)
     os.unlink(tmp)  # writers that refuse to overwrite get a free name
     try:
@@ -210,6 +256,86 @@ def _suffix(filename: str) -> str:
             stem = filename[: -len(compressed)]
             return os.path.splitext(stem)[1] + filename[-len(compressed):]
     return os.path.splitext(filename)[1]
+
+
+# Inputs are validated on the way in, one helper per kind of check, shared by
+# every mode: a new mode that reads through these inherits the checks.
+
+
+def check_input(path: str, what: str = "input file", *, whole_gzip: bool = True) -> str:
+    """Refuse an input that is missing, not a regular file, empty or unreadable.
+
+    A gzip-compressed input is read through once to prove it is complete: a
+    truncated or corrupt gzip file must be an error, never less data.
+
+    Parameters
+    ----------
+    path : str
+        The file.
+    what : str
+        What the file is, for the message ("count-map file", "epoch table"...).
+    whole_gzip : bool
+        Read a gzip file through (False for readers that stream it and catch
+        a cut-short stream themselves).
+
+    Returns
+    -------
+    str
+        ``path``, as given.
+
+    Raises
+    ------
+    BadInputError
+        Naming the file and what is wrong with it.
+    """
+    path = os.fspath(path)
+    if not path:
+        raise BadInputError(f"{what}: empty file name")
+    if not os.path.exists(path):
+        raise BadInputError(f"{path}: {what} not found")
+    if os.path.isdir(path):
+        raise BadInputError(f"{path}: is a directory, expected a {what}")
+    if not os.path.isfile(path):
+        raise BadInputError(f"{path}: not a regular file, expected a {what}")
+    if not os.access(path, os.R_OK):
+        raise BadInputError(f"{path}: {what} is not readable (permissions)")
+    if os.path.getsize(path) == 0:
+        raise BadInputError(f"{path}: empty file (0 bytes), expected a {what}")
+    if whole_gzip and _is_gzip(path):
+        _verify_gzip(path, what)
+    return path
+
+
+def _verify_gzip(path: str, what: str) -> None:
+    """Decompress a gzip file to nowhere: raises BadInputError if it is cut short or corrupt."""
+    import zlib
+
+    try:
+        with gzip.open(path, "rb") as stream:
+            while stream.read(1 << 24):
+                pass
+    except (OSError, EOFError, zlib.error) as exc:
+        raise BadInputError(f"{path}: truncated or corrupt gzip {what} ({_one_line(exc)})") from None
+
+
+@contextlib.contextmanager
+def _reading(path: str, what: str):
+    """Turn what goes wrong while reading a file into a one-line BadInputError.
+
+    astropy's warning that a FITS file "may have been truncated" is an error
+    here: a short file must never be read as less data.
+    """
+    import zlib
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*truncated.*")
+        try:
+            yield
+        except BadInputError:
+            raise
+        except (OSError, EOFError, zlib.error, ValueError, TypeError, KeyError, IndexError,
+                UnicodeError, Warning) as exc:
+            raise BadInputError(f"{path}: not a readable {what} ({_one_line(exc)})") from None
 
 
 # ---- FITS tables, block by block
@@ -231,11 +357,7 @@ class _FitsRows:
         from astropy.io import fits
 
         self.path = path
-        try:
-            hdul = fits.open(path, memmap=False, lazy_load_hdus=True)
-        except (OSError, ValueError) as exc:
-            raise BadInputError(f"{path}: not a readable FITS file ({exc})") from None
-        with hdul:
+        with _reading(path, "FITS table"), fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
             index, hdu = _first_table_hdu(hdul)
             if index is None:
                 raise BadInputError(f"{path}: no table HDU")
@@ -262,7 +384,7 @@ class _FitsRows:
         """Yield (first row, raw records) blocks of at most ``chunk_rows`` rows."""
         opener = gzip.open if _is_gzip(self.path) else open
         row_bytes = self.raw_dtype.itemsize
-        with opener(self.path, "rb") as stream:
+        with _reading(self.path, "FITS table"), opener(self.path, "rb") as stream:
             stream.seek(self.data_start)
             for start in range(0, self.n_rows, chunk_rows):
                 n_block = min(chunk_rows, self.n_rows - start)
@@ -278,6 +400,8 @@ class _FitsRows:
         integer entries equal to the column's TNULL come back masked.
         """
         column = records[name]
+        if str(self.columns[name].format).endswith("L"):  # FITS logical: bytes 'T' / 'F'
+            return column == ord("T")
         null = self.columns[name].null
         is_null = (column == null) if column.dtype.kind in "iu" and isinstance(null, (int, np.integer)) else None
         scale, zero = self.columns[name].bscale, self.columns[name].bzero
@@ -433,15 +557,29 @@ def read_epochs(path: str = None):
     if hasattr(path, "colnames"):  # already a table
         epochs, path = path.copy(), "epoch table"
     else:
-        path = path or data_path(EPOCHS_FILENAME)
-        try:
-            epochs = Table.read(path, hdu=1)
-        except (OSError, ValueError, IndexError) as exc:
-            raise BadInputError(f"{path}: cannot read the epoch table ({exc})") from None
+        path = check_input(path or data_path(EPOCHS_FILENAME), "epoch table")
+        with _reading(path, "epoch table (a FITS binary table in HDU 1)"):
+            epochs = Table.read(path, hdu=1, format="fits")
     missing = {"NAME", "MINEXPNUM", "MAXEXPNUM"} - set(epochs.colnames)
     if missing:
         raise BadInputError(f"{path}: epoch table lacks column(s) {', '.join(sorted(missing))}")
+    if not len(epochs):
+        raise BadInputError(f"{path}: the epoch table has no rows")
+    for name in ("MINEXPNUM", "MAXEXPNUM"):
+        column = epochs[name]
+        if np.ma.is_masked(column):
+            raise BadInputError(f"{path}: epoch table column {name} has NULL entries")
+        values = np.asarray(column)
+        if values.dtype.kind not in "iu" or values.ndim != 1:
+            raise BadInputError(f"{path}: epoch table column {name} holds {_type_name(values.dtype)} "
+                                f"values, expected integer exposure numbers")
+        epochs[name] = values.astype(np.int64)
+    if np.asarray(epochs["NAME"]).dtype.kind not in "US":
+        raise BadInputError(f"{path}: epoch table column NAME must hold strings")
     epochs["NAME"] = np.char.strip(np.asarray(epochs["NAME"]).astype(str))
+    backwards = np.flatnonzero(epochs["MINEXPNUM"] > epochs["MAXEXPNUM"])
+    if backwards.size:
+        raise BadInputError(f"{path}: epoch {epochs['NAME'][backwards[0]]!r} has MINEXPNUM > MAXEXPNUM")
     epochs.sort("MINEXPNUM")
     return epochs
 
@@ -498,14 +636,12 @@ def find_counts_file(path: str = None):
         The path, and whether it is the demo fallback.
     """
     if path is not None:
-        if not os.path.exists(path):
-            raise BadInputError(f"{path}: count-map file not found")
-        return path, False
+        return check_input(path, "count-map file"), False
     here = os.path.dirname(os.path.abspath(__file__))
     for place in (here, os.getcwd()):
         candidate = os.path.join(place, REAL_COUNTS_FILENAME)
         if os.path.exists(candidate):
-            return candidate, False
+            return check_input(candidate, "count-map file"), False
     try:
         demo = data_path(DEMO_COUNTS_FILENAME)
     except FileNotFoundError:
@@ -565,13 +701,13 @@ class CountMaps:
             self._first_demo = bool(first.header.get("DEMO", False))
         self.demo = fallback or self._first_demo
 
+    @contextlib.contextmanager
     def _open(self):
         from astropy.io import fits
 
-        try:
-            return fits.open(self.path, memmap=False, lazy_load_hdus=True)
-        except (OSError, ValueError) as exc:
-            raise BadInputError(f"{self.path}: not a readable FITS file ({exc})") from None
+        with _reading(self.path, "FITS file of count maps"), \
+                fits.open(self.path, memmap=False, lazy_load_hdus=True) as hdul:
+            yield hdul
 
     def _scan(self):
         """Read every header once (not the data) and index the epochs."""
@@ -611,12 +747,21 @@ class CountMaps:
     def info(self, epoch: str) -> dict:
         """Header facts of one epoch: min_exp, max_exp, demo (reads no data)."""
         index, header = self._header(epoch)
+        limits = {}
         for key in ("MIN_EXP", "MAX_EXP"):
             if key not in header:
                 raise BadInputError(f"{self.path}: HDU {index} ({epoch}) lacks the {key} keyword")
+            value = header[key]
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise BadInputError(f"{self.path}: HDU {index} ({epoch}): {key} = {value!r}, "
+                                    f"expected an integer exposure number")
+            limits[key] = int(value)
+        if limits["MIN_EXP"] > limits["MAX_EXP"]:
+            raise BadInputError(f"{self.path}: HDU {index} ({epoch}): MIN_EXP {limits['MIN_EXP']} "
+                                f"> MAX_EXP {limits['MAX_EXP']}")
         return {
-            "min_exp": int(header["MIN_EXP"]),
-            "max_exp": int(header["MAX_EXP"]),
+            "min_exp": limits["MIN_EXP"],
+            "max_exp": limits["MAX_EXP"],
             "demo": self._fallback_demo or bool(header.get("DEMO", False)),
         }
 
@@ -629,7 +774,7 @@ class CountMaps:
                 data = hdul[index].data
                 data = None if data is None else np.array(data)
             where = f"{self.path}: HDU {index} ({epoch})"
-            if data is None or data.ndim != 3 or data.shape[0] != N_CCD:
+            if data is None or data.ndim != 3 or data.shape[0] != N_CCD or 0 in data.shape:
                 shape = None if data is None else data.shape
                 raise BadInputError(f"{where}: counts have shape {shape}, expected ({N_CCD}, ny, nx)")
             if CCD_NY % data.shape[1] or CCD_NX % data.shape[2]:
@@ -646,6 +791,16 @@ class CountMaps:
 
 
 # ---- Epoch masks
+
+
+def _alias(name, value, default, alias, alias_value):
+    """The value of an option that may also be given by its DES name (an alias)."""
+    if alias_value is None:
+        return value
+    if value != default and value != alias_value:
+        raise BadInputError(f"{name}={value!r} and {alias}={alias_value!r}: the same option "
+                            f"({alias} is the DES name of {name}) given two values")
+    return alias_value
 
 
 def _check_options(fp_rate, x_bin, y_bin, floor):
@@ -703,6 +858,15 @@ def poisson_threshold(mode, centre, fp_rate: float = DEFAULT_FP_RATE, floor_fact
     return np.maximum(np.ceil(floor_factor * np.asarray(centre, dtype=np.float64)), poisson_cut)
 
 
+def _mode(cells) -> int:
+    """The most common value of non-negative integer counts (the smallest of ties)."""
+    cells = cells.ravel()
+    if cells.max() < (1 << 20):  # a count table is cheap
+        return int(np.argmax(np.bincount(cells)))
+    values, n = np.unique(cells, return_counts=True)  # a huge count must not size the table
+    return int(values[np.argmax(n)])
+
+
 class EpochMask:
     """The transient mask of one epoch, from its count cube.
 
@@ -726,7 +890,8 @@ class EpochMask:
         False-positive probability per (re-binned) cell of a defect-free CCD.
     x_bin, y_bin : int
         Extra binning: numbers of cells summed along x and y; must divide the
-        cell grid.
+        cell grid.  ``x_shrink`` and ``y_shrink``, their names in the DES
+        module, are accepted as aliases.
     floor : {"median", "mean"}
         Statistic of the cell counts whose double is a floor of the threshold.
         "median" follows the published DES README; "mean" reproduces the
@@ -764,7 +929,9 @@ class EpochMask:
     def __init__(self, counts, *, epoch: str = None, fp_rate: float = DEFAULT_FP_RATE,
                  x_bin: int = 1, y_bin: int = 1, floor: str = DEFAULT_FLOOR,
                  min_exp: int = None, max_exp: int = None, demo: bool = False,
-                 source: str = None):
+                 source: str = None, x_shrink: int = None, y_shrink: int = None):
+        x_bin = _alias("x_bin", x_bin, 1, "x_shrink", x_shrink)
+        y_bin = _alias("y_bin", y_bin, 1, "y_shrink", y_shrink)
         _check_options(fp_rate, x_bin, y_bin, floor)
         counts = np.asarray(counts)
         if counts.ndim != 3 or counts.shape[0] != N_CCD:
@@ -805,7 +972,7 @@ class EpochMask:
             if cells.size == 0 or not cells.any():
                 self.live[index] = False
                 continue
-            self.mode[index] = np.argmax(np.bincount(cells.ravel()))
+            self.mode[index] = _mode(cells)
             self.centre[index] = np.median(cells) if self.floor == "median" else cells.mean()
         self.threshold = np.where(self.live, poisson_threshold(
             np.nan_to_num(self.mode), np.nan_to_num(self.centre), self.fp_rate), np.nan)
@@ -943,14 +1110,14 @@ class EpochMask:
             ("AREAFRAC", self.area_fraction, "fraction of live-CCD area masked"),
             ("TRANFRAC", self.transient_fraction, "fraction of transients masked"),
             ("DEMO", self.demo, "T = made from SYNTHETIC demo counts, not DES"),
-            ("COUNTS", os.path.basename(self.source or ""), "count-map file"),
+            ("COUNTS", _header_text(os.path.basename(self.source or "")), "count-map file"),
             ("TM_VERS", __version__, "transient_masks version"),
             ("DATE", datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
              "UTC time the file was written"),
         ]
 
     def write_masks(self, path: str, compress: bool = True, masked_value: int = 1,
-                    overwrite: bool = False) -> str:
+                    overwrite: bool = False, inputs=()) -> str:
         """Write the full-resolution masks: one 4096 x 2048 image per CCD.
 
         Extension k (1..62) is CCDNUM k, with CCDNUM, DETPOS, EXTNAME (= DETPOS)
@@ -970,6 +1137,9 @@ class EpochMask:
             up to 255 and int16 above.
         overwrite : bool
             Whether an existing file may be replaced.
+        inputs : sequence of str
+            Other files of the run that ``path`` must not be (the count-map
+            file is always refused).
 
         Returns
         -------
@@ -1013,7 +1183,7 @@ class EpochMask:
                 hdu = fits.ImageHDU(image, header=header)
             return _extension_bytes(hdu)
 
-        inputs = [self.source] if self.source else ()
+        inputs = ([self.source] if self.source else []) + list(inputs)
         with atomic_output(path, overwrite=overwrite, inputs=inputs) as tmp, open(tmp, "wb") as out:
             out.write(primary.header.tostring().encode("ascii"))
             if compress:
@@ -1073,6 +1243,9 @@ class TransientMasks:
     keep_no_epoch : bool
         Keep (True) or mask (False, the default) events whose EXPNUM is in no
         epoch, or in an epoch with no count map.
+    x_shrink, y_shrink, default
+        The DES module's names of ``x_bin``, ``y_bin`` and ``keep_no_epoch``,
+        accepted as aliases.
 
     Examples
     --------
@@ -1086,10 +1259,18 @@ class TransientMasks:
 
     def __init__(self, counts=None, *, epochs=None, fp_rate: float = DEFAULT_FP_RATE,
                  x_bin: int = 1, y_bin: int = 1, floor: str = DEFAULT_FLOOR,
-                 keep_no_epoch: bool = False):
+                 keep_no_epoch: bool = False, x_shrink: int = None, y_shrink: int = None,
+                 default: bool = None):
+        x_bin = _alias("x_bin", x_bin, 1, "x_shrink", x_shrink)
+        y_bin = _alias("y_bin", y_bin, 1, "y_shrink", y_shrink)
+        keep_no_epoch = bool(_alias("keep_no_epoch", keep_no_epoch, False, "default", default))
         _check_options(fp_rate, x_bin, y_bin, floor)
-        self.maps = counts if isinstance(counts, CountMaps) else CountMaps(counts)
         self.epochs = read_epochs(epochs)
+        self.maps = counts if isinstance(counts, CountMaps) else CountMaps(counts)
+        #: The files these masks are made from (never to be written over).
+        self.inputs = [self.maps.path]
+        if epochs is None or isinstance(epochs, (str, os.PathLike)):
+            self.inputs.append(os.fspath(epochs or data_path(EPOCHS_FILENAME)))
         self.options = {"fp_rate": fp_rate, "x_bin": x_bin, "y_bin": y_bin, "floor": floor}
         self.keep_no_epoch = keep_no_epoch
         self._masks = {}
@@ -1099,7 +1280,7 @@ class TransientMasks:
         """(keyword, value, comment) cards recorded in filtered tables."""
         return [
             ("TM_VERS", __version__, "filtered by transient_masks, this version"),
-            ("TM_COUNT", os.path.basename(self.maps.path), "count-map file of the masks"),
+            ("TM_COUNT", _header_text(os.path.basename(self.maps.path)), "count-map file of the masks"),
             ("TM_FPRAT", self.options["fp_rate"], "masks: false-positive rate per cell"),
             ("TM_XBIN", self.options["x_bin"], "masks: extra binning along x"),
             ("TM_YBIN", self.options["y_bin"], "masks: extra binning along y"),
@@ -1158,7 +1339,65 @@ class TransientMasks:
 #: Fallback position columns, tried in order when the requested ones are absent.
 _FALLBACK_XY = [("X_IMAGE", "Y_IMAGE"), ("X", "Y")]
 _FITS_SUFFIXES = (".fits", ".fit", ".fts")
-_PARQUET_SUFFIXES = (".parquet", ".parq", ".pq")
+#: Event-table formats (astropy's names) by file extension; --format overrides.
+TABLE_SUFFIXES = {
+    **{suffix + gz: "fits" for suffix in _FITS_SUFFIXES for gz in ("", ".gz")},
+    ".parquet": "parquet", ".parq": "parquet", ".pq": "parquet",
+    ".ecsv": "ascii.ecsv", ".csv": "ascii.csv", ".h5": "hdf5", ".hdf5": "hdf5",
+    ".vot": "votable", ".xml": "votable", ".txt": "ascii", ".dat": "ascii",
+}
+
+
+def table_format_of(path: str, table_format: str = None) -> str:
+    """The astropy format of an event table: ``table_format`` if given, else by extension.
+
+    Raises
+    ------
+    BadInputError
+        For a format astropy does not know, or an extension without a format
+        (one line, not astropy's table of formats).
+
+    Examples
+    --------
+    >>> table_format_of("events.fits.gz"), table_format_of("events.pq"), table_format_of("x.dat", "ascii.csv")
+    ('fits', 'parquet', 'ascii.csv')
+    """
+    if table_format:
+        from astropy.io import registry
+        from astropy.table import Table
+
+        known = set(map(str, registry.get_formats(Table)["Format"]))
+        if table_format not in known:
+            raise BadInputError(f"--format {table_format!r}: not a table format astropy knows "
+                                f"(e.g. fits, parquet, ascii.ecsv, ascii.csv, hdf5, votable)")
+        return table_format
+    lower = os.fspath(path).lower()
+    for suffix in sorted(TABLE_SUFFIXES, key=len, reverse=True):
+        if lower.endswith(suffix):
+            return TABLE_SUFFIXES[suffix]
+    raise BadInputError(f"{path}: unknown table format of extension {_suffix(os.path.basename(path))!r} "
+                        f"(use {', '.join(sorted(set(TABLE_SUFFIXES)))}, or --format)")
+
+
+def _read_table(path: str, fmt: str):
+    """Read a whole table with astropy; returns (table, read options). One-line errors."""
+    from astropy.table import Table
+
+    read_options = {"format": fmt}
+    if fmt == "hdf5":
+        read_options["path"] = _first_hdf5_table(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=_astropy_warning())  # units, meta: not errors here
+        try:
+            return Table.read(path, **read_options), read_options
+        except Exception as exc:  # astropy and its readers raise many types for unreadable files
+            raise BadInputError(f"{path}: cannot read as a table ({fmt}: {_one_line(exc)})") from None
+
+
+def _astropy_warning():
+    from astropy.utils.exceptions import AstropyWarning
+
+    return AstropyWarning
 
 
 class FilterCounts:
@@ -1369,11 +1608,6 @@ def filter_table(table, masks: "TransientMasks", *, expnum_col="EXPNUM", ccdnum_
     return table[kept], counts
 
 
-def _is_plain_fits(path, table_format):
-    name = path.lower()
-    return (table_format in (None, "fits")) and name.endswith(_FITS_SUFFIXES)
-
-
 def _filter_fits_stream(input_path, output_path, masks, names, drop_bad, chunk_rows):
     """Filter an uncompressed FITS binary table row block by row block.
 
@@ -1404,10 +1638,6 @@ def _filter_fits_stream(input_path, output_path, masks, names, drop_bad, chunk_r
     if not drop_bad:
         counts.check_bad(input_path)  # the partial output is discarded
     return counts
-
-
-def _is_parquet(path, table_format):
-    return table_format == "parquet" or (table_format is None and path.lower().endswith(_PARQUET_SUFFIXES))
 
 
 def _filter_parquet_stream(input_path, output_path, masks, names, drop_bad, chunk_rows):
@@ -1478,47 +1708,45 @@ def filter_file(input_path: str, output_path: str, masks: "TransientMasks", *,
     -------
     FilterCounts
     """
-    from astropy.table import Table
-
-    if not os.path.exists(input_path):
-        raise BadInputError(f"{input_path}: input file not found")
+    check_input(input_path, "event table")
+    in_format = table_format_of(input_path, table_format)
+    out_format = table_format_of(output_path, output_format or table_format)
     names = (expnum_col, ccdnum_col, x_col, y_col)
-    same_format = output_format in (None, "fits") and _is_plain_fits(output_path, output_format)
-    with atomic_output(output_path, overwrite=overwrite, inputs=[input_path]) as tmp:
-        if same_format and _is_plain_fits(input_path, table_format):
+    with atomic_output(output_path, overwrite=overwrite, inputs=[input_path, *masks.inputs]) as tmp:
+        if in_format == out_format == "fits" and not _is_gzip(input_path) \
+                and output_path.lower().endswith(_FITS_SUFFIXES):
             counts = _filter_fits_stream(input_path, tmp, masks, names, drop_bad, chunk_rows)
             if counts is not None:
                 return counts
-        if _is_parquet(input_path, table_format) and _is_parquet(output_path, output_format or table_format):
+        if in_format == out_format == "parquet":
             return _filter_parquet_stream(input_path, tmp, masks, names, drop_bad, chunk_rows)
-        read_options = {"format": table_format} if table_format else {}
-        if input_path.lower().endswith((".h5", ".hdf5")) and "path" not in read_options:
-            read_options["path"] = _first_hdf5_table(input_path)
-        try:
-            table = Table.read(input_path, **read_options)
-        except Exception as exc:  # astropy raises many types for unreadable files
-            raise BadInputError(f"{input_path}: cannot read as a table ({type(exc).__name__}: {exc})") from None
+        table, read_options = _read_table(input_path, in_format)
         kept, counts = filter_table(table, masks, expnum_col=expnum_col, ccdnum_col=ccdnum_col,
                                     x_col=x_col, y_col=y_col, drop_bad=drop_bad, source=input_path)
         kept.meta.update((key, value) for key, value, _ in masks.provenance())
-        write_options = {"format": output_format} if output_format else {}
-        if output_path.lower().endswith((".h5", ".hdf5")):
+        write_options = {"format": out_format}
+        if out_format == "hdf5":
             write_options.update(path=read_options.get("path", "data"), serialize_meta=True)
         try:
             kept.write(tmp, **write_options)
-        except Exception as exc:
-            raise BadInputError(f"{output_path}: cannot write this table format ({exc})") from None
+        except Exception as exc:  # astropy's writers raise many types
+            raise BadInputError(f"{output_path}: cannot write a {out_format} table ({_one_line(exc)})") from None
     return counts
 
 
 def _first_hdf5_table(path):
     """Path of the first table in an HDF5 file (astropy needs one to read it)."""
-    import h5py
-
+    try:
+        import h5py
+    except ImportError:
+        raise BadInputError(f"{path}: reading HDF5 needs h5py (pip install 'transient_masks[hdf5]')") from None
     found = []
-    with h5py.File(path, "r") as h5:
-        h5.visititems(lambda name, item: found.append(name)
-                      if isinstance(item, h5py.Dataset) and item.dtype.names else None)
+    try:
+        with h5py.File(path, "r") as h5:
+            h5.visititems(lambda name, item: found.append(name)
+                          if isinstance(item, h5py.Dataset) and item.dtype.names else None)
+    except OSError as exc:
+        raise BadInputError(f"{path}: not a readable HDF5 file ({_one_line(exc)})") from None
     if not found:
         raise BadInputError(f"{path}: no table in this HDF5 file")
     return found[0]
@@ -1931,34 +2159,24 @@ def _arrow_to_numpy(column, path, name):
                             f"({_one_line(exc)})") from None
 
 
-def _table_chunks(path, names, table_format):
+def _table_chunks(path, names, fmt):
     """Yield the four columns of any table astropy reads (read whole)."""
-    from astropy.table import Table
-
-    read_options = {"format": table_format} if table_format else {}
-    try:
-        if path.lower().endswith((".h5", ".hdf5")):
-            read_options["path"] = _first_hdf5_table(path)
-        table = Table.read(path, **read_options)
-    except BadInputError:
-        raise
-    except Exception as exc:  # astropy raises many types for unreadable files
-        raise BadInputError(f"{path}: cannot read as a table ({type(exc).__name__}: {exc})") from None
+    table, _ = _read_table(path, fmt)
     names = resolve_columns(table.colnames, *names, source=path)
     yield None, tuple(table[name] for name in names)
 
 
 def _catalog_chunks(path, names, chunk_rows, table_format=None):
     """Yield (header or None, (expnum, ccdnum, x, y)) blocks of one catalog file."""
-    if not os.path.exists(path):
-        raise BadInputError(f"{path}: catalog file not found")
-    lower = path.lower()
-    if table_format in (None, "fits") and lower.endswith(
-            tuple(s + z for s in (".fits", ".fit", ".fts") for z in ("", ".gz"))):
+    fmt = table_format_of(path, table_format)
+    # A gzip FITS catalog is streamed, and a cut-short stream is caught there:
+    # no need to read it twice.
+    check_input(path, "catalog", whole_gzip=fmt != "fits")
+    if fmt == "fits":
         return _fits_table_chunks(path, names, chunk_rows)
-    if _is_parquet(path, table_format):
+    if fmt == "parquet":
         return _parquet_chunks(path, names, chunk_rows)
-    return _table_chunks(path, names, table_format)
+    return _table_chunks(path, names, fmt)
 
 
 def gather_data(catalogs, output: str = None, *, epochs=None, expnum_col: str = "EXPNUM",
@@ -2026,14 +2244,16 @@ def gather_data(catalogs, output: str = None, *, epochs=None, expnum_col: str = 
     >>> result.summary()
     '1000 rows read, 1000 binned, 0 in no epoch, 0 bad rows skipped; epochs with transients: Y2E1'
     """
-    if not _is_dask_frame(catalogs):
-        catalogs = expand_inputs(catalogs)  # paths, glob patterns, dataset directories
+    if not _is_dask_frame(catalogs):  # paths, glob patterns, dataset directories
+        catalogs = _distinct_files(expand_inputs(catalogs))
     if int(chunk_rows) < 1:
         raise BadInputError(f"chunk_rows={chunk_rows}: must be a positive integer")
     chunk_rows = int(chunk_rows)
     table = read_epochs(epochs)
+    inputs = ([] if _is_dask_frame(catalogs) else catalogs) + ([os.fspath(epochs or data_path(EPOCHS_FILENAME))]
+                         if epochs is None or isinstance(epochs, (str, os.PathLike)) else [])
     if output is not None:  # fail before the long read, not after it
-        check_output(output, overwrite, [] if _is_dask_frame(catalogs) else catalogs)
+        check_output(output, overwrite, inputs)
     lookup = _EpochLookup(table["MINEXPNUM"], table["MAXEXPNUM"])
     names = (expnum_col, ccdnum_col, x_col, y_col)
     if client is not None or _is_dask_frame(catalogs):  # see "Parallel runs (Dask)"
@@ -2050,10 +2270,24 @@ def gather_data(catalogs, output: str = None, *, epochs=None, expnum_col: str = 
     if result.n_bad:
         log.warning("%d bad row(s) (%s) skipped", result.n_bad, _BAD_ROW)
     if output is not None:
+        # (the epoch table was refused as the output above, before the read)
         write_count_maps(output, result, demo=demo, overwrite=overwrite,
                          inputs=[] if _is_dask_frame(catalogs) else catalogs, extra_cards=simulation_cards)
         result.output = output
     return result
+
+
+def _distinct_files(paths):
+    """The paths with repeats of one file left out (a warning names them)."""
+    distinct, seen = [], {}
+    for path in paths:
+        key = os.path.realpath(path) if path else path
+        if key in seen:
+            log.warning("%s: given more than once (as %s too); read once", path, seen[key])
+            continue
+        seen[key] = path
+        distinct.append(path)
+    return distinct
 
 
 def write_count_maps(path: str, result: GatherResult, *, demo: bool = False, overwrite: bool = False,
@@ -2085,7 +2319,7 @@ def write_count_maps(path: str, result: GatherResult, *, demo: bool = False, ove
         ("NNOEPOCH", result.n_no_epoch, "rows in no epoch skipped"),
     ]
     for i, name in enumerate(inputs[:99], start=1):
-        provenance.append((f"INPUT{i}", os.path.basename(name)[:68], "catalog"))
+        provenance.append((f"INPUT{i}", _header_text(os.path.basename(name))[:68], "catalog"))
     if demo:
         provenance.insert(0, ("DEMO", True, "SYNTHETIC demo maps, not DES data"))
     for key, value, comment in list(provenance) + list(extra_cards):
@@ -2100,7 +2334,14 @@ def write_count_maps(path: str, result: GatherResult, *, demo: bool = False, ove
             hdu.header[key] = (value, comment)
         hdus.append(hdu)
     with atomic_output(path, overwrite=overwrite, inputs=list(inputs)) as tmp:
-        fits.HDUList(hdus).writeto(tmp)
+        if path.lower().endswith(".gz"):
+            # gzip level 1: as fast as the gathering itself and 20% larger than
+            # astropy's level 9, which took ten times longer than the gathering.
+            with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=1,
+                                                       filename="", mtime=0) as out:
+                fits.HDUList(hdus).writeto(out)
+        else:
+            fits.HDUList(hdus).writeto(tmp)
 
 
 def _add_gather_arguments(parser, modes):
@@ -2116,7 +2357,8 @@ def _add_gather_arguments(parser, modes):
 
 
 def _run_gather(args) -> int:
-    output = args.output or "transient_maps.fits.gz"
+    output = _output_name(args, "transient_maps.fits.gz")
+    check_outputs([output], args.overwrite, _run_inputs(args) + args.gather)
     with _parallel_client(args) as client:
         result = gather_data(
             args.gather, output, epochs=args.epochs_file,
@@ -2507,7 +2749,8 @@ def filter_files(inputs, output_dir: str, masks: TransientMasks, *, client=None,
     options = dict(expnum_col=expnum_col, ccdnum_col=ccdnum_col, x_col=x_col, y_col=y_col,
                    drop_bad=drop_bad, table_format=table_format, output_format=table_format,
                    chunk_rows=chunk_rows)
-    with _atomic_directory(output_dir, overwrite, [path for path, _ in files], roots) as tmp:
+    refused = [path for path, _ in files] + list(getattr(masks, "inputs", []))  # never written over
+    with _atomic_directory(output_dir, overwrite, refused, roots) as tmp:
         for name in writers:  # workers never make directories (see _atomic_directory)
             os.makedirs(os.path.dirname(os.path.join(tmp, name)), exist_ok=True)
         if client is None and not frame:
@@ -2546,8 +2789,14 @@ def _atomic_directory(path, overwrite=False, inputs=(), input_dirs=()):
     ``overwrite`` an existing ``path`` is replaced (moved aside, then removed).
     ``path`` may be neither an input nor inside an input directory.
     """
-    check_output(path, overwrite, inputs)
     final = os.path.abspath(path)
+    if os.path.isdir(final):  # check_output is for files
+        if not overwrite:
+            raise BadInputError(f"{path}: output exists (use --overwrite to replace it)")
+        if not os.access(os.path.dirname(final), os.W_OK | os.X_OK):
+            raise BadInputError(f"{path}: cannot write in the directory {os.path.dirname(final)} (permissions)")
+    else:
+        check_output(path, overwrite, inputs)
     for directory in input_dirs:
         directory = os.path.abspath(directory)
         if os.path.commonpath([final, directory]) == directory:
@@ -2682,7 +2931,7 @@ def _row_progress(paths, enabled):
     total = 0
     for path in paths:
         try:
-            if _is_parquet(path, None):
+            if table_format_of(path) == "parquet":
                 with _open_parquet(path) as parquet:
                     total += parquet.metadata.num_rows
             else:
@@ -2767,14 +3016,18 @@ def _show_progress(args) -> bool:
     return not args.quiet and sys.stderr.isatty()
 
 
-def _run_filter_many(args, masks) -> int:
+def _run_filter_many(args) -> int:
     """--input with several files, a pattern or a directory: an output directory."""
-    if args.output:
+    if args.output is not None:
         output = args.output
     elif len(args.input) == 1 and os.path.isdir(args.input[0]):
         output = os.path.basename(os.path.normpath(args.input[0])) + "_filtered"
     else:
         raise BadInputError("several inputs: name the output directory with -o")
+    expand_inputs(args.input)  # a pattern that matches nothing fails before the masks are made
+    _run_inputs(argparse.Namespace(**{**vars(args), "input": None}))  # the epoch table, the count maps
+    masks = TransientMasks(args.counts, epochs=args.epochs_file, keep_no_epoch=args.keep_no_epoch,
+                           **_mask_options(args))
     with _parallel_client(args) as client:
         counts = filter_files(args.input, output, masks, client=client, expnum_col=args.expnum_col,
                               ccdnum_col=args.ccdnum_col, x_col=args.x_col, y_col=args.y_col,
@@ -3404,6 +3657,7 @@ def _run_plot(args) -> int:
     plot_dir = args.plot_dir
     if not os.path.isdir(plot_dir):
         raise BadInputError(f"--plot_dir {plot_dir}: not a directory")
+    inputs = _run_inputs(args)
     maps = CountMaps(args.counts)
     if args.summary:
         stem, pdf_pages = "survey_summary", None
@@ -3416,8 +3670,7 @@ def _run_plot(args) -> int:
     figures = [os.path.join(plot_dir, f"{stem}.{suffix}") for suffix in ("png", "pdf")]
     outputs = ([pdf_pages] if pdf_pages else []) + figures
     # refuse before any work rather than after half the files are written
-    for path in outputs:
-        check_output(path, args.overwrite)
+    check_outputs(outputs, args.overwrite, inputs + [maps.path])
     if args.summary:
         figure = plot_survey_summary(maps, None, **options)
     else:
@@ -3425,7 +3678,7 @@ def _run_plot(args) -> int:
         plot_epoch(epoch_mask, pdf_pages, overwrite=args.overwrite)
         figure = plot_focal_plane(epoch_mask)
     for path in figures:  # each written file is logged
-        _save_figure(figure, path, overwrite=args.overwrite, dpi=150, inputs=[maps.path])
+        _save_figure(figure, path, overwrite=args.overwrite, dpi=150, inputs=inputs + [maps.path])
     demo = " [SYNTHETIC DEMO DATA]" if maps.demo else ""
     what = f"{len(maps.epochs)} epochs" if args.summary else args.plot
     print(f"{what}{demo}: wrote {', '.join(os.path.basename(path) for path in outputs)} in {plot_dir}",
@@ -3469,10 +3722,12 @@ def _add_mask_options(parser):
                        help=f"DES epoch table (default: the shipped {EPOCHS_FILENAME})")
     group.add_argument("--fp_rate", type=float, default=DEFAULT_FP_RATE,
                        help="false-positive probability per cell of a clean CCD (default %(default)g)")
-    group.add_argument("--x_bin", type=_positive_int, default=1,
-                       help="sum this many cells along x before masking (a divisor of 256; default 1)")
-    group.add_argument("--y_bin", type=_positive_int, default=1,
-                       help="sum this many cells along y before masking (a divisor of 256; default 1)")
+    group.add_argument("--x_bin", "--x_shrink", type=_positive_int, default=1,
+                       help="sum this many cells along x before masking (a divisor of 256; default 1; "
+                            "--x_shrink is its DES name)")
+    group.add_argument("--y_bin", "--y_shrink", type=_positive_int, default=1,
+                       help="sum this many cells along y before masking (a divisor of 256; default 1; "
+                            "--y_shrink is its DES name)")
     group.add_argument("--floor", choices=FLOORS, default=DEFAULT_FLOOR,
                        help="threshold floor is twice this statistic of a CCD's cells; 'mean' "
                             "reproduces the published DES masks (default %(default)s)")
@@ -3503,8 +3758,9 @@ def _add_mask_arguments(parser, modes):
     group.add_argument("--masked_value", type=_masked_value, default=1, metavar="VALUE",
                        help="--epoch: value of masked pixels, a number or a DES mask bit name such "
                             "as SUSPECT, so the mask can be OR-ed into a DES bmask (default 1)")
-    group.add_argument("--keep_no_epoch", action="store_true",
-                       help="--input: keep events whose EXPNUM is in no epoch (default: drop them)")
+    group.add_argument("--keep_no_epoch", "--default", action="store_true",
+                       help="--input: keep events whose EXPNUM is in no epoch (default: drop them; "
+                            "--default is its DES name)")
     group.add_argument("--drop_bad", action="store_true",
                        help=f"--input: drop bad rows ({_BAD_ROW}) instead of stopping with an "
                             "error naming them")
@@ -3516,13 +3772,40 @@ def _add_mask_arguments(parser, modes):
                                 + ("; falls back to X_IMAGE/Y_IMAGE or X/Y)" if role in "xy" else ")"))
 
 
+def _run_inputs(args) -> list:
+    """Check the input files named on the command line before any work; return them.
+
+    The event table and the epoch table are read or checked here, before the
+    count maps (whose default may log the demo-data warning), so a bad input
+    gives one line; the count-map file is checked by `CountMaps`.  Every file
+    returned is refused as an output of the run, even with --overwrite.
+    """
+    inputs = []
+    if getattr(args, "input", None) is not None:
+        inputs.append(check_input(args.input, "event table"))
+    if args.epochs_file is not None:
+        read_epochs(args.epochs_file)
+        inputs.append(args.epochs_file)
+    if args.counts is not None:
+        inputs.append(args.counts)
+    return inputs
+
+
+def _output_name(args, default: str) -> str:
+    """-o if given (an empty -o is refused by check_output, not taken for the default)."""
+    return default if args.output is None else args.output
+
+
 def _run_epoch(args) -> int:
+    if not args.epoch.strip():
+        raise BadInputError("--epoch: empty epoch name (e.g. --epoch Y2E1)")
+    inputs = _run_inputs(args)
+    output = _output_name(args, f"transient_masks_{args.epoch}{'.fits.fz' if args.compress else '.fits'}")
+    check_outputs([output], args.overwrite, inputs)
     maps = CountMaps(args.counts)
     mask = EpochMask.from_maps(maps, args.epoch, **_mask_options(args))
-    suffix = ".fits.fz" if args.compress else ".fits"
-    output = args.output or f"transient_masks_{args.epoch}{suffix}"
     mask.write_masks(output, compress=args.compress, masked_value=args.masked_value,
-                     overwrite=args.overwrite)
+                     overwrite=args.overwrite, inputs=inputs)
     demo = " [SYNTHETIC DEMO DATA]" if mask.demo else ""
     print(f"{args.epoch}{demo}: {100 * mask.area_fraction:.2f}% of the live-CCD area and "
           f"{100 * mask.transient_fraction:.2f}% of the transients masked; wrote {output}",
@@ -3531,21 +3814,24 @@ def _run_epoch(args) -> int:
 
 
 def _run_filter(args) -> int:
+    if _several_inputs(args.input):  # see "Parallel runs (Dask)"
+        return _run_filter_many(args)
+    args.input = args.input[0]  # one table, as before
+    if args.jobs or args.scheduler:
+        log.info("%s: one input file is one task; filtering it here, without Dask", args.input)
+    inputs = _run_inputs(args)
+    stem, ext = os.path.basename(args.input), _suffix(os.path.basename(args.input))
+    output = _output_name(args, f"{stem[: len(stem) - len(ext)]}_filtered{ext}")
+    check_outputs([output], args.overwrite, inputs)
+    table_format_of(output, args.table_format)  # an unknown output format fails before the work
     masks = TransientMasks(args.counts, epochs=args.epochs_file, keep_no_epoch=args.keep_no_epoch,
                            **_mask_options(args))
-    if _several_inputs(args.input):
-        return _run_filter_many(args, masks)
-    input_path = args.input[0]
-    if args.jobs or args.scheduler:
-        log.info("%s: one input file is one task; filtering it here, without Dask", input_path)
-    stem, ext = os.path.basename(input_path), _suffix(os.path.basename(input_path))
-    output = args.output or f"{stem[: len(stem) - len(ext)]}_filtered{ext}"
-    counts = filter_file(input_path, output, masks, expnum_col=args.expnum_col,
+    counts = filter_file(args.input, output, masks, expnum_col=args.expnum_col,
                          ccdnum_col=args.ccdnum_col, x_col=args.x_col, y_col=args.y_col,
                          drop_bad=args.drop_bad, table_format=args.table_format,
                          output_format=args.table_format, overwrite=args.overwrite)
     demo = " [masks from SYNTHETIC DEMO DATA]" if masks.maps.demo else ""
-    print(f"{input_path}: {counts.summary()}; wrote {output}{demo}", file=sys.stderr)
+    print(f"{args.input}: {counts.summary()}; wrote {output}{demo}", file=sys.stderr)
     return 0
 
 

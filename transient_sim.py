@@ -45,7 +45,7 @@ __version__ = tm.__version__
 
 __all__ = ["SIM_SOURCES", "SimTruth", "simulate", "simulate_to_file", "main"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("transient_sim")  # also when run as a script (__main__)
 
 # ---- Populations
 
@@ -422,8 +422,7 @@ def _iter_simulation(epochs, *, seed, background, n_exposures, epoch_table, rate
                      epoch_scatter, gradient, n_columns, n_spots, edge_fraction, edge_width,
                      ratio_range, active_fraction, position_dtype):
     """Yield (name, columns, background, excess, n_exposures) epoch by epoch."""
-    if not background > 0:
-        raise BadInputError(f"background={background}: must be positive")
+    _check_simulation(seed, background)
     if not 0 < ratio_range[0] <= ratio_range[1]:
         raise BadInputError(f"ratio_range={ratio_range}: must be 0 < low <= high")
     camera = _camera_defects(seed, n_columns, n_spots, edge_fraction, edge_width, ratio_range)
@@ -436,6 +435,23 @@ def _iter_simulation(epochs, *, seed, background, n_exposures, epoch_table, rate
             rate_scatter=rate_scatter, epoch_scatter=epoch_scatter, gradient=gradient,
             active_fraction=active_fraction, position_dtype=position_dtype)
         yield str(row["NAME"]), columns, bg, excess, n_exp
+
+
+#: Largest mean background per cell per epoch: about 4e8 events, 7 GB, per epoch.
+SIM_MAX_BACKGROUND = 100.0
+
+
+def _check_simulation(seed, background):
+    """Refuse a seed or background the generator cannot use, in one line."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise BadInputError(f"seed={seed!r}: must be a non-negative integer")
+    try:
+        background = float(background)
+    except (TypeError, ValueError):
+        raise BadInputError(f"background={background!r}: must be a number") from None
+    if not 0 < background <= SIM_MAX_BACKGROUND:
+        raise BadInputError(f"background={background}: must be positive and at most "
+                            f"{SIM_MAX_BACKGROUND:g} transients per cell per epoch")
 
 
 def _sim_meta(epochs, seed, background):
@@ -558,8 +574,15 @@ def simulate_to_file(path: str, epochs=("Y2E1",), *, seed: int = 0, background: 
     epochs = [epochs] if isinstance(epochs, str) else list(epochs)
     options = dict(seed=seed, background=background, n_exposures=n_exposures,
                    epoch_table=epoch_table)
-    if path.lower().endswith((".fits", ".fit", ".fts")):
-        _sim_rows(epochs, epoch_table)  # bad epoch names fail before any output
+    # Everything that can be refused is refused before the (long) simulation.
+    if epoch_table is None or isinstance(epoch_table, str):  # the epoch table read is an input too
+        tm.check_output(path, overwrite, [epoch_table or tm.data_path(tm.EPOCHS_FILENAME)])
+    else:
+        tm.check_output(path, overwrite)
+    fmt = tm.table_format_of(path)
+    _check_simulation(seed, background)
+    _sim_rows(epochs, epoch_table)
+    if fmt == "fits" and not path.lower().endswith(".gz"):
         defaults = dict(rate_scatter=0.15, epoch_scatter=0.1, gradient=0.2, n_columns=1.5,
                         n_spots=1.0, edge_fraction=0.3, edge_width=(5.0, 15.0),
                         ratio_range=(0.3, 30.0), active_fraction=0.85, position_dtype=np.float32)
@@ -570,21 +593,10 @@ def simulate_to_file(path: str, epochs=("Y2E1",), *, seed: int = 0, background: 
     catalog, _ = simulate(epochs, **options)
     with atomic_output(path, overwrite=overwrite) as tmp:
         try:
-            catalog.write(tmp, format=_astropy_format(path))
-        except Exception as exc:  # astropy raises many types for unknown formats
-            raise BadInputError(f"{path}: cannot write this table format ({exc})") from None
+            catalog.write(tmp, format=fmt)
+        except Exception as exc:  # astropy's writers raise many types
+            raise BadInputError(f"{path}: cannot write a {fmt} table ({tm._one_line(exc)})") from None
     return len(catalog)
-
-
-def _astropy_format(path):
-    """The astropy table format of a file name (atomic_output's temporary name hides it)."""
-    lower = path.lower()
-    for suffixes, name in (((".parquet", ".parq", ".pq"), "parquet"), ((".csv",), "ascii.csv"),
-                           ((".ecsv",), "ascii.ecsv"), ((".fits.gz", ".fits"), "fits"),
-                           ):
-        if lower.endswith(suffixes):
-            return name
-    raise BadInputError(f"{path}: unknown catalog format (use .fits, .parquet, .csv or .ecsv)")
 
 
 # ---- Command line

@@ -85,7 +85,7 @@ def test_input_mode_options(tmp_path, rng, counts_file, capsys):
     (["--epoch", "Y3"], ["error:", "no epoch 'Y3'"]),
     (["--epoch", "Y2E1", "--x_bin", "3"], ["error:", "x_bin=3: must divide"]),
     (["--epoch", "Y2E1", "--fp_rate", "2"], ["error:", "fp_rate=2.0"]),
-    (["--input", "missing.fits"], ["error:", "missing.fits: input file not found"]),
+    (["--input", "missing.fits"], ["error:", "missing.fits: event table not found"]),
     (["--input", "events.fits", "--x_col", "XPOS"], ["error:", "no column 'XPOS'"]),
     (["--input", "bad.fits"], ["error:", "bad.fits: 1 bad row(s)", "row(s) 17 "]),
     (["--input", "events.fits", "-o", "events.fits"], ["refusing to write over the input"]),

@@ -177,7 +177,7 @@ def test_never_writes_over_the_input_or_an_existing_output(tmp_path, rng, counts
 
 def test_unreadable_and_missing_inputs(tmp_path, counts_file):
     masks = tm.TransientMasks(counts_file)
-    with pytest.raises(tm.BadInputError, match="nope.fits: input file not found"):
+    with pytest.raises(tm.BadInputError, match="nope.fits: event table not found"):
         tm.filter_file(str(tmp_path / "nope.fits"), str(tmp_path / "o.fits"), masks)
     junk = tmp_path / "junk.ecsv"
     junk.write_text("this is not a table\x00\x01")

@@ -251,7 +251,7 @@ def test_several_catalogs_and_column_names(tmp_path, rng):
 
 
 def test_bad_inputs_raise_one_line(tmp_path):
-    with pytest.raises(tm.BadInputError, match="catalog file not found"):
+    with pytest.raises(tm.BadInputError, match="catalog not found"):
         tm.gather_data(str(tmp_path / "missing.fits"))
     text = tmp_path / "junk.fits"
     text.write_text("not a FITS file\n")

@@ -66,16 +66,28 @@ def test_count_maps_read_the_des_format_unchanged(tmp_path, rng):
 def test_count_maps_read_only_the_epoch_needed(tmp_path, rng):
     cubes = {name: poisson_cube(rng, 2.0) for name in ("Y1E1", "Y2E1", "Y5E2", "Y6")}
     plain = write_count_maps(tmp_path / "maps.fits", cubes)
-    raw = (tmp_path / "maps.fits").read_bytes()
-    # Corrupt the last epoch's data and cut the gzip stream short: reading an
-    # early epoch must not need to decompress (or even find) the rest.
-    path = tmp_path / "maps.fits.gz"
-    compressed = gzip.compress(raw, compresslevel=1)
-    path.write_bytes(compressed[: len(compressed) * 2 // 3])
-    maps = tm.CountMaps(str(path))
+    maps = tm.CountMaps(plain)
     assert maps._counts == {}
     np.testing.assert_array_equal(maps.counts("Y1E1"), cubes["Y1E1"])
     assert list(maps._counts) == ["Y1E1"]
+
+
+@pytest.mark.parametrize("cut", ["gzip", "plain"])
+def test_count_maps_cut_short_are_an_error_never_less_data(tmp_path, rng, cut):
+    """A count-map file cut short must not be read as a file with fewer epochs."""
+    cubes = {name: poisson_cube(rng, 2.0) for name in ("Y1E1", "Y2E1", "Y5E2", "Y6")}
+    with open(write_count_maps(tmp_path / "whole.fits", cubes), "rb") as whole:
+        raw = whole.read()
+    if cut == "gzip":
+        compressed = gzip.compress(raw, compresslevel=1)
+        data, path = compressed[: len(compressed) * 2 // 3], tmp_path / "maps.fits.gz"
+    else:
+        data, path = raw[: len(raw) * 2 // 3], tmp_path / "maps.fits"
+    path.write_bytes(data)
+    with pytest.raises(tm.BadInputError, match="maps.fits(.gz)?: (truncated|not a readable)"):
+        maps = tm.CountMaps(str(path))
+        for epoch in maps.epochs:
+            maps.counts(epoch)
 
 
 @pytest.mark.parametrize("problem, message", [

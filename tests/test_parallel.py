@@ -5,6 +5,7 @@ every test that needs workers; the data are small and made here.
 """
 import glob
 import os
+import re
 import subprocess
 import sys
 
@@ -227,9 +228,9 @@ def test_truncated_file_mid_run_is_a_bad_input(tmp_path, client, rng, masks):
     size = os.path.getsize(paths[2])
     with open(paths[2], "r+b") as stream:
         stream.truncate(size - 2880 * 4)
-    with pytest.raises(tm.BadInputError, match=f"{paths[2]}: truncated table"):
+    with pytest.raises(tm.BadInputError, match=f"^{re.escape(paths[2])}: .*truncated"):
         tm.filter_files(paths, str(tmp_path / "out"), masks, client=client)
-    with pytest.raises(tm.BadInputError, match=f"{paths[2]}: truncated table"):
+    with pytest.raises(tm.BadInputError, match=f"^{re.escape(paths[2])}: .*truncated"):
         tm.gather_data(paths, str(tmp_path / "maps.fits"), client=client)
     assert os.listdir(tmp_path) == ["in"]
 

@@ -1,0 +1,42 @@
+"""An interrupted or terminated run removes its temporary files, prints one line
+and exits 130 (SIGINT) or 143 (SIGTERM)."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(ROOT, "transient_masks.py")
+
+
+def _start_and_signal(tmp_path, argv, signum):
+    """Start the command, wait until its temporary output exists, send ``signum``."""
+    env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    process = subprocess.Popen([sys.executable, SCRIPT, *argv], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not any(name.startswith(".") and ".tmp" in name for name in os.listdir(tmp_path)):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"no temporary output appeared: {process.communicate()}")
+        time.sleep(0.01)
+    process.send_signal(signum)
+    _, err = process.communicate(timeout=120)
+    return process.returncode, err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("signum, code, word", [(signal.SIGTERM, 143, "terminated"),
+                                                (signal.SIGINT, 130, "interrupted")])
+def test_signal_removes_temporary_files(tmp_path, signum, code, word):
+    # The plain (520 MB) masks take seconds to write: time to be interrupted.
+    returncode, err = _start_and_signal(
+        tmp_path, ["--epoch", "Y2E1", "--no-compress", "-o", "masks.fits"], signum)
+    lines = [line for line in err.splitlines() if line and "WARNING" not in line]
+    assert returncode == code, err
+    assert lines == [f"transient_masks: {word}; no output written"], err
+    assert "Traceback" not in err
+    assert os.listdir(tmp_path) == []
