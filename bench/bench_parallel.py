@@ -64,16 +64,24 @@ if __name__ == "__main__":
         else:
             warm_up()
         startup = time.perf_counter() - start
+        stream = __import__("distributed").get_task_stream(client) if client else __import__("contextlib").nullcontext()
         start = time.perf_counter()
-        if task == "gather":
-            result = tm.gather_data(data, out, overwrite=True, client=client)
-            rows = result.n_read
-        else:
-            counts = tm.filter_files(data, out, masks, overwrite=True, client=client)
-            rows = counts.read
+        with stream:
+            if task == "gather":
+                result = tm.gather_data(data, out, overwrite=True, client=client)
+                rows = result.n_read
+            else:
+                counts = tm.filter_files(data, out, masks, overwrite=True, client=client)
+                rows = counts.read
         elapsed = time.perf_counter() - start
+        busy = {{}}  # seconds the workers spent computing, by kind of task
+        for record in (stream.data if client else []):
+            kind = str(record["key"]).strip("('\"").split("-")[0]
+            for span in record["startstops"]:
+                if span["action"] == "compute":
+                    busy[kind] = busy.get(kind, 0.0) + span["stop"] - span["start"]
         workers = list(client.run(worker_peak).values()) if client else []
-    print(json.dumps({{"rows": rows, "elapsed": elapsed, "startup": startup,
+    print(json.dumps({{"rows": rows, "elapsed": elapsed, "startup": startup, "busy": busy,
                       "peak_mb": peak_kb() / 1024, "worker_peak_mb": [kb / 1024 for kb in workers]}}))
 """
 
@@ -103,6 +111,34 @@ def make_dataset(directory, n_rows, n_files, seed=1):
                 break
         print(f"  {written}/{n_files} files, {time.perf_counter() - start:.0f} s", flush=True)
     os.rename(directory + ".partial", directory)
+
+
+def _calibration_work(_=None):
+    """A fixed single-threaded numpy job shaped like the binning (random adds into a 32 MB histogram)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    cells = rng.integers(0, 1 << 22, 1 << 22)
+    start = time.perf_counter()
+    for _ in range(12):
+        np.bincount(cells, minlength=1 << 22)
+    return time.perf_counter() - start
+
+
+def machine_ceiling():
+    """How much faster 2 processes do twice the calibration job than 1 process does once each, now.
+
+    2.0 on an idle 2-core machine; less when other jobs take the cores.
+    """
+    import multiprocessing
+
+    one = min(_calibration_work() for _ in range(2))
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        pool.map(_calibration_work, range(2))  # start-up
+        start = time.perf_counter()
+        pool.map(_calibration_work, range(2))
+        both = time.perf_counter() - start
+    return 2 * one / both
 
 
 def run_case(task, jobs, data, out_dir):
@@ -138,6 +174,8 @@ def main():
     size = sum(os.path.getsize(os.path.join(data, name)) for name in os.listdir(data))
     print(f"dataset {data}: {args.files} files, {size / 1e6:.0f} MB; {os.cpu_count()} cores; "
           f"load average {os.getloadavg()[0]:.2f} at start")
+    print(f"machine ceiling now: 2 processes run a CPU-bound numpy job {machine_ceiling():.2f}x as fast as 1 "
+          f"(2.00 on an idle 2-core machine)", flush=True)
     for task in args.tasks:
         best = {}
         for _ in range(args.repeats):
@@ -151,6 +189,9 @@ def main():
                       + (f", worker peaks {', '.join(f'{mb:.0f}' for mb in figures['worker_peak_mb'])} MB"
                          if jobs else f", peak {figures['peak_mb']:.0f} MB")
                       + f"; load {load:.2f}", flush=True)
+                if figures["busy"]:
+                    print("      worker compute time: " + ", ".join(
+                        f"{kind} {seconds:.2f} s" for kind, seconds in sorted(figures["busy"].items())), flush=True)
                 if label not in best or figures["elapsed"] < best[label]["elapsed"]:
                     best[label] = figures
         serial, one, two = best["single process"], best["1 worker"], best["2 workers"]
@@ -164,6 +205,7 @@ def main():
               f"{serial['rows'] / serial['elapsed'] / 1e6:.1f} (single process)")
         print(f"  peak memory per worker: {worst_peak:.0f} MB (target < 1024); "
               f"single process {serial['peak_mb']:.0f} MB")
+        print(f"  machine ceiling after this task: {machine_ceiling():.2f}x", flush=True)
     for name in ("bench_maps.fits", "bench_filtered", "bench_parallel_child.py"):
         path = os.path.join(args.out_dir, name)
         shutil.rmtree(path) if os.path.isdir(path) else os.path.exists(path) and os.remove(path)
