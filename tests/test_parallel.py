@@ -235,14 +235,30 @@ def test_truncated_file_mid_run_is_a_bad_input(tmp_path, client, rng, masks):
     assert os.listdir(tmp_path) == ["in"]
 
 
-def test_command_line_gather_with_jobs_in_process(tmp_path, rng, capsys):
+def test_command_line_gather_with_jobs_in_process(tmp_path, rng, capsys, client):
     write_parts(tmp_path / "ds", [events(rng, 1500) for _ in range(3)], "parquet")
     assert tm.main(["--gather", str(tmp_path / "ds"), "-o", str(tmp_path / "serial.fits")]) == 0
     assert tm.main(["--gather", str(tmp_path / "ds"), "-o", str(tmp_path / "parallel.fits"),
                     "--jobs", "2", "--quiet"]) == 0
+    assert tm.main(["--gather", str(tmp_path / "ds"), "-o", str(tmp_path / "scheduler.fits"),
+                    "--scheduler", client.scheduler.address]) == 0
     err = capsys.readouterr().err
-    assert err.count("4500 rows read, ") == 2
+    assert err.count("4500 rows read, ") == 3
     assert same_maps(tmp_path / "serial.fits", tmp_path / "parallel.fits")
+    assert same_maps(tmp_path / "serial.fits", tmp_path / "scheduler.fits")
+    assert tm.main(["--gather", str(tmp_path / "ds"), "--jobs", "2", "--scheduler", "tcp://x:1"]) == 2
+
+
+def test_interrupt_leaves_no_output_directory(tmp_path, rng, masks, client, monkeypatch):
+    paths = write_parts(tmp_path / "in", [events(rng, 100) for _ in range(2)], "fits")
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tm, "_compute", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tm.filter_files(paths, str(tmp_path / "out"), masks, client=client)
+    assert os.listdir(tmp_path) == ["in"]
 
 
 def test_output_directory_rules(tmp_path, rng, masks):
