@@ -37,8 +37,8 @@ setup(
     install_requires=["numpy>=1.22", "scipy>=1.8", "astropy>=5.0", "matplotlib>=3.5", "pyyaml>=5.4",
                       "tqdm>=4.60"],
     extras_require={
-        "test": ["pytest>=7", "fitsio", "h5py", "pyarrow", "pandas", "wheel",
-                 "dask[dataframe,distributed]", "distributed", "tqdm", "hypothesis"],
+        "test": ["pytest>=7", "hypothesis>=6", "fitsio", "h5py", "pyarrow", "pandas", "wheel", "setuptools",
+                 "dask[dataframe,distributed]", "distributed", "tqdm"],
         "dask": ["dask[dataframe,distributed]", "pyarrow"],
         "parquet": ["pyarrow", "pandas"],
         "hdf5": ["h5py"],

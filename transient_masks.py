@@ -130,6 +130,162 @@ def _one_line(exc) -> str:
     return text if len(text) <= 200 else text[:197] + "..."
 
 
+# ---- Argument checks
+# The public functions check their arguments here on the way in, so that a bad
+# argument gives a one-line BadInputError naming it, never an IndexError,
+# TypeError, ZeroDivisionError or MemoryError from deep inside.
+
+
+def _describe_value(value) -> str:
+    """A short repr of an argument for a message (arrays by dtype and shape)."""
+    if isinstance(value, np.ndarray) and value.ndim:
+        return f"array of {value.dtype} with shape {value.shape}"
+    text = " ".join(repr(value).split())  # one line
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_int(name: str, value, lo: int = None, hi: int = None) -> int:
+    """``value`` as an int: an integer (or a whole float) in ``lo..hi``; not a bool or str."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer, float, np.floating)):
+        raise BadInputError(f"{name}={_describe_value(value)}: must be an integer")
+    if isinstance(value, (float, np.floating)):
+        if not np.isfinite(value) or value != int(value):
+            raise BadInputError(f"{name}={value!r}: must be an integer")
+    value = int(value)
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        limits = f"in {lo}..{hi}" if lo is not None and hi is not None else (
+            f"at least {lo}" if lo is not None else f"at most {hi}")
+        raise BadInputError(f"{name}={value}: must be {limits}")
+    return value
+
+
+def _check_real(name: str, value) -> float:
+    """``value`` as a finite float; not a bool, str or complex."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+            value, (int, float, np.integer, np.floating)):
+        raise BadInputError(f"{name}={_describe_value(value)}: must be a number")
+    value = float(value)
+    if not np.isfinite(value):
+        raise BadInputError(f"{name}={value}: must be finite")
+    return value
+
+
+def _check_flag(name: str, value) -> bool:
+    """A yes/no argument: True, False (numpy booleans, 0 and 1 too); not "no", which is true."""
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer)) and value in (0, 1)):
+        return bool(value)
+    raise BadInputError(f"{name}={_describe_value(value)}: must be True or False")
+
+
+def _check_fp_rate(fp_rate) -> float:
+    """The false-positive rate as a float strictly between 0 and 1."""
+    try:
+        value = _check_real("fp_rate", fp_rate)
+    except BadInputError:
+        value = None
+    if value is None or not 0 < value < 1:
+        raise BadInputError(f"fp_rate={_describe_value(fp_rate)}: must be between 0 and 1")
+    if 1.0 - value == 1.0:  # the Poisson quantile works at the level 1 - fp_rate
+        raise BadInputError(f"fp_rate={value!r}: too small, 1 - fp_rate rounds to 1 (use at least 1e-15)")
+    return value
+
+
+def _check_path(name: str, value, optional: bool = False):
+    """A file path argument: a non-empty str or os.PathLike (None if ``optional``)."""
+    if value is None and optional:
+        return None
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value:
+        raise BadInputError(f"{name}={_describe_value(value)}: must be a file path (a non-empty str)")
+    return value
+
+
+def _path_list(name: str, value) -> list:
+    """A list of file paths: one path, or an iterable of them; None and "" entries (no file) are left out."""
+    if value is None:
+        return []
+    if isinstance(value, (str, os.PathLike)):
+        value = [value]
+    if not hasattr(value, "__iter__"):
+        raise BadInputError(f"{name}={_describe_value(value)}: must be a list of file paths")
+    return [_check_path(name, path) for path in value if path is not None and path != ""]
+
+
+def _check_str(name: str, value, optional: bool = False):
+    if value is None and optional:
+        return None
+    if not isinstance(value, str):
+        raise BadInputError(f"{name}={_describe_value(value)}: must be a str")
+    return value
+
+
+def _numeric_array(name: str, value, kinds: str = "iuf") -> np.ndarray:
+    """``value`` as a numpy array of one of the dtype ``kinds`` (i, u, f; b if listed).
+
+    Strings, objects, complex numbers, dates and ragged sequences are refused.
+    """
+    if isinstance(value, (str, bytes)):
+        raise BadInputError(f"{name}={_describe_value(value)}: must be numbers, not a string")
+    try:
+        array = np.asarray(value)
+    except (ValueError, TypeError) as exc:  # ragged nested sequences
+        raise BadInputError(f"{name}: not an array of numbers ({exc})") from None
+    if np.ma.isMaskedArray(value) and np.ma.getmaskarray(value).any():
+        raise BadInputError(f"{name}: has masked (null) values")
+    if array.dtype.kind not in kinds:
+        raise BadInputError(f"{name}: must be numbers, not {array.dtype} values")
+    return array
+
+
+def _float_array(name: str, value) -> np.ndarray:
+    """A numeric argument as a float64 array (integers and booleans excluded: i, u, f kinds)."""
+    return _numeric_array(name, value).astype(np.float64, copy=False)
+
+
+def _whole_int64(name: str, values: np.ndarray, bad=None) -> np.ndarray:
+    """Integer-valued numbers as int64.
+
+    Integer arrays are cast (uint64 beyond the int64 range and, for floats,
+    non-finite or fractional values become ``bad`` when it is given, else raise).
+    """
+    if values.dtype.kind == "i" or (values.dtype.kind == "u" and values.dtype.itemsize < 8):
+        return values.astype(np.int64, copy=False)
+    if values.dtype.kind == "u":
+        too_big = values > np.uint64(np.iinfo(np.int64).max)
+        if not too_big.any():
+            return values.astype(np.int64, copy=False)
+        if bad is None:
+            raise BadInputError(f"{name}: {int(too_big.sum())} value(s) beyond the int64 range")
+        return np.where(too_big, bad, values.astype(np.int64))  # wraps only where replaced
+    values = values.astype(np.float64, copy=False)  # float16 cannot hold 2**63
+    with np.errstate(invalid="ignore"):
+        whole = np.isfinite(values) & (values == np.floor(values)) & (np.abs(values) < 2.0 ** 63)
+    if whole.all():
+        return values.astype(np.int64)
+    if bad is None:
+        first = int(np.flatnonzero(~whole.ravel())[0])
+        raise BadInputError(f"{name}: {int((~whole).sum())} value(s) are not whole numbers in the int64 range "
+                            f"(first at index {first}: {values.ravel()[first]!r})")
+    return np.where(whole, values, bad).astype(np.int64)
+
+
+def _same_shape(**arrays) -> tuple:
+    """The common shape of arrays that must match (0-d arrays broadcast to it)."""
+    shapes = {name: array.shape for name, array in arrays.items() if array.ndim}
+    if len(set(shapes.values())) > 1:
+        listed = ", ".join(f"{name} {shape}" for name, shape in shapes.items())
+        raise BadInputError(f"arrays of different shapes: {listed}")
+    return next(iter(shapes.values()), ())
+
+
+def _ccdnum_array(ccdnum) -> np.ndarray:
+    """CCDNUM values as integers (kept in their integer dtype, for speed); floats that
+    are not whole numbers (5.5, NaN, inf) become 0, no CCD."""
+    values = _numeric_array("ccdnum", ccdnum)
+    return _whole_int64("ccdnum", values, bad=0) if values.dtype.kind == "f" else values
+
+
 # ---- Files and data
 
 
@@ -144,6 +300,8 @@ def data_path(filename: str) -> str:
     FileNotFoundError
         When the file is in none of those places.
     """
+    if not isinstance(filename, str) or not filename or os.path.basename(filename) != filename:
+        raise BadInputError(f"filename={_describe_value(filename)}: must be the name of a shipped data file")
     places = [os.path.dirname(os.path.abspath(__file__))]
     for prefix in (sys.prefix, getattr(site, "USER_BASE", None) or ""):
         places.append(os.path.join(prefix, "share", "transient_masks"))
@@ -163,9 +321,13 @@ def check_output(path: str, overwrite: bool = False, inputs=()) -> None:
     directory or in one that cannot be written.  `atomic_output` checks this;
     call it early to refuse before a long job.
     """
+    if not isinstance(path, (str, os.PathLike)):
+        raise BadInputError(f"path={_describe_value(path)}: must be a file path")
     path = os.fspath(path)
     if not path:
         raise BadInputError("empty output file name")
+    overwrite = _check_flag("overwrite", overwrite)
+    inputs = _path_list("inputs", inputs)
     final = os.path.abspath(path)
     for name in inputs:
         if not name:
@@ -193,6 +355,8 @@ def check_outputs(paths, overwrite: bool = False, inputs=()) -> None:
 
     Call it before any work, so that a refusal leaves nothing written.
     """
+    if isinstance(paths, (str, os.PathLike)) or not hasattr(paths, "__iter__"):
+        raise BadInputError(f"paths={_describe_value(paths)}: must be a list of output paths")
     seen = {}
     for path in paths:
         check_output(path, overwrite, inputs)
@@ -288,6 +452,9 @@ def check_input(path: str, what: str = "input file", *, whole_gzip: bool = True)
     BadInputError
         Naming the file and what is wrong with it.
     """
+    what = _check_str("what", what)
+    if not isinstance(path, (str, os.PathLike)):
+        raise BadInputError(f"{what}={_describe_value(path)}: must be a file path")
     path = os.fspath(path)
     if not path:
         raise BadInputError(f"{what}: empty file name")
@@ -489,7 +656,8 @@ def write_fits_rows(path: str, blocks, *, header_cards=(), overwrite: bool = Fal
     path : str
         Output file (written atomically; uncompressed FITS).
     blocks : iterable of dict
-        Column name -> 1-d array; every block has the same columns and dtypes.
+        Column name -> 1-d array of numbers or ASCII strings (not booleans);
+        every block has the same columns and dtypes.
     header_cards : iterable of (key, value, comment)
         Extra keywords of the table header.
     overwrite : bool
@@ -508,24 +676,51 @@ def write_fits_rows(path: str, blocks, *, header_cards=(), overwrite: bool = Fal
     """
     from astropy.io import fits
 
+    path = _check_path("path", path)
+    if isinstance(blocks, dict) or not hasattr(blocks, "__iter__"):
+        raise BadInputError("blocks: must be an iterable of dicts (column name -> 1-d array)")
+
     with atomic_output(path, overwrite=overwrite) as tmp, open(tmp, "wb") as out:
         writer = None
         for block in blocks:
-            names = list(block)
-            record = np.empty(len(block[names[0]]), dtype=[
-                (name, np.asarray(block[name]).dtype.newbyteorder(">")) for name in names])
-            for name in names:
-                record[name] = block[name]
+            columns = _row_block(block)
+            record = np.empty(len(next(iter(columns.values()))), dtype=[
+                (name, column.dtype.newbyteorder(">")) for name, column in columns.items()])
+            if writer is not None and record.dtype != writer_dtype:
+                raise BadInputError(f"{path}: every block must have the same columns and dtypes")
+            for name, column in columns.items():
+                record[name] = column
             if writer is None:
                 hdu = fits.BinTableHDU(data=record[:0])
                 for key, value, comment in header_cards:
                     hdu.header[key] = (value, comment)
                 writer = _FitsRowWriter(out, hdu.header)
+                writer_dtype = record.dtype
             writer.write(record)
         if writer is None:
             raise BadInputError(f"{path}: nothing to write")
         writer.close()
     return writer.n_rows
+
+
+def _row_block(block) -> dict:
+    """A block of `write_fits_rows`: column name -> 1-d array of one length, numbers or strings."""
+    if not isinstance(block, dict) or not block:
+        raise BadInputError(f"block={_describe_value(block)}: must be a non-empty dict of columns")
+    columns = {}
+    for name, values in block.items():
+        _check_str("column name", name)
+        column = _numeric_array(f"column {name!r}", values, kinds="iufSU")  # no bool: FITS T/F bytes
+        if column.ndim != 1:
+            raise BadInputError(f"column {name!r}: must be 1-d, not of shape {column.shape}")
+        if column.dtype.kind == "U":  # FITS holds ASCII bytes
+            try:
+                column = column.astype(f"S{max(column.dtype.itemsize // 4, 1)}")
+            except UnicodeEncodeError:
+                raise BadInputError(f"column {name!r}: FITS text columns must be ASCII") from None
+        columns[name] = column
+    _same_shape(**{f"column {name!r}": column for name, column in columns.items()})
+    return columns
 
 
 # ---- Epochs
@@ -556,7 +751,9 @@ def read_epochs(path: str = None):
 
     if hasattr(path, "colnames"):  # already a table
         epochs, path = path.copy(), "epoch table"
+        _check_epoch_table(epochs, path)
     else:
+        _check_path("path", path, optional=True)
         path = check_input(path or data_path(EPOCHS_FILENAME), "epoch table")
         with _reading(path, "epoch table (a FITS binary table in HDU 1)"):
             epochs = Table.read(path, hdu=1, format="fits")
@@ -584,6 +781,18 @@ def read_epochs(path: str = None):
     return epochs
 
 
+def _check_epoch_table(epochs, where):
+    """Refuse an epoch table without rows, or whose expnum ranges are not whole numbers."""
+    if not len(epochs):
+        raise BadInputError(f"{where}: the epoch table has no rows")
+    for name in ("MINEXPNUM", "MAXEXPNUM"):
+        if name in epochs.colnames:
+            values = _numeric_array(f"{where}: column {name}", epochs[name])
+            if values.ndim != 1:
+                raise BadInputError(f"{where}: column {name} holds arrays, expected one value per row")
+            _whole_int64(f"{where}: column {name}", values)
+
+
 def epoch_index(expnum, minexp, maxexp):
     """Index of the epoch of each exposure number; -1 where it is in no epoch.
 
@@ -595,23 +804,38 @@ def epoch_index(expnum, minexp, maxexp):
     Parameters
     ----------
     expnum : array_like of int
-        Exposure numbers.
+        Exposure numbers (integers, or floats holding whole numbers).
     minexp, maxexp : array_like of int
-        Inclusive expnum range of each epoch, sorted by ``minexp``.
+        Inclusive expnum range of each epoch, sorted by ``minexp``: 1-d, of
+        the same non-zero length.
 
     Returns
     -------
     numpy.ndarray of int
         Same shape as ``expnum``.
 
+    Raises
+    ------
+    BadInputError
+        For arguments that are not such numbers: strings, fractional or NaN
+        exposure numbers, ranges of different lengths, empty or unsorted.
+
     Examples
     --------
     >>> epoch_index([5, 15, 25, 35], minexp=[10, 20, 30], maxexp=[18, 32, 40])
     array([-1,  0,  1,  2])
     """
-    expnum = np.asarray(expnum)
-    minexp = np.asarray(minexp)
-    maxexp = np.asarray(maxexp)
+    expnum = _numeric_array("expnum", expnum)
+    if expnum.dtype == np.uint64:  # beyond the int64 range is beyond every epoch
+        expnum = np.minimum(expnum, np.iinfo(np.int64).max)
+    expnum = _whole_int64("expnum", expnum)
+    minexp = _whole_int64("minexp", _numeric_array("minexp", minexp))
+    maxexp = _whole_int64("maxexp", _numeric_array("maxexp", maxexp))
+    if minexp.ndim != 1 or minexp.shape != maxexp.shape or not minexp.size:
+        raise BadInputError(f"minexp and maxexp must be 1-d of the same non-zero length, "
+                            f"not shapes {minexp.shape} and {maxexp.shape}")
+    if (np.diff(minexp) < 0).any():
+        raise BadInputError("minexp: the epochs must be sorted by minexp")
     index = np.searchsorted(minexp, expnum, side="right") - 1
     inside = (index >= 0) & (expnum <= maxexp[np.maximum(index, 0)])
     return np.where(inside, index, -1)
@@ -635,6 +859,7 @@ def find_counts_file(path: str = None):
     (str, bool)
         The path, and whether it is the demo fallback.
     """
+    path = _check_path("path", path, optional=True)
     if path is not None:
         return check_input(path, "count-map file"), False
     here = os.path.dirname(os.path.abspath(__file__))
@@ -734,9 +959,10 @@ class CountMaps:
         return list(self._scan())
 
     def __contains__(self, epoch) -> bool:
-        return epoch in self._scan()
+        return isinstance(epoch, str) and epoch in self._scan()
 
     def _header(self, epoch):
+        _check_str("epoch", epoch)
         try:
             return self._scan()[epoch]
         except KeyError:
@@ -805,13 +1031,18 @@ def _alias(name, value, default, alias, alias_value):
 
 def _check_options(fp_rate, x_bin, y_bin, floor):
     """Validate the masking options shared by the classes and the CLI."""
-    if not 0 < fp_rate < 1:
-        raise BadInputError(f"fp_rate={fp_rate}: must be between 0 and 1")
-    for name, value in (("x_bin", x_bin), ("y_bin", y_bin)):
-        if int(value) != value or value < 1:
-            raise BadInputError(f"{name}={value}: must be a positive integer")
-    if floor not in FLOORS:
-        raise BadInputError(f"floor={floor!r}: must be one of {', '.join(FLOORS)}")
+    _check_fp_rate(fp_rate)
+    _check_bin("x_bin", x_bin)
+    _check_bin("y_bin", y_bin)
+    if not isinstance(floor, str) or floor not in FLOORS:
+        raise BadInputError(f"floor={_describe_value(floor)}: must be one of {', '.join(FLOORS)}")
+
+
+def _check_bin(name: str, value) -> int:
+    try:
+        return _check_int(name, value, lo=1)
+    except BadInputError:
+        raise BadInputError(f"{name}={_describe_value(value)}: must be a positive integer") from None
 
 
 def rebin_counts(counts: np.ndarray, x_bin: int = 1, y_bin: int = 1) -> np.ndarray:
@@ -825,6 +1056,11 @@ def rebin_counts(counts: np.ndarray, x_bin: int = 1, y_bin: int = 1) -> np.ndarr
     >>> int(rebin_counts(cube, 2, 4).sum()) == int(cube.sum())
     True
     """
+    counts = _numeric_array("counts", counts, kinds="iu")
+    if counts.ndim != 3 or 0 in counts.shape:
+        raise BadInputError(f"counts have shape {counts.shape}, expected (n_ccd, ny, nx), none of them 0")
+    x_bin = _check_bin("x_bin", x_bin)
+    y_bin = _check_bin("y_bin", y_bin)
     n_ccd, ny, nx = counts.shape
     for name, factor, size in (("x_bin", x_bin, nx), ("y_bin", y_bin, ny)):
         if size % factor:
@@ -843,19 +1079,78 @@ def poisson_threshold(mode, centre, fp_rate: float = DEFAULT_FP_RATE, floor_fact
     Poisson mean is the modal cell count plus one: the mode of a Poisson variable
     is the floor of its mean, so the +1 errs on the side of masking less.
 
+    The Poisson quantile is ``scipy.stats.poisson(mode + 1).isf(fp_rate)`` to
+    the bit, computed from `scipy.special` without importing `scipy.stats`
+    (which took most of the start-up time of every command).
+
+    Parameters
+    ----------
+    mode, centre : array_like of float
+        Per CCD: the modal cell count (finite, >= 0) and the median or mean
+        cell count (finite), of the same shape or broadcastable.
+    fp_rate : float
+        False-positive probability per cell, 0 < fp_rate < 1.
+    floor_factor : float
+        The threshold is at least ``ceil(floor_factor * centre)``.
+
+    Returns
+    -------
+    numpy.ndarray of float
+
+    Raises
+    ------
+    BadInputError
+        For a non-numeric, NaN, infinite or negative argument, an fp_rate
+        outside 0..1 (or below 1e-16, where ``1 - fp_rate`` rounds to 1), or
+        shapes that do not broadcast.
+
     Examples
     --------
-    >>> from scipy.stats import poisson
     >>> float(poisson_threshold(3, 3.2, 1e-4))  # ceil(6.4) = 7 < Poisson(4).isf(1e-4)
     13.0
-    >>> float(poisson(4).isf(1e-4))
-    13.0
+    >>> poisson_threshold([0, 3, 10], [0.5, 3.0, 12.0]).tolist()
+    [6.0, 13.0, 25.0]
     """
-    from scipy.stats import poisson
+    fp_rate = _check_fp_rate(fp_rate)
+    floor_factor = _check_real("floor_factor", floor_factor)
+    mode = _float_array("mode", mode)
+    centre = _float_array("centre", centre)
+    if not np.isfinite(mode).all() or (mode < 0).any() or (mode >= _MAX_COUNT).any():
+        raise BadInputError("mode: must be finite, non-negative and below 2**52")
+    if not np.isfinite(centre).all():
+        raise BadInputError("centre: must be finite")
+    try:
+        mode, centre = np.broadcast_arrays(mode, centre)
+    except ValueError:
+        raise BadInputError(f"mode and centre have shapes {mode.shape} and {centre.shape}, "
+                            "which do not broadcast") from None
+    with np.errstate(over="ignore"):
+        floor = np.ceil(floor_factor * centre)
+    if not np.isfinite(floor).all():
+        raise BadInputError(f"floor_factor={floor_factor:g} times centre overflows")
+    return np.maximum(floor, _poisson_isf(fp_rate, mode + 1.0))
 
-    mode = np.asarray(mode, dtype=np.float64)
-    poisson_cut = poisson.isf(fp_rate, mode + 1.0)
-    return np.maximum(np.ceil(floor_factor * np.asarray(centre, dtype=np.float64)), poisson_cut)
+
+#: Counts are whole numbers in float64 for the threshold: they must stay below 2**52.
+_MAX_COUNT = 1 << 52
+
+
+def _poisson_isf(fp_rate: float, mean: np.ndarray) -> np.ndarray:
+    """``scipy.stats.poisson(mean).isf(fp_rate)`` from `scipy.special` alone.
+
+    The quantile is the smallest count k with ``P(X <= k) >= level``, where
+    ``level = 1.0 - fp_rate`` in float64: the ceiling of the continuous inverse
+    `scipy.special.pdtrik`, or the count below it when that one already
+    reaches the level (pdtrik is a numerical inverse).  This is how scipy.stats
+    computes it, so the thresholds are the same to the bit (tests compare them
+    over a grid of means and rates).
+    """
+    from scipy.special import pdtr, pdtrik
+
+    level = 1.0 - fp_rate
+    k = np.ceil(pdtrik(level, mean))
+    below = np.maximum(k - 1, 0)
+    return np.where(pdtr(below, mean) >= level, below, k)
 
 
 def _mode(cells) -> int:
@@ -933,13 +1228,24 @@ class EpochMask:
         x_bin = _alias("x_bin", x_bin, 1, "x_shrink", x_shrink)
         y_bin = _alias("y_bin", y_bin, 1, "y_shrink", y_shrink)
         _check_options(fp_rate, x_bin, y_bin, floor)
-        counts = np.asarray(counts)
-        if counts.ndim != 3 or counts.shape[0] != N_CCD:
-            raise BadInputError(f"counts have shape {counts.shape}, expected ({N_CCD}, ny, nx)")
+        try:
+            counts = np.asarray(counts)
+        except (ValueError, TypeError) as exc:  # ragged nested sequences
+            raise BadInputError(f"counts: not an array of integers ({exc})") from None
+        if counts.ndim != 3 or counts.shape[0] != N_CCD or 0 in counts.shape:
+            raise BadInputError(f"counts have shape {counts.shape}, expected ({N_CCD}, ny, nx) with ny, nx >= 1")
         if counts.dtype.kind not in "ui" or (counts.size and counts.min() < 0):
             raise BadInputError(f"counts must be non-negative integers, not {counts.dtype}")
         if CCD_NY % counts.shape[1] or CCD_NX % counts.shape[2]:
             raise BadInputError(f"a {counts.shape[1]} x {counts.shape[2]} cell grid does not divide a CCD")
+        if counts.size and int(counts.max()) * int(x_bin) * int(y_bin) >= _MAX_COUNT:
+            raise BadInputError(f"counts up to {int(counts.max())}: a (re-binned) cell must hold "
+                                f"fewer than 2**52 transients")
+        epoch = _check_str("epoch", epoch, optional=True)
+        min_exp = None if min_exp is None else _check_int("min_exp", min_exp)
+        max_exp = None if max_exp is None else _check_int("max_exp", max_exp)
+        source = _check_path("source", source, optional=True)
+        demo = _check_flag("demo", demo)
         self.epoch = epoch
         self.fp_rate = float(fp_rate)
         self.x_bin, self.y_bin = int(x_bin), int(y_bin)
@@ -955,6 +1261,9 @@ class EpochMask:
     @classmethod
     def from_maps(cls, maps: "CountMaps", epoch: str, **options) -> "EpochMask":
         """The mask of one epoch of a `CountMaps` file (options as for the class)."""
+        if not isinstance(maps, CountMaps):
+            raise BadInputError(f"maps={_describe_value(maps)}: must be a CountMaps")
+        _check_str("epoch", epoch)
         info = maps.info(epoch)
         return cls(maps.counts(epoch), epoch=epoch, min_exp=info["min_exp"],
                    max_exp=info["max_exp"], demo=info["demo"], source=maps.path, **options)
@@ -1038,11 +1347,17 @@ class EpochMask:
         higher-x side), exactly as the DES maps count transients.  The half
         pixel 0.5 <= x < 1 left of the first cell edge belongs to the first cell.
         Likewise in y.  Positions off the CCD (x < 0.5, x >= 2048.5, y < 0.5,
-        y >= 4096.5, NaN) and CCDNUM outside 1..62 give -1.
+        y >= 4096.5, NaN) and CCDNUM outside 1..62 (or not a whole number) give -1.
+
+        ``ccdnum``, ``x`` and ``y`` are numbers of one shape (scalars are
+        broadcast); anything else (strings, different lengths) raises
+        `BadInputError`.
         """
-        ccdnum = np.asarray(ccdnum)
-        x = np.asarray(x, dtype=np.float64)
-        y = np.asarray(y, dtype=np.float64)
+        ccdnum = _ccdnum_array(ccdnum)
+        x = _float_array("x", x)
+        y = _float_array("y", y)
+        shape = _same_shape(ccdnum=ccdnum, x=x, y=y)
+        ccdnum, x, y = (np.broadcast_to(a, shape) for a in (ccdnum, x, y))
         n_ccd, ny, nx = self.mask.shape
         cell_ny, cell_nx = self.cell_size
         on = (ccdnum >= 1) & (ccdnum <= n_ccd)
@@ -1063,8 +1378,9 @@ class EpochMask:
         Raises
         ------
         BadInputError
-            If any CCDNUM is outside 1..62 or any position is off the CCD
-            (0.5 <= x < 2048.5 and 0.5 <= y < 4096.5) or NaN.
+            If any CCDNUM is outside 1..62 (or not a whole number) or any
+            position is off the CCD (0.5 <= x < 2048.5 and 0.5 <= y < 4096.5)
+            or NaN; or if the arguments are not numbers of one shape.
         """
         flat = self.cell_index(ccdnum, x, y)
         off = flat < 0
@@ -1082,8 +1398,7 @@ class EpochMask:
         Pixel (x, y) with centre at the integer position is masked exactly when
         the cell holding its centre is.
         """
-        if not 1 <= ccdnum <= self.mask.shape[0]:
-            raise BadInputError(f"ccdnum={ccdnum}: must be in 1..{self.mask.shape[0]}")
+        ccdnum = _check_int("ccdnum", ccdnum, 1, self.mask.shape[0])
         return self._full_resolution(self.mask[ccdnum - 1])
 
     def _full_resolution(self, cells):
@@ -1148,9 +1463,9 @@ class EpochMask:
         """
         from astropy.io import fits
 
-        masked_value = int(masked_value)
-        if not 1 <= masked_value <= 32767:
-            raise BadInputError(f"masked_value={masked_value}: must be in 1..32767")
+        path = _check_path("path", path)
+        masked_value = _check_int("masked_value", masked_value, 1, 32767)
+        compress = _check_flag("compress", compress)
         dtype = np.uint8 if masked_value <= 255 else np.int16
         primary = fits.PrimaryHDU()
         for card in self.provenance():
@@ -1263,8 +1578,12 @@ class TransientMasks:
                  default: bool = None):
         x_bin = _alias("x_bin", x_bin, 1, "x_shrink", x_shrink)
         y_bin = _alias("y_bin", y_bin, 1, "y_shrink", y_shrink)
-        keep_no_epoch = bool(_alias("keep_no_epoch", keep_no_epoch, False, "default", default))
+        keep_no_epoch = _alias("keep_no_epoch", keep_no_epoch, False, "default", default)
         _check_options(fp_rate, x_bin, y_bin, floor)
+        if not isinstance(counts, CountMaps):
+            _check_path("counts", counts, optional=True)
+        if epochs is not None and not hasattr(epochs, "colnames"):
+            _check_path("epochs", epochs)
         self.epochs = read_epochs(epochs)
         self.maps = counts if isinstance(counts, CountMaps) else CountMaps(counts)
         #: The files these masks are made from (never to be written over).
@@ -1272,7 +1591,7 @@ class TransientMasks:
         if epochs is None or isinstance(epochs, (str, os.PathLike)):
             self.inputs.append(os.fspath(epochs or data_path(EPOCHS_FILENAME)))
         self.options = {"fp_rate": fp_rate, "x_bin": x_bin, "y_bin": y_bin, "floor": floor}
-        self.keep_no_epoch = keep_no_epoch
+        self.keep_no_epoch = _check_flag("keep_no_epoch", keep_no_epoch)
         self._masks = {}
         self._warned = set()
 
@@ -1301,6 +1620,7 @@ class TransientMasks:
 
     def mask_for(self, epoch: str) -> EpochMask:
         """The `EpochMask` of one epoch, built on first use."""
+        _check_str("epoch", epoch)
         if epoch not in self._masks:
             self._masks[epoch] = EpochMask.from_maps(self.maps, epoch, **self.options)
         return self._masks[epoch]
@@ -1309,12 +1629,15 @@ class TransientMasks:
         """KEEP (0), MASKED (1) or NO_EPOCH (2) for each event.
 
         NO_EPOCH: the EXPNUM is in no epoch, or its epoch has no count map.
-        Positions must be on the CCDs (see `EpochMask.apply`).
+        Positions must be on the CCDs (see `EpochMask.apply`).  The four
+        arguments are numbers of one shape (scalars are broadcast).
         """
         index = self.epoch_index(expnum)
-        ccdnum = np.asarray(ccdnum)
-        x = np.asarray(x)
-        y = np.asarray(y)
+        ccdnum = _ccdnum_array(ccdnum)
+        x = _float_array("x", x)
+        y = _float_array("y", y)
+        shape = _same_shape(expnum=index, ccdnum=ccdnum, x=x, y=y)
+        index, ccdnum, x, y = (np.broadcast_to(a, shape) for a in (index, ccdnum, x, y))
         codes = np.full(index.shape, NO_EPOCH, dtype=np.uint8)
         for row in np.unique(index[index >= 0]):  # a loop over epochs, not events
             epoch = str(self.epochs["NAME"][row])
@@ -1362,6 +1685,8 @@ def table_format_of(path: str, table_format: str = None) -> str:
     >>> table_format_of("events.fits.gz"), table_format_of("events.pq"), table_format_of("x.dat", "ascii.csv")
     ('fits', 'parquet', 'ascii.csv')
     """
+    _check_path("path", path)
+    _check_str("table_format", table_format, optional=True)
     if table_format:
         from astropy.io import registry
         from astropy.table import Table
@@ -1414,6 +1739,10 @@ class FilterCounts:
 
     def add(self, codes, kept, row_offset=0):
         """Count one block of rows from its `classify` codes and kept flags."""
+        codes = _numeric_array("codes", codes, kinds="iu")
+        kept = _numeric_array("kept", kept, kinds="b")
+        _same_shape(codes=codes, kept=kept)
+        row_offset = _check_int("row_offset", row_offset, lo=0)
         no_epoch = codes == NO_EPOCH
         bad = codes == BAD
         self.read += codes.size
@@ -1456,7 +1785,11 @@ def resolve_columns(colnames, expnum_col="EXPNUM", ccdnum_col="CCDNUM", x_col="X
     (str, str, str, str)
         The EXPNUM, CCDNUM, x and y column names.
     """
+    if isinstance(colnames, (str, bytes)) or not hasattr(colnames, "__iter__"):
+        raise BadInputError(f"colnames={_describe_value(colnames)}: must be a list of column names")
     colnames = list(colnames)
+    for role, name in (("expnum", expnum_col), ("ccdnum", ccdnum_col), ("x", x_col), ("y", y_col)):
+        _check_str(f"{role}_col", name)
     if (x_col, y_col) == (DEFAULT_COLUMNS["x"], DEFAULT_COLUMNS["y"]) and not (
         x_col in colnames and y_col in colnames
     ):
@@ -1534,6 +1867,7 @@ def _event_values(columns, names, source="table"):
         row_bad = null.copy() if null is not None and null.any() else None
         if role in ("expnum", "ccdnum") and (kind == "f" or data.dtype == np.uint64):
             if kind == "f":
+                data = data.astype(np.float64, copy=False)  # float16 cannot hold 2**62
                 with np.errstate(invalid="ignore"):
                     usable = (data == np.floor(data)) & (np.abs(data) < 2.0**62)  # NaN, inf fail
             else:
@@ -1597,7 +1931,18 @@ def filter_table(table, masks: "TransientMasks", *, expnum_col="EXPNUM", ccdnum_
     -------
     (astropy.table.Table, FilterCounts)
         The kept rows with every column, unit and the metadata; the counts.
+
+    Raises
+    ------
+    BadInputError
+        For a missing column, a column that does not hold one number per
+        row, or (without ``drop_bad``) bad rows.
     """
+    if not hasattr(table, "colnames") or not hasattr(table, "__getitem__"):
+        raise BadInputError(f"table={_describe_value(table)}: must be an astropy Table")
+    if not isinstance(masks, TransientMasks):
+        raise BadInputError(f"masks={_describe_value(masks)}: must be a TransientMasks")
+    drop_bad = _check_flag("drop_bad", drop_bad)
     names = resolve_columns(table.colnames, expnum_col, ccdnum_col, x_col, y_col, source)
     codes = _classify_rows(masks, *_event_values([table[name] for name in names], names, source))
     kept = _keep(codes, masks.keep_no_epoch)
@@ -1708,6 +2053,12 @@ def filter_file(input_path: str, output_path: str, masks: "TransientMasks", *,
     -------
     FilterCounts
     """
+    input_path = _check_path("input_path", input_path)
+    output_path = _check_path("output_path", output_path)
+    if not isinstance(masks, TransientMasks):
+        raise BadInputError(f"masks={_describe_value(masks)}: must be a TransientMasks")
+    chunk_rows = _check_int("chunk_rows", chunk_rows, lo=1)
+    drop_bad = _check_flag("drop_bad", drop_bad)
     check_input(input_path, "event table")
     in_format = table_format_of(input_path, table_format)
     out_format = table_format_of(output_path, output_format or table_format)
@@ -1924,7 +2275,8 @@ class _EpochLookup:
             self.lo = int(self.minexp.min())
             self.hi = int(self.maxexp.max())
             expnums = np.arange(self.lo, self.hi + 1, dtype=np.int64)
-            self.lut = epoch_index(expnums, self.minexp, self.maxexp).astype(np.int16)
+            self.lut = epoch_index(expnums, self.minexp, self.maxexp).astype(
+                np.int16 if self.minexp.size < np.iinfo(np.int16).max else np.int32)
 
     def __call__(self, expnum) -> np.ndarray:
         expnum = np.asarray(expnum)
@@ -1974,6 +2326,35 @@ def _cell_index(ccdnum, x, y):
     return flat, good
 
 
+_NOT_WHOLE = np.iinfo(np.int64).min  # marks the EXPNUM/CCDNUM values that are not whole numbers
+
+
+def _event_arrays(**arrays) -> tuple:
+    """Event columns (named keyword arrays, CCDNUM as ``ccdnum``) checked and flattened.
+
+    Each must hold numbers (any integer or float type); all non-scalar ones
+    must have the same shape, scalars are repeated.  As for event tables, a
+    row is *bad* (its CCDNUM becomes 0, which the binning skips and counts)
+    when any of its entries is masked, or when its EXPNUM or CCDNUM is not a
+    whole number (5.5, NaN).
+    """
+    names = list(arrays)
+    values = [np.ma.getdata(value) if np.ma.isMaskedArray(value) else value for value in arrays.values()]
+    checked = {name: _numeric_array(name, value) for name, value in zip(names, values)}
+    shape = _same_shape(**checked)
+    flat = {name: np.broadcast_to(value, shape).ravel() for name, value in checked.items()}
+    bad = np.zeros(flat[names[0]].shape, dtype=bool)
+    for name, value in zip(names, arrays.values()):
+        if np.ma.isMaskedArray(value):
+            bad |= np.broadcast_to(np.ma.getmaskarray(value), shape).ravel()
+        if name in ("expnum", "ccdnum") and flat[name].dtype.kind == "f":
+            flat[name] = _whole_int64(name, flat[name], bad=_NOT_WHOLE)
+            bad |= flat[name] == _NOT_WHOLE
+    if "ccdnum" in flat and bad.any():
+        flat["ccdnum"] = np.where(bad, 0, flat["ccdnum"])
+    return tuple(flat.values())
+
+
 def bin_events(epoch_idx, ccdnum, x, y, n_epochs: int) -> np.ndarray:
     """Count events in the DES map cells of each epoch (integer arithmetic).
 
@@ -1999,10 +2380,19 @@ def bin_events(epoch_idx, ccdnum, x, y, n_epochs: int) -> np.ndarray:
     >>> int(counts[0, 0, 0, 0]), int(counts[0, 0, 0, 1]), int(counts[1, 61, 255, 255])
     (1, 1, 1)
     """
+    n_epochs = _check_int("n_epochs", n_epochs, lo=0)
+    epoch_idx = _whole_int64("epoch_idx", _numeric_array("epoch_idx", epoch_idx))
+    epoch_idx, ccdnum, x, y = _event_arrays(epoch_idx=epoch_idx, ccdnum=ccdnum, x=x, y=y)
+    if epoch_idx.size and epoch_idx.max() >= n_epochs:
+        raise BadInputError(f"epoch_idx: {int(epoch_idx.max())} is not below n_epochs={n_epochs}")
+    try:
+        counts = np.zeros((n_epochs, N_CCD, MAP_NY, MAP_NX), dtype=np.int64)
+    except (MemoryError, ValueError):  # numpy: ValueError when beyond any address space
+        raise BadInputError(f"n_epochs={n_epochs}: too many epochs to hold their maps "
+                            f"({N_CCD * _MAP_CELLS * 8 / 2**20:.0f} MB each)") from None
     accumulator = _CountAccumulator(n_epochs)
     accumulator.add(epoch_idx, ccdnum, x, y)
     accumulator.flush()
-    counts = np.zeros((n_epochs, N_CCD, MAP_NY, MAP_NX), dtype=np.int64)
     for index, total in accumulator.totals.items():
         counts[index] = total.reshape(N_CCD, MAP_NY, MAP_NX)
     return counts
@@ -2035,14 +2425,13 @@ def gather_arrays(expnum, ccdnum, x, y, *, epochs=None,
     >>> list(result.counts), result.n_binned, result.n_no_epoch
     (['Y2E1'], 2, 1)
     """
+    chunk_rows = _check_int("chunk_rows", chunk_rows, lo=1)
+    expnum, ccdnum, x, y = _event_arrays(expnum=expnum, ccdnum=ccdnum, x=x, y=y)
     table = read_epochs(epochs)
     accumulator = _CountAccumulator(len(table))
-    expnum, ccdnum, x, y = (a if isinstance(a, np.ndarray) else np.asarray(a) for a in (expnum, ccdnum, x, y))
-    if not expnum.shape == ccdnum.shape == x.shape == y.shape:
-        raise BadInputError(f"event arrays differ in shape: {expnum.shape}, {ccdnum.shape}, {x.shape}, {y.shape}")
     lookup = _EpochLookup(table["MINEXPNUM"], table["MAXEXPNUM"])
     _add_events(accumulator, lookup, (expnum, ccdnum, x, y), ("expnum", "ccdnum", "x", "y"), "events",
-                max(int(chunk_rows), 1))
+                chunk_rows)
     return _finish_gather(accumulator, table)
 
 
@@ -2244,11 +2633,17 @@ def gather_data(catalogs, output: str = None, *, epochs=None, expnum_col: str = 
     >>> result.summary()
     '1000 rows read, 1000 binned, 0 in no epoch, 0 bad rows skipped; epochs with transients: Y2E1'
     """
-    if not _is_dask_frame(catalogs):  # paths, glob patterns, dataset directories
-        catalogs = _distinct_files(expand_inputs(catalogs))
-    if int(chunk_rows) < 1:
-        raise BadInputError(f"chunk_rows={chunk_rows}: must be a positive integer")
-    chunk_rows = int(chunk_rows)
+    if not _is_dask_frame(catalogs):  # paths, glob patterns, dataset directories (see expand_inputs)
+        if isinstance(catalogs, (str, os.PathLike)):
+            catalogs = [catalogs]
+        if not isinstance(catalogs, (list, tuple)):
+            raise BadInputError(f"catalogs={_describe_value(catalogs)}: must be a file path or a list of them")
+        if not catalogs:
+            raise BadInputError("gather_data: no catalog given")
+        catalogs = _distinct_files(expand_inputs([_check_path("catalogs", path) for path in catalogs]))
+    chunk_rows = _check_int("chunk_rows", chunk_rows, lo=1)
+    output = _check_path("output", output, optional=True)
+    demo = _check_flag("demo", demo)
     table = read_epochs(epochs)
     inputs = ([] if _is_dask_frame(catalogs) else catalogs) + ([os.fspath(epochs or data_path(EPOCHS_FILENAME))]
                          if epochs is None or isinstance(epochs, (str, os.PathLike)) else [])
@@ -2306,6 +2701,24 @@ def write_count_maps(path: str, result: GatherResult, *, demo: bool = False, ove
     ['Y2E1']
     """
     from astropy.io import fits
+
+    path = _check_path("path", path)
+    demo = _check_flag("demo", demo)
+    if not isinstance(result, GatherResult):
+        raise BadInputError(f"result={_describe_value(result)}: must be a GatherResult")
+    inputs = _path_list("inputs", inputs)
+    for name, counts in result.counts.items():
+        where = f"result.counts[{name!r}]"
+        _check_str("epoch name", name)
+        counts = _numeric_array(where, counts, kinds="iu")
+        if counts.shape != (N_CCD, MAP_NY, MAP_NX):
+            raise BadInputError(f"{where}: shape {counts.shape}, expected ({N_CCD}, {MAP_NY}, {MAP_NX})")
+        if counts.size and (counts.min() < 0 or counts.max() > _UINT16_MAX):
+            raise BadInputError(f"{where}: counts must be in 0..{_UINT16_MAX} (the DES maps are uint16)")
+        for bounds in (result.min_exp, result.max_exp):
+            if name not in bounds:
+                raise BadInputError(f"{where}: no MIN_EXP/MAX_EXP for this epoch in the result")
+            _check_int(f"expnum bound of {name}", bounds[name])
 
     primary = fits.PrimaryHDU()
     hdus = [primary]
@@ -2963,6 +3376,9 @@ def dask_client(jobs: int = None, scheduler: str = None):
         When Dask is not installed (the ``dask`` extra), both options are
         given, or the scheduler cannot be reached.
     """
+    if jobs is not None:
+        jobs = _check_int("jobs", jobs, lo=0)  # 0: one per core, as None
+    scheduler = _check_str("scheduler", scheduler, optional=True)
     if jobs and scheduler:
         raise BadInputError("--jobs and --scheduler: give one or the other")
     try:
@@ -3079,7 +3495,7 @@ def read_ccd_layout(path: str = None):
 
     from astropy.table import Table
 
-    path = path or data_path(CCDS_FILENAME)
+    path = _check_path("path", path, optional=True) or data_path(CCDS_FILENAME)
     try:
         with open(path, newline="") as stream:
             rows = list(csv.DictReader(line for line in stream if not line.startswith("#")))
@@ -3102,7 +3518,8 @@ def read_ccd_layout(path: str = None):
 def _epoch_mask_for(epoch_mask_or_epoch, maps, fp_rate, x_bin, y_bin, floor):
     """An EpochMask as given, or built for an epoch name from the count maps."""
     if not isinstance(epoch_mask_or_epoch, str):
-        return epoch_mask_or_epoch
+        return _check_epoch_mask(epoch_mask_or_epoch)
+    _check_options(fp_rate, x_bin, y_bin, floor)
     maps = maps if maps is not None else CountMaps()
     epoch = epoch_mask_or_epoch
     if epoch not in maps.epochs:
@@ -3110,6 +3527,21 @@ def _epoch_mask_for(epoch_mask_or_epoch, maps, fp_rate, x_bin, y_bin, floor):
             f"{maps.path}: no epoch {epoch!r} in the count maps (they have {', '.join(maps.epochs) or 'none'})"
         )
     return EpochMask.from_maps(maps, epoch, fp_rate=fp_rate, x_bin=x_bin, y_bin=y_bin, floor=floor)
+
+
+def _check_epoch_mask(epoch_mask):
+    """An argument that must be an epoch mask (an `EpochMask`, or any object with its arrays)."""
+    needed = ("counts", "mask", "live", "threshold", "cell_size", "area_fraction", "transient_fraction")
+    if not all(hasattr(epoch_mask, name) for name in needed):
+        raise BadInputError(f"epoch_mask={_describe_value(epoch_mask)}: must be an EpochMask")
+    return epoch_mask
+
+
+def _check_dpi(dpi) -> float:
+    dpi = _check_real("dpi", dpi)
+    if not 1 <= dpi <= 10_000:
+        raise BadInputError(f"dpi={dpi:g}: must be in 1..10000")
+    return dpi
 
 
 def _describe(epoch_mask) -> str:
@@ -3236,9 +3668,7 @@ class _CcdPage:
 
     def draw(self, ccdnum: int):
         """Show CCD ``ccdnum`` on the page; returns the figure."""
-        if not 1 <= int(ccdnum) <= N_CCD:
-            raise BadInputError(f"ccdnum {ccdnum}: must be 1..{N_CCD}")
-        ccdnum = int(ccdnum)
+        ccdnum = _check_int("ccdnum", ccdnum, 1, N_CCD)
         index = ccdnum - 1
         epoch_mask = self.epoch_mask
         threshold = float(epoch_mask.threshold[index])
@@ -3309,6 +3739,8 @@ def plot_ccd(epoch_mask, ccdnum: int, *, figure=None):
     >>> mask = EpochMask.from_maps(CountMaps(data_path(DEMO_COUNTS_FILENAME)), "Y2E1")
     >>> plot_ccd(mask, 46).savefig("n15.png")
     """
+    _check_epoch_mask(epoch_mask)
+    ccdnum = _check_int("ccdnum", ccdnum, 1, N_CCD)
     return _CcdPage(epoch_mask, figure).draw(ccdnum)
 
 
@@ -3360,11 +3792,18 @@ def plot_epoch(epoch_mask_or_epoch, pdf_file: str, *, maps=None, fp_rate: float 
     """
     from matplotlib.backends.backend_pdf import PdfPages
 
+    pdf_file = _check_path("pdf_file", pdf_file)
+    if maps is not None and not isinstance(maps, CountMaps):
+        raise BadInputError(f"maps={_describe_value(maps)}: must be a CountMaps")
+    if ccdnums is None:
+        ccdnums = list(range(1, N_CCD + 1))
+    else:
+        if isinstance(ccdnums, (str, bytes)) or not hasattr(ccdnums, "__iter__"):
+            raise BadInputError(f"ccdnums={_describe_value(ccdnums)}: must be a list of CCD numbers")
+        ccdnums = [_check_int("ccdnums", c, 1, N_CCD) for c in ccdnums]
+        if not ccdnums:
+            raise BadInputError(f"ccdnums=[]: give at least one CCD number (1..{N_CCD})")
     epoch_mask = _epoch_mask_for(epoch_mask_or_epoch, maps, fp_rate, x_bin, y_bin, floor)
-    ccdnums = list(range(1, N_CCD + 1)) if ccdnums is None else [int(c) for c in ccdnums]
-    bad = [c for c in ccdnums if not 1 <= c <= N_CCD]
-    if bad or not ccdnums:
-        raise BadInputError(f"ccdnums {bad or ccdnums}: CCD numbers must be 1..{N_CCD}")
     source = getattr(epoch_mask, "source", None) or (getattr(maps, "path", None) if maps is not None else None)
     inputs = [source] if source else []
     page = _CcdPage(epoch_mask)
@@ -3430,6 +3869,12 @@ def plot_focal_plane(epoch_mask, path: str = None, *, overwrite: bool = False, v
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch, Rectangle
 
+    _check_epoch_mask(epoch_mask)
+    path = _check_path("path", path, optional=True)
+    vmax = _check_real("vmax", vmax)
+    if vmax <= 0:
+        raise BadInputError(f"vmax={vmax}: must be positive")
+    dpi = _check_dpi(dpi)
     layout = read_ccd_layout(layout_file)
     figure = Figure(figsize=(9.0, 9.2))
     ax = figure.add_axes((0.085, 0.06, 0.78, 0.855))
@@ -3570,6 +4015,14 @@ def plot_survey_summary(maps, path: str = None, *, fp_rate: float = DEFAULT_FP_R
     """
     from matplotlib.figure import Figure
 
+    if not isinstance(maps, CountMaps):
+        raise BadInputError(f"maps={_describe_value(maps)}: must be a CountMaps")
+    path = _check_path("path", path, optional=True)
+    _check_options(fp_rate, x_bin, y_bin, floor)
+    vmax_percent = _check_real("vmax_percent", vmax_percent)
+    if vmax_percent <= 0:
+        raise BadInputError(f"vmax_percent={vmax_percent}: must be positive")
+    dpi = _check_dpi(dpi)
     epochs = list(maps.epochs)
     if not epochs:
         raise BadInputError(f"{maps.path}: the count maps hold no epoch")

@@ -1,0 +1,498 @@
+"""Bad arguments to the public functions of transient_masks: a one-line BadInputError naming them.
+
+Every name of ``transient_masks.__all__`` that takes arguments is exercised with
+wrong types, shapes, lengths and values; none may let an IndexError, TypeError,
+ZeroDivisionError, OverflowError or MemoryError escape.
+"""
+import numpy as np
+import pytest
+from astropy.table import Table
+
+import transient_masks as tm
+from conftest import poisson_cube
+
+
+@pytest.fixture(scope="module")
+def mask():
+    cube = np.full((62, 256, 256), 5, dtype=np.int64)
+    cube[4, 10, 100] = 500
+    return tm.EpochMask(cube, epoch="Y2E1")
+
+
+@pytest.fixture(scope="module")
+def masks():
+    return tm.TransientMasks(tm.data_path(tm.DEMO_COUNTS_FILENAME))
+
+
+def raises(match, function, *args, **kwargs):
+    """Call and check that a one-line BadInputError matching ``match`` comes out."""
+    with pytest.raises(tm.BadInputError, match=match) as error:
+        function(*args, **kwargs)
+    assert "\n" not in str(error.value)
+    return str(error.value)
+
+
+# ---- Masking options, shared by EpochMask, TransientMasks and the plots
+
+
+@pytest.mark.parametrize("fp_rate", [np.nan, np.inf, -np.inf, "1e-4", None, [1e-4], 1e-17, 1.5, True])
+def test_fp_rate_must_be_a_probability(fp_rate):
+    raises("fp_rate=", tm.EpochMask, np.ones((62, 4, 4), int), fp_rate=fp_rate)
+
+
+@pytest.mark.parametrize("value", [2.5, "2", np.nan, np.inf, None, 0, -2, True, [2]])
+def test_binning_must_be_a_positive_integer(value):
+    raises("x_bin=.*must be a positive integer", tm.EpochMask, np.ones((62, 4, 4), int), x_bin=value)
+    raises("y_bin=.*must be a positive integer", tm.rebin_counts, np.ones((62, 4, 4), int), 1, value)
+
+
+def test_whole_float_binning_still_works():
+    assert tm.EpochMask(np.ones((62, 4, 4), int), x_bin=2.0).counts.shape == (62, 4, 2)
+
+
+@pytest.mark.parametrize("floor", ["mode", ["median"], None, 1])
+def test_floor_must_be_a_known_name(floor):
+    raises("floor=", tm.EpochMask, np.ones((62, 4, 4), int), floor=floor)
+
+
+# ---- Count cubes
+
+
+@pytest.mark.parametrize("counts, match", [
+    (np.zeros((62, 0, 0), int), "shape"),  # a cell grid of size 0 (was ZeroDivisionError)
+    (np.zeros((62, 4, 0), int), "shape"),
+    (np.zeros((0, 4, 4), int), "shape"),
+    (np.zeros((62, 4), int), "shape"),
+    (np.zeros((62, 3, 4), int), "does not divide"),
+    ([[[1, 2], [3]]] * 62, "not an array of integers"),  # ragged
+    (np.full((62, 4, 4), "1"), "non-negative integers"),
+    (np.ones((62, 4, 4), dtype=bool), "non-negative integers"),
+    (np.full((62, 2, 2), 2**61), "fewer than 2\\*\\*52"),  # was a terabyte bincount
+    ("counts", "shape"),
+    (None, "shape"),
+])
+def test_bad_count_cubes(counts, match):
+    raises(match, tm.EpochMask, counts)
+
+
+@pytest.mark.parametrize("counts, match", [
+    (np.zeros((62, 0, 4), int), "shape"), (np.zeros((62, 4)), "numbers"), (np.ones((62, 4, 4)), "numbers"),
+    (np.full((62, 4, 4), "a"), "numbers"), (None, "numbers"),
+])
+def test_rebin_counts_refuses_what_it_cannot_sum(counts, match):
+    raises(match, tm.rebin_counts, counts, 2, 2)
+
+
+def test_huge_counts_are_masked_without_a_huge_allocation():
+    cube = np.full((62, 4, 4), 2**40, dtype=np.int64)
+    cube[5, 0, 0] = 2**42
+    mask = tm.EpochMask(cube)
+    assert mask.mode[5] == 2**40 and mask.mask[5, 0, 0] and mask.mask[5].sum() == 1
+
+
+@pytest.mark.parametrize("keyword, value", [
+    ("epoch", 5), ("min_exp", "345031"), ("max_exp", 1.5), ("source", 3), ("min_exp", np.nan),
+])
+def test_epoch_mask_provenance_arguments(keyword, value):
+    raises(f"{keyword}=", tm.EpochMask, np.ones((62, 4, 4), int), **{keyword: value})
+
+
+# ---- Lookups
+
+
+@pytest.mark.parametrize("ccdnum", [5.5, "5", 0, 63, np.nan, None, [5], True, 1e30])
+def test_pixel_mask_needs_a_ccd_number(mask, ccdnum):
+    raises("ccdnum=", mask.pixel_mask, ccdnum)
+
+
+def test_pixel_mask_takes_numpy_and_whole_float_ccd_numbers(mask):
+    assert mask.pixel_mask(np.int16(5)).sum() == mask.pixel_mask(5.0).sum() == 8 * 16
+
+
+@pytest.mark.parametrize("ccdnum, x, y, match", [
+    ([5, 5], [10.0], [10.0], "different shapes"),
+    ([5], [10.0, 11.0], [10.0, 10.0], "different shapes"),
+    ([[5, 5]], [10.0, 11.0], [10.0, 10.0], "different shapes"),
+    (["5"], [10.0], [10.0], "ccdnum: must be numbers"),
+    ([5], ["10.0"], [10.0], "x: must be numbers"),
+    ([5], [10.0], [b"1"], "y: must be numbers"),
+    ([5], [10.0 + 1j], [10.0], "x: must be numbers"),
+    ([5], [None], [10.0], "x: must be numbers"),
+    ([5], [[1.0], [2.0, 3.0]], [10.0], "x: not an array of numbers"),
+    ("5", 10.0, 10.0, "ccdnum=.*not a string"),
+    ([5], np.ma.masked_array([10.0], mask=[True]), [10.0], "x: has masked"),
+])
+def test_lookups_refuse_arrays_that_are_not_numbers_of_one_shape(mask, ccdnum, x, y, match):
+    raises(match, mask.cell_index, ccdnum, x, y)
+    raises(match, mask.apply, ccdnum, x, y)
+
+
+def test_lookups_broadcast_scalars_and_treat_fractional_ccdnum_as_off(mask):
+    assert mask.apply(5, [805.0, 10.0], 170.0).tolist() == [True, False]
+    assert mask.cell_index([5.0, 5.5, np.nan, 1e30], 805.0, 170.0).tolist()[1:] == [-1, -1, -1]
+    raises("1 position", mask.apply, [5.5], [805.0], [170.0])
+    assert mask.apply([], [], []).shape == (0,)
+    assert mask.apply(np.array([5], np.uint64), np.float32([805.0]), np.int16([170])).tolist() == [True]
+
+
+@pytest.mark.parametrize("value", [0, 32768, 2.5, "SUSPECT", np.nan, np.inf, None, 1e300])
+def test_write_masks_masked_value(mask, tmp_path, value):
+    raises("masked_value=", mask.write_masks, str(tmp_path / "m.fits.fz"), masked_value=value)
+    assert not list(tmp_path.iterdir())
+
+
+def test_write_masks_path(mask):
+    raises("path=", mask.write_masks, 5)
+    raises("path=", mask.write_masks, "")
+
+
+def test_from_maps_arguments(masks):
+    raises("maps=", tm.EpochMask.from_maps, "demo.fits", "Y2E1")
+    raises("epoch=", tm.EpochMask.from_maps, masks.maps, 5)
+    raises("epoch=", tm.EpochMask.from_maps, masks.maps, ["Y2E1"])
+    raises("epoch=", masks.maps.counts, None)
+    assert ["Y2E1"] not in masks.maps
+
+
+# ---- Thresholds
+
+
+@pytest.mark.parametrize("mode, centre, match", [
+    ([np.nan], [1.0], "mode"), ([-1.0], [1.0], "mode"), ([2.0**60], [1.0], "mode"), (["3"], [1.0], "mode"),
+    ([3.0], [np.inf], "centre"), ([1.0, 2.0], [1.0, 2.0, 3.0], "do not broadcast"), ([3.0], "3", "centre"),
+])
+def test_poisson_threshold_arguments(mode, centre, match):
+    raises(match, tm.poisson_threshold, mode, centre)
+
+
+def test_poisson_threshold_floor_factor():
+    raises("floor_factor=", tm.poisson_threshold, 3, 3.0, 1e-4, "2")
+    raises("floor_factor=", tm.poisson_threshold, 3, 3.0, 1e-4, np.nan)
+
+
+# ---- Epochs
+
+
+@pytest.mark.parametrize("expnum, minexp, maxexp, match", [
+    ([1], [], [], "non-zero length"),  # was an IndexError
+    ([1], [10, 20], [18], "same non-zero length"),
+    ([1], [[10]], [[18]], "1-d"),
+    ([1], [20, 10], [25, 18], "sorted"),
+    (["345031"], [10], [18], "expnum: must be numbers"),
+    ([1.5], [10], [18], "expnum: 1 value\\(s\\) are not whole numbers"),
+    ([np.nan], [10], [18], "not whole numbers"),
+    ([1], ["10"], [18], "minexp: must be numbers"),
+    ([1], [10.5], [18], "minexp"),
+    ([None], [10], [18], "expnum"),
+])
+def test_epoch_index_arguments(expnum, minexp, maxexp, match):
+    raises(match, tm.epoch_index, expnum, minexp, maxexp)
+
+
+def test_epoch_index_takes_unsigned_and_whole_float_expnums():
+    minexp, maxexp = [10, 20], [18, 32]
+    expected = [0, -1, 1, -1]
+    assert tm.epoch_index(np.array([12, 19, 20, 2**64 - 1], np.uint64), minexp, maxexp).tolist() == expected
+    assert tm.epoch_index([12.0, 19.0, 20.0], minexp, maxexp).tolist() == expected[:3]
+    raises("1 value\\(s\\) are not whole numbers in the int64 range", tm.epoch_index, [1e30], minexp, maxexp)
+    assert tm.epoch_index(np.array([], int), minexp, maxexp).shape == (0,)
+
+
+@pytest.mark.parametrize("table, match", [
+    (Table({"NAME": np.array([], str), "MINEXPNUM": np.array([], int), "MAXEXPNUM": np.array([], int)}),
+     "no rows"),
+    (Table({"NAME": ["A"], "MINEXPNUM": ["10"], "MAXEXPNUM": [18]}), "MINEXPNUM: must be numbers"),
+    (Table({"NAME": ["A"], "MINEXPNUM": [10.5], "MAXEXPNUM": [18]}), "not whole numbers"),
+    (Table({"NAME": ["A"], "MINEXPNUM": [[10, 11]], "MAXEXPNUM": [18]}), "holds arrays"),
+    (Table({"NAME": ["A"], "MAXEXPNUM": [18]}), "lacks column"),
+])
+def test_epoch_tables_given_as_tables(table, match):
+    raises(match, tm.read_epochs, table)
+    raises(match, tm.TransientMasks, tm.data_path(tm.DEMO_COUNTS_FILENAME), epochs=table)
+    raises(match, tm.gather_arrays, [12], [5], [1.0], [1.0], epochs=table)
+
+
+@pytest.mark.parametrize("path", [5, b"ops_epochs.fits", ["ops_epochs.fits"]])
+def test_epoch_table_path_type(path):
+    raises("path=", tm.read_epochs, path)
+
+
+# ---- All epochs
+
+
+@pytest.mark.parametrize("args, match", [
+    (([350000, 350001], [5], [10.0], [10.0]), "different shapes"),
+    (([350000], [5, 5], [10.0, 10.0], [10.0, 10.0]), "different shapes"),
+    ((["350000"], [5], [10.0], [10.0]), "expnum: must be numbers"),
+    (([350000], ["5"], [10.0], [10.0]), "ccdnum: must be numbers"),
+    (([350000], [5], ["a"], [10.0]), "x: must be numbers"),
+    (([350000.5], [5], [10.0], [10.0]), "not whole numbers"),
+])
+def test_classify_arguments(masks, args, match):
+    raises(match, masks.classify, *args)
+    raises(match, masks.apply, *args)
+
+
+def test_classify_broadcasts_scalars(masks):
+    assert masks.classify(350000, 5, [10.0, 11.0], 10.0).tolist() == [tm.KEEP, tm.KEEP]
+    assert masks.classify([], [], [], []).shape == (0,)
+
+
+@pytest.mark.parametrize("keywords, match", [
+    ({"counts": 5}, "counts="), ({"epochs": 5}, "epochs="), ({"keep_no_epoch": "yes"}, "keep_no_epoch="),
+    ({"fp_rate": "x"}, "fp_rate="), ({"x_bin": 0}, "x_bin="),
+])
+def test_transient_masks_arguments(keywords, match):
+    raises(match, tm.TransientMasks, **keywords)
+
+
+def test_mask_for_needs_an_epoch_name(masks):
+    raises("epoch=", masks.mask_for, 5)
+    raises("no epoch 'Y1E1'", masks.mask_for, "Y1E1")
+
+
+# ---- Filtering
+
+
+def _events(**columns):
+    base = {"EXPNUM": [350000, 350001], "CCDNUM": [5, 6], "XWIN_IMAGE": [10.0, 20.0], "YWIN_IMAGE": [5.0, 6.0]}
+    base.update(columns)
+    return Table(base)
+
+
+@pytest.mark.parametrize("table, match", [
+    (_events(CCDNUM=["5", "S7"]), "column 'CCDNUM'"),
+    (_events(XWIN_IMAGE=["1.0", "2.0"]), "column 'XWIN_IMAGE'"),
+    (_events(EXPNUM=[[1, 2], [3, 4]]), "column 'EXPNUM'"),
+    (_events(CCDNUM=[True, False]), "column 'CCDNUM'"),
+    ({"EXPNUM": [1]}, "table=.*must be an astropy Table"),
+    (np.zeros(3), "table="),
+])
+def test_filter_table_arguments(masks, table, match):
+    raises(match, tm.filter_table, table, masks)
+
+
+def test_filter_table_needs_masks():
+    raises("masks=", tm.filter_table, _events(), "maps.fits")
+
+
+@pytest.mark.parametrize("colnames, keywords, match", [
+    (5, {}, "colnames="), ("EXPNUM", {}, "colnames="), (["EXPNUM"], {"x_col": 5}, "x_col="),
+])
+def test_resolve_columns_arguments(colnames, keywords, match):
+    raises(match, tm.resolve_columns, colnames, **keywords)
+
+
+def test_filter_counts_add_arguments():
+    counts = tm.FilterCounts()
+    raises("different shapes", counts.add, np.zeros(3, np.uint8), np.ones(2, bool))
+    raises("kept: must be numbers", counts.add, np.zeros(2, np.uint8), np.ones(2, int))
+    raises("codes: must be numbers", counts.add, np.zeros(2), np.ones(2, bool))
+    raises("row_offset=", counts.add, np.zeros(2, np.uint8), np.ones(2, bool), -1)
+    assert counts.read == 0
+
+
+@pytest.mark.parametrize("keywords, match", [
+    ({"chunk_rows": 0}, "chunk_rows=0"), ({"chunk_rows": -5}, "chunk_rows=-5"),
+    ({"chunk_rows": 2.5}, "chunk_rows=2.5"), ({"chunk_rows": "10"}, "chunk_rows="),
+])
+def test_filter_file_arguments(masks, tmp_path, keywords, match):
+    source = tmp_path / "events.fits"
+    _events().write(source)
+    raises(match, tm.filter_file, str(source), str(tmp_path / "out.fits"), masks, **keywords)
+    raises("masks=", tm.filter_file, str(source), str(tmp_path / "out.fits"), None)
+    raises("input_path=", tm.filter_file, 5, str(tmp_path / "out.fits"), masks)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["events.fits"]
+
+
+# ---- Gathering
+
+
+@pytest.mark.parametrize("chunk_rows", [0, -1, 2.5, "1000", None, np.nan])
+def test_gather_chunk_rows_must_be_positive(chunk_rows, tmp_path):
+    # chunk_rows=0 silently dropped every event of gather_arrays
+    raises("chunk_rows=", tm.gather_arrays, [345031], [5], [100.0], [200.0], chunk_rows=chunk_rows)
+    raises("chunk_rows=", tm.gather_data, str(tmp_path / "none.fits"), chunk_rows=chunk_rows)
+
+
+@pytest.mark.parametrize("args, match", [
+    (([345031, 345032], [5], [100.0], [200.0]), "different shapes"),
+    (([345031], [5], [100.0, 1.0], [200.0, 1.0]), "different shapes"),
+    ((["345031"], [5], [100.0], [200.0]), "expnum: must be numbers"),
+    (([345031], ["5"], [100.0], [200.0]), "ccdnum: must be numbers"),
+    (([345031], [5], [b"1"], [200.0]), "x: must be numbers"),
+    (([345031], [5], [100.0], None), "y: must be numbers"),
+])
+def test_gather_arrays_arguments(args, match):
+    raises(match, tm.gather_arrays, *args)
+
+
+def test_gather_arrays_takes_scalars_2d_and_counts_fractional_ccdnum_bad():
+    result = tm.gather_arrays(345031, 5, 100.0, 200.0)
+    assert result.n_binned == 1 and int(result.counts["Y2E1"][4, 12, 12]) == 1
+    result = tm.gather_arrays([[345031, 345031]], [[5, 5]], [[100.0, 1.0]], [[200.0, 1.0]], chunk_rows=1)
+    assert result.n_binned == 2
+    result = tm.gather_arrays([345031, 345031], [5.5, 5.0], [100.0, 100.0], [200.0, 200.0])
+    assert (result.n_bad, result.n_binned) == (1, 1)
+    # as for event tables: a fractional EXPNUM or a masked entry makes a bad row
+    result = tm.gather_arrays([345031.5, 345031.0, 345031], [5, 5, 5], [100.0, 100.0, 100.0],
+                              np.ma.masked_array([200.0, 200.0, 200.0], mask=[False, False, True]))
+    assert (result.n_read, result.n_bad, result.n_binned) == (3, 2, 1)
+
+
+@pytest.mark.parametrize("args, match", [
+    (([0, 1], [5], [1.0], [1.0], 2), "different shapes"),
+    (([0], [5], [1.0], [1.0], 0), "epoch_idx: 0 is not below n_epochs=0"),  # was an IndexError
+    (([3], [5], [1.0], [1.0], 2), "epoch_idx: 3 is not below n_epochs=2"),
+    (([0.5], [5], [1.0], [1.0], 2), "epoch_idx: 1 value"),
+    ((["0"], [5], [1.0], [1.0], 2), "epoch_idx: must be numbers"),
+    (([0], [5], [1.0], [1.0], -1), "n_epochs=-1"),
+    (([0], [5], [1.0], [1.0], 2.5), "n_epochs=2.5"),
+    (([0], [5], [1.0], [1.0], "2"), "n_epochs="),
+    (([0], [5], [1.0], [1.0], 10**12), "n_epochs="),  # a 32 PB array: no MemoryError
+])
+def test_bin_events_arguments(args, match):
+    raises(match, tm.bin_events, *args)
+
+
+def test_bin_events_with_no_epochs_and_no_events():
+    assert tm.bin_events([], [], [], [], 0).shape == (0, 62, 256, 256)
+    assert tm.bin_events([-1], [5], [1.0], [1.0], 1).sum() == 0
+
+
+@pytest.mark.parametrize("catalogs, match", [(5, "catalogs="), ([], "no catalog"), ([None], "catalogs=")])
+def test_gather_data_catalogs(catalogs, match):
+    raises(match, tm.gather_data, catalogs)
+
+
+def test_write_count_maps_arguments(tmp_path):
+    good = tm.gather_arrays([345031], [5], [100.0], [200.0])
+    out = str(tmp_path / "maps.fits")
+    raises("result=", tm.write_count_maps, out, {"Y2E1": np.zeros((62, 256, 256))})
+    raises("path=", tm.write_count_maps, None, good)
+    for counts, match in [(np.zeros((62, 4, 4), np.uint16), "shape"), (np.full((62, 256, 256), -1), "0..65535"),
+                          (np.full((62, 256, 256), 70000), "0..65535"), (np.zeros((62, 256, 256)), "numbers")]:
+        bad = tm.gather_arrays([345031], [5], [100.0], [200.0])
+        bad.counts["Y2E1"] = counts
+        raises(match, tm.write_count_maps, out, bad)
+    bad = tm.gather_arrays([345031], [5], [100.0], [200.0])
+    del bad.min_exp["Y2E1"]
+    raises("MIN_EXP", tm.write_count_maps, out, bad)
+    assert not list(tmp_path.iterdir())
+    tm.write_count_maps(out, good, inputs="catalog.fits")  # one input path, not a list of characters
+    assert tm.CountMaps(out).epochs == ["Y2E1"]
+
+
+@pytest.mark.parametrize("blocks, match", [
+    (5, "blocks"), ({"A": [1]}, "blocks"), ([{}], "block="), ([[1, 2]], "block="),
+    ([{"A": [1, 2], "B": [1]}], "different shapes"), ([{"A": [[1], [2]]}], "1-d"),
+    ([{"A": [True]}], "must be numbers"), ([{"A": ["\u00e9"]}], "ASCII"), ([{5: [1]}], "column name"),
+    ([{"A": [1]}, {"A": [1.5]}], "same columns"), ([], "nothing to write"),
+])
+def test_write_fits_rows_arguments(tmp_path, blocks, match):
+    raises(match, tm.write_fits_rows, str(tmp_path / "rows.fits"), blocks)
+    assert not list(tmp_path.iterdir())
+
+
+def test_write_fits_rows_writes_text_columns_as_ascii(tmp_path):
+    path = str(tmp_path / "rows.fits")
+    assert tm.write_fits_rows(path, [{"A": np.arange(2), "B": np.array(["x", "yy"])}] * 2) == 4
+    table = Table.read(path)
+    assert table["A"].tolist() == [0, 1, 0, 1] and table["B"].tolist() == ["x", "yy", "x", "yy"]
+
+
+# ---- Files, plots, parallel runs
+
+
+@pytest.mark.parametrize("function, args, match", [
+    (tm.data_path, (5,), "filename="), (tm.data_path, ("../setup.py",), "filename="),
+    (tm.check_output, (5,), "path="), (tm.check_output, ("",), "path=|empty output file name"),
+    (tm.check_output, ("out.fits", False, [5]), "inputs="),
+    (tm.find_counts_file, (5,), "path="), (tm.CountMaps, (5,), "path="),
+    (tm.read_ccd_layout, (5,), "path="),
+])
+def test_path_arguments(function, args, match):
+    raises(match, function, *args)
+
+
+def test_input_and_output_list_checks():
+    raises("event table=", tm.check_input, 5, "event table")
+    raises("what=", tm.check_input, "x.fits", 5)
+    raises("paths=", tm.check_outputs, "out.fits")
+    raises("paths=", tm.check_outputs, 5)
+    raises("path=", tm.table_format_of, None)
+    raises("table_format=", tm.table_format_of, "x.fits", 5)
+
+
+def test_atomic_output_checks_its_path():
+    with pytest.raises(tm.BadInputError, match="path="):
+        with tm.atomic_output(None):
+            pass
+
+
+def test_plot_arguments(mask, masks, tmp_path):
+    raises("epoch_mask=", tm.plot_ccd, "Y2E1", 5)
+    raises("ccdnum=", tm.plot_ccd, mask, 5.5)
+    raises("ccdnum=", tm.plot_ccd, mask, "5")
+    raises("ccdnum=", tm.plot_ccd, mask, 0)
+    pdf = str(tmp_path / "p.pdf")
+    for ccdnums, match in [(5, "ccdnums="), ("5", "ccdnums="), (["a"], "ccdnums="), ([5.5], "ccdnums="),
+                           ([], "ccdnums="), ([63], "ccdnums=")]:
+        raises(match, tm.plot_epoch, mask, pdf, ccdnums=ccdnums)
+    raises("pdf_file=", tm.plot_epoch, mask, None)
+    raises("maps=", tm.plot_epoch, "Y2E1", pdf, maps="demo.fits")
+    raises("fp_rate=", tm.plot_epoch, "Y2E1", pdf, maps=masks.maps, fp_rate="x")
+    raises("epoch_mask=", tm.plot_epoch, 5, pdf)
+    for keywords, match in [({"vmax": 0}, "vmax="), ({"vmax": np.nan}, "vmax="), ({"dpi": 0}, "dpi="),
+                            ({"dpi": "high"}, "dpi="), ({"path": 5}, "path=")]:
+        raises(match, tm.plot_focal_plane, mask, **keywords)
+    raises("epoch_mask=", tm.plot_focal_plane, None)
+    raises("maps=", tm.plot_survey_summary, "demo.fits")
+    for keywords, match in [({"vmax_percent": -1}, "vmax_percent="), ({"dpi": np.inf}, "dpi="),
+                            ({"x_bin": 3.5}, "x_bin="), ({"floor": "max"}, "floor=")]:
+        raises(match, tm.plot_survey_summary, masks.maps, **keywords)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("keywords, match", [({"jobs": -1}, "jobs="), ({"jobs": 1.5}, "jobs="),
+                                             ({"jobs": "2"}, "jobs="), ({"scheduler": 8786}, "scheduler=")])
+def test_dask_client_arguments(keywords, match):
+    with pytest.raises(tm.BadInputError, match=match):
+        with tm.dask_client(**keywords):
+            pass
+
+
+def test_every_public_callable_is_covered_here():
+    """A new public function gets its bad-argument tests here too."""
+    import inspect
+    import pathlib
+
+    text = pathlib.Path(__file__).read_text()
+    callables = [name for name in tm.__all__ if callable(getattr(tm, name))
+                 and not isinstance(getattr(tm, name), type(tm.BadInputError))
+                 or name in ("EpochMask", "TransientMasks", "CountMaps", "FilterCounts")]
+    no_arguments = {"GatherResult", "run_cli", "main", "BadInputError"}
+    missing = [name for name in callables if name not in no_arguments and f"tm.{name}" not in text]
+    assert not missing, missing
+    assert inspect.isfunction(tm.run_cli)  # the command line: tests/test_cli.py
+
+
+@pytest.mark.parametrize("value", ["no", "False", None, 2, 0.5, [True]])
+def test_yes_no_arguments_are_booleans(mask, masks, tmp_path, value):
+    """overwrite="no" is true in Python: refused, rather than replacing a file."""
+    existing = tmp_path / "exists.fits"
+    existing.write_bytes(b"keep me")
+    raises("overwrite=", tm.check_output, str(existing), value)
+    raises("overwrite=", mask.write_masks, str(existing), overwrite=value)
+    raises("compress=", mask.write_masks, str(tmp_path / "m.fits"), compress=value)
+    raises("demo=", tm.EpochMask, np.ones((62, 4, 4), int), demo=value)
+    raises("keep_no_epoch=", tm.TransientMasks, tm.data_path(tm.DEMO_COUNTS_FILENAME), keep_no_epoch=value)
+    raises("drop_bad=", tm.filter_table, _events(), masks, drop_bad=value)
+    raises("demo=", tm.gather_data, str(existing), demo=value)
+    raises("demo=", tm.write_count_maps, str(tmp_path / "maps.fits"), tm.GatherResult(), demo=value)
+    assert existing.read_bytes() == b"keep me" and len(list(tmp_path.iterdir())) == 1
+
+
+def test_numpy_booleans_and_0_1_are_yes_no(tmp_path):
+    tm.check_output(str(tmp_path / "new.fits"), np.False_)
+    tm.check_output(str(tmp_path / "new.fits"), 1)
