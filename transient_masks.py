@@ -2644,6 +2644,7 @@ def gather_data(catalogs, output: str = None, *, epochs=None, expnum_col: str = 
     chunk_rows = _check_int("chunk_rows", chunk_rows, lo=1)
     output = _check_path("output", output, optional=True)
     demo = _check_flag("demo", demo)
+    _check_client(client)
     table = read_epochs(epochs)
     inputs = ([] if _is_dask_frame(catalogs) else catalogs) + ([os.fspath(epochs or data_path(EPOCHS_FILENAME))]
                          if epochs is None or isinstance(epochs, (str, os.PathLike)) else [])
@@ -2839,8 +2840,11 @@ def _input_files(inputs):
     """(path, name in an output directory) of each input file; see `expand_inputs`."""
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
+    if not isinstance(inputs, (list, tuple)):
+        raise BadInputError(f"inputs={_describe_value(inputs)}: must be a file path, pattern or directory, "
+                            f"or a list of them")
     files = []
-    for item in map(os.fspath, inputs):
+    for item in (_check_path("inputs", item) for item in inputs):
         if os.path.isdir(item):
             files.extend((path, os.path.relpath(path, item)) for path in _dataset_files(item))
         elif _GLOB_CHARS & set(item) and not os.path.exists(item):
@@ -3150,6 +3154,12 @@ def filter_files(inputs, output_dir: str, masks: TransientMasks, *, client=None,
     (['part0.fits', 'part1.fits', 'part2.fits'], 300)
     """
     frame = _is_dask_frame(inputs)
+    output_dir = _check_path("output_dir", output_dir)
+    if not isinstance(masks, TransientMasks):
+        raise BadInputError(f"masks={_describe_value(masks)}: must be a TransientMasks")
+    _check_client(client)
+    chunk_rows = _check_int("chunk_rows", chunk_rows, lo=1)
+    drop_bad = _check_flag("drop_bad", drop_bad)
     files = [] if frame else _input_files(inputs)
     writers = {}
     for path, name in files:
@@ -3247,6 +3257,12 @@ def _remove_tree(path, attempts=10):
         except OSError:
             time.sleep(0.1)
     log.warning("%s: could not remove this temporary directory", path)
+
+
+def _check_client(client):
+    """``client`` must be None or a dask.distributed Client (anything with ``compute`` and ``scatter``)."""
+    if client is not None and not (hasattr(client, "compute") and hasattr(client, "scatter")):
+        raise BadInputError(f"client={_describe_value(client)}: must be a dask.distributed.Client or None")
 
 
 def _current_client():
