@@ -40,6 +40,7 @@ import gzip
 import logging
 import os
 import re
+import secrets
 import site
 import sys
 import tempfile
@@ -398,17 +399,20 @@ def atomic_output(path: str, overwrite: bool = False, inputs=()):
     # Keep the final suffix so that writers that choose a format by extension
     # (astropy Table.write, savefig) see the right one.
     base = os.path.basename(final)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{base}.", suffix=f".tmp{_suffix(base)}")
-    except OSError as exc:
-        raise BadInputError(f"{path}: cannot write in the directory {directory} ({_one_line(exc)})") from None
-    os.close(fd)
-    os.unlink(tmp)  # writers that refuse to overwrite get a free name
+    # A fresh name, not a file: the writer creates it inside the ``try``, so an
+    # interrupt at any moment finds nothing outside it to leave behind.
+    tmp = os.path.join(directory, f".{base}.{secrets.token_hex(6)}.tmp{_suffix(base)}")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise BadInputError(f"{path}: cannot write in the directory {directory}")
     try:
         yield tmp
         os.replace(tmp, final)
+    except OSError as exc:
+        if exc.filename in (tmp, final):  # the directory refused the file (read-only, gone...)
+            raise BadInputError(f"{path}: cannot write here ({exc.strerror or _one_line(exc)})") from None
+        raise
     finally:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.unlink(tmp)
 
 
