@@ -789,7 +789,7 @@ class EpochMask:
     >>> bool(EpochMask(counts, method="des").mask[9, 50:150, 30].mean() < 0.1)
     True
     >>> ms = EpochMask(counts, method="multiscale")
-    >>> bool(ms.mask[9, 55:145, 30].all()), list(ms.defects["KIND"][ms.defects["CCDNUM"] == 10])
+    >>> bool(ms.mask[9, 55:145, 30].all()), ms.defects["KIND"][ms.defects["CCDNUM"] == 10].tolist()
     (True, ['column'])
     """
 
@@ -1199,7 +1199,7 @@ class PoissonTail:
             return False
         if n >= self._table.size:
             self._extend(n)
-        return float(b) <= self._table[n]
+        return bool(float(b) <= self._table[n])
 
 
 def lr_significance(n, b):
