@@ -60,13 +60,14 @@ __all__ = [
     # multiscale masks
     "METHODS", "DEFAULT_METHOD", "DEFECT_KINDS", "PoissonTail", "lr_significance", "SignificanceRule",
     "AmpBackground", "Defect", "fit_segment", "LineDetector", "CellDetector", "BoxDetector",
-    "default_detectors", "MultiscaleResult", "multiscale_mask",
+    "default_detectors", "MultiscaleResult", "multiscale_mask", "write_defects", "write_regions",
+    "defect_history",
     # filtering event tables
     "FilterCounts", "resolve_columns", "filter_table", "filter_file",
     # gathering count maps
     "GatherResult", "bin_events", "gather_arrays", "gather_data", "write_count_maps", "write_fits_rows",
     # plotting
-    "read_ccd_layout", "plot_ccd", "plot_epoch", "plot_focal_plane", "plot_survey_summary",
+    "read_ccd_layout", "plot_ccd", "plot_epoch", "plot_focal_plane", "plot_survey_summary", "plot_methods",
     # command line and parallel runs
     "dask_client", "run_cli", "main",
 ]
@@ -2201,6 +2202,201 @@ def _defect_table(epoch_mask):
     return table
 
 
+def _defect_format(path: str) -> str:
+    """astropy format of a defect-table file, from its suffix (ECSV or FITS)."""
+    name = path.lower()
+    if name.endswith(".ecsv"):
+        return "ascii.ecsv"
+    if name.endswith((".fits", ".fit", ".fits.gz", ".fit.gz")):
+        return "fits"
+    raise BadInputError(f"{path}: a defect table is written as ECSV (.ecsv) or FITS (.fits, .fits.gz)")
+
+
+def write_defects(table, path: str, *, overwrite: bool = False, inputs=()) -> str:
+    """Write a defect table (`EpochMask.defects`, `defect_history`) as ECSV or FITS, atomically.
+
+    The format follows the suffix: ``.ecsv``, or ``.fits``/``.fit`` (optionally
+    ``.gz``).  Returns ``path``.
+
+    Examples
+    --------
+    >>> mask = EpochMask(np.random.default_rng(0).poisson(3, (62, 64, 64)), epoch="Y6",
+    ...                  method="multiscale")
+    >>> write_defects(mask.defects, "y6_defects.ecsv")
+    'y6_defects.ecsv'
+    """
+    table_format = _defect_format(path)
+    with atomic_output(path, overwrite=overwrite, inputs=inputs) as tmp:
+        if table_format == "fits" and path.lower().endswith(".gz"):
+            import gzip
+            import io
+
+            buffer = io.BytesIO()
+            table.write(buffer, format="fits")
+            with gzip.open(tmp, "wb") as out:
+                out.write(buffer.getvalue())
+        else:
+            table.write(tmp, format=table_format, overwrite=True)
+    log.info("wrote %s (%d defects)", path, len(table))
+    return path
+
+
+#: DS9 colours of the defect kinds in region files.
+_REGION_COLORS = {"cell": "red", "column": "magenta", "row": "cyan", "edge": "yellow", "box": "orange",
+                  "amp": "white", "ccd": "white"}
+
+
+def write_regions(table, directory: str, *, overwrite: bool = False) -> list:
+    """Write DS9 region files of a defect table, one per CCD, in CCD pixel coordinates.
+
+    ``DIRECTORY/EPOCH_CCDNN_DETPOS.reg`` (``CCDNN_DETPOS.reg`` without an
+    epoch): one box per defect (its pixel box X0..X1, Y0..Y1), coloured by
+    KIND and labelled with the kind and significance, so the defects can be
+    overlaid on a single-epoch image of that CCD (DS9 image coordinates are
+    the FITS 1-indexed pixels of the table).  Uses astropy ``regions``.
+
+    Returns
+    -------
+    list of str
+        The files written.
+
+    Examples
+    --------
+    >>> counts = np.random.default_rng(0).poisson(3, (62, 64, 64)); counts[4, 10:20, 30] += 30
+    >>> files = write_regions(EpochMask(counts, epoch="Y6", method="multiscale").defects, ".")
+    >>> [os.path.basename(f) for f in files]
+    ['Y6_CCD05_S26.reg', 'Y6_CCD31_S7.reg']
+    """
+    from regions import PixCoord, RectanglePixelRegion, Regions
+
+    if not os.path.isdir(directory):
+        raise BadInputError(f"--regions {directory}: not a directory")
+    written = []
+    for ccdnum in np.unique(np.asarray(table["CCDNUM"])):  # a loop over CCDs with defects
+        rows = table[table["CCDNUM"] == ccdnum]
+        shapes = []
+        for row in rows:
+            x0, x1, y0, y1 = (float(row[name]) for name in ("X0", "X1", "Y0", "Y1"))
+            # regions counts pixels from 0 and writes DS9's 1-indexed image coordinates
+            box = RectanglePixelRegion(center=PixCoord(x=(x0 + x1) / 2 - 1, y=(y0 + y1) / 2 - 1),
+                                       width=x1 - x0 + 1, height=y1 - y0 + 1)
+            significance = float(row["SIGNIFICANCE"])
+            box.meta["text"] = row["KIND"] + (f" {significance:.1f}sig" if np.isfinite(significance) else "")
+            box.visual["color"] = _REGION_COLORS.get(str(row["KIND"]), "green")
+            shapes.append(box)
+        epoch = str(rows["EPOCH"][0]) if "EPOCH" in rows.colnames and len(rows) else ""
+        name = f"{epoch + '_' if epoch else ''}CCD{int(ccdnum):02d}_{DETPOS[int(ccdnum)]}.reg"
+        path = os.path.join(directory, name)
+        text = Regions(shapes).serialize(format="ds9")
+        with atomic_output(path, overwrite=overwrite) as tmp, open(tmp, "w") as out:
+            out.write(text)
+        written.append(path)
+    log.info("wrote %d region files in %s", len(written), directory)
+    return written
+
+
+def defect_history(source, *, epochs=None, fp_rate: float = DEFAULT_FP_RATE, x_bin: int = 1, y_bin: int = 1,
+                   floor: str = DEFAULT_FLOOR, method: str = DEFAULT_METHOD, tolerance: int = 1):
+    """The survey's defect history: each defect once, with the epochs it is seen in.
+
+    The defects of every epoch (`EpochMask.defects`) are matched on each CCD:
+    two whose pixel boxes overlap or lie within ``tolerance`` cells of each
+    other are the same defect (transitively).  Dead CCDs (kind ``ccd``) and
+    CCD 31's half (``amp``) are grouped by themselves.
+
+    Parameters
+    ----------
+    source : CountMaps, or a sequence of EpochMask or defect tables
+        Count maps (masks are built for ``epochs``, default all, with the
+        options), or masks / tables already made.
+    epochs : sequence of str, optional
+        Epochs of the count maps to use.
+    fp_rate, x_bin, y_bin, floor, method
+        Masking options, as for `EpochMask` (with count maps).
+    tolerance : int
+        Gap (cells) up to which two boxes are the same defect.
+
+    Returns
+    -------
+    astropy.table.Table
+        CCDNUM, DETPOS, KIND (the most frequent), X0, X1, Y0, Y1 (the union
+        of the boxes), N_EPOCHS, EPOCHS (comma-separated, in order), FIRST,
+        LAST, CELLS_MAX and SIGNIFICANCE_MAX.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(1)
+    >>> cubes = [rng.poisson(3, (62, 64, 64)) for _ in range(3)]
+    >>> for cube in cubes[1:]:
+    ...     cube[6, 10:30, 20] += 25                           # a hot column from the 2nd epoch on
+    >>> masks = [EpochMask(c, epoch=e, method="multiscale") for c, e in zip(cubes, ["Y1E1", "Y1E2", "Y2E1"])]
+    >>> history = defect_history(masks)
+    >>> row = history[(history["CCDNUM"] == 7)][0]
+    >>> str(row["KIND"]), str(row["EPOCHS"]), int(row["N_EPOCHS"])
+    ('column', 'Y1E2,Y2E1', 2)
+    """
+    from astropy.table import Table, vstack
+
+    if isinstance(source, CountMaps):
+        names = list(source.epochs) if epochs is None else list(epochs)
+        tables = [EpochMask.from_maps(source, epoch, fp_rate=fp_rate, x_bin=x_bin, y_bin=y_bin, floor=floor,
+                                      method=method).defects for epoch in names]
+    else:
+        tables = [item.defects if isinstance(item, EpochMask) else item for item in source]
+    tables = [t for t in tables if len(t)]
+    columns = ["CCDNUM", "DETPOS", "KIND", "X0", "X1", "Y0", "Y1", "N_EPOCHS", "EPOCHS", "FIRST", "LAST",
+               "CELLS_MAX", "SIGNIFICANCE_MAX"]
+    if not tables:
+        return Table(names=columns, dtype=[np.int16, str, str] + [np.int32] * 5 + [str, str, str, np.int32,
+                                                                                  np.float64])
+    order = {}
+    for table in tables:  # epochs in the order given
+        for epoch in table["EPOCH"]:
+            order.setdefault(str(epoch), len(order))
+    cell_nx, cell_ny = int(tables[0].meta.get("CELL_NX", CCD_NX // MAP_NX)), int(
+        tables[0].meta.get("CELL_NY", CCD_NY // MAP_NY))
+    all_rows = vstack(tables, metadata_conflicts="silent")
+    rows_out = []
+    for ccdnum in np.unique(np.asarray(all_rows["CCDNUM"])):  # a loop over CCDs, then their defects
+        rows = all_rows[all_rows["CCDNUM"] == ccdnum]
+        kind = np.asarray(rows["KIND"], dtype=str)
+        special = np.isin(kind, ["ccd", "amp"])
+        x0 = np.asarray(rows["X0"]) - tolerance * cell_nx
+        x1 = np.asarray(rows["X1"]) + tolerance * cell_nx
+        y0 = np.asarray(rows["Y0"]) - tolerance * cell_ny
+        y1 = np.asarray(rows["Y1"]) + tolerance * cell_ny
+        parent = np.arange(len(rows))
+
+        def root(i):
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        overlap = ((x0[:, None] <= x1[None, :]) & (x0[None, :] <= x1[:, None])
+                   & (y0[:, None] <= y1[None, :]) & (y0[None, :] <= y1[:, None])
+                   & (special[:, None] == special[None, :])
+                   & (~special[:, None] | (kind[:, None] == kind[None, :])))
+        for i, j in zip(*np.nonzero(np.triu(overlap, 1))):
+            parent[root(i)] = root(j)
+        groups = np.array([root(i) for i in range(len(rows))])
+        for group in np.unique(groups):
+            members = rows[groups == group]
+            seen = sorted({str(e) for e in members["EPOCH"]}, key=lambda e: order.get(e, 0))
+            kinds, n_kinds = np.unique(np.asarray(members["KIND"], dtype=str), return_counts=True)
+            significance = np.asarray(members["SIGNIFICANCE"], dtype=float)
+            rows_out.append((int(ccdnum), DETPOS[int(ccdnum)], str(kinds[np.argmax(n_kinds)]),
+                             int(members["X0"].min()), int(members["X1"].max()), int(members["Y0"].min()),
+                             int(members["Y1"].max()), len(seen), ",".join(seen), seen[0], seen[-1],
+                             int(members["CELLS"].max()),
+                             float(np.nanmax(significance)) if np.isfinite(significance).any() else np.nan))
+    rows_out.sort(key=lambda r: (r[0], r[5], r[3]))
+    history = Table(rows=rows_out, names=columns)
+    history.meta.update({k: tables[0].meta[k] for k in ("METHOD", "FP_RATE", "X_BIN", "Y_BIN", "CELL_NX",
+                                                         "CELL_NY", "DEMO") if k in tables[0].meta})
+    return history
+
+
 # ---- All epochs
 
 #: Codes of `TransientMasks.classify` (and BAD for rows that cannot be classified).
@@ -3586,6 +3782,104 @@ def plot_epoch(epoch_mask_or_epoch, pdf_file: str, *, maps=None, fp_rate: float 
     return epoch_mask
 
 
+def plot_methods(first, second, ccdnum: int, *, figure=None):
+    """Draw one CCD masked by two methods side by side (e.g. DES rule and multiscale).
+
+    Both panels show the same count map in CCD pixel coordinates, on one
+    colour scale (0 to 3 times the DES rule's threshold, or the larger
+    threshold of the two), with each mask's cells tinted and outlined; the
+    panel titles name the method and give its masked area and transients.
+
+    Parameters
+    ----------
+    first, second : EpochMask
+        Masks of the same counts (same binning).
+    ccdnum : int
+        CCD number, 1..62.
+    figure : matplotlib.figure.Figure, optional
+        Figure to draw on (cleared); default a new A4 landscape figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Artists carry gids ``counts_0``/``counts_1``, ``mask_0``/``mask_1`` and
+        ``mask_outline_0``/``mask_outline_1``.
+
+    Examples
+    --------
+    >>> maps = CountMaps(data_path(DEMO_COUNTS_FILENAME))
+    >>> des = EpochMask.from_maps(maps, "Y6")
+    >>> multiscale = EpochMask.from_maps(maps, "Y6", method="multiscale")
+    >>> plot_methods(des, multiscale, 46).savefig("n15_methods.png")
+    """
+    from matplotlib.collections import LineCollection
+    from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
+
+    if not 1 <= int(ccdnum) <= N_CCD:
+        raise BadInputError(f"ccdnum {ccdnum}: must be 1..{N_CCD}")
+    if first.counts.shape != second.counts.shape:
+        raise BadInputError("plot_methods: the two masks must have the same cell grid")
+    index = int(ccdnum) - 1
+    figure = figure if figure is not None else Figure(figsize=(11.69, 8.27))
+    figure.clear()
+    thresholds = [float(m.threshold[index]) for m in (first, second) if getattr(m, "method", "des") == "des"]
+    thresholds = thresholds or [float(np.nanmax([first.threshold[index], second.threshold[index]]))]
+    vmax = max(3 * thresholds[0], 1.0) if np.isfinite(thresholds[0]) else 1.0
+    extent = _cell_extent(first)
+    height = 0.78
+    width = height * figure.get_figheight() / figure.get_figwidth() / 2
+    image = None
+    for k, epoch_mask in enumerate((first, second)):
+        ax = figure.add_axes((0.08 + k * (width + 0.12), 0.1, width, height))
+        live = bool(epoch_mask.live[index])
+        counts = epoch_mask.counts[index] if live else np.zeros(epoch_mask.counts.shape[1:])
+        mask = np.asarray(epoch_mask.mask[index], bool)
+        image = ax.imshow(counts, origin="lower", extent=extent, cmap="viridis", vmin=0, vmax=vmax,
+                          interpolation="none", aspect="equal", gid=f"counts_{k}")
+        ax.imshow(np.ma.masked_array(np.ones(mask.shape), mask=~mask), origin="lower", extent=extent,
+                  cmap=ListedColormap([_MASK_RGBA]), vmin=0, vmax=1, interpolation="none", aspect="equal",
+                  gid=f"mask_{k}")
+        ax.add_collection(LineCollection(_mask_outline(mask, extent), colors=[_MASK_EDGE], linewidths=0.4,
+                                         gid=f"mask_outline_{k}", zorder=3), autolim=False)
+        ax.set_xlim(0.5, CCD_NX + 0.5)
+        ax.set_ylim(0.5, CCD_NY + 0.5)
+        ax.set_xticks(np.arange(0, CCD_NX + 1, 512))
+        ax.set_yticks(np.arange(0, CCD_NY + 1, 512))
+        ax.set_xlabel("x [pixel]")
+        ax.set_ylabel("y [pixel]")
+        area = 100 * mask.mean()
+        total = epoch_mask.counts[index].sum()
+        share = 100 * epoch_mask.counts[index][mask].sum() / total if total else 0.0
+        ax.set_title(f"{_method_label(epoch_mask)}\n{area:.2f}% of the area, {share:.2f}% of the transients",
+                     fontsize=11)
+    colorbar_ax = figure.add_axes((0.08 + 2 * width + 0.15, 0.1, 0.015, height))
+    figure.colorbar(image, cax=colorbar_ax, extend="max").set_label("transients per cell")
+    epoch = getattr(first, "epoch", None) or "?"
+    figure.suptitle(f"CCD {ccdnum} ({DETPOS[int(ccdnum)]})    epoch {epoch}    masked cells in magenta",
+                    fontsize=13)
+    if getattr(first, "demo", False) or getattr(second, "demo", False):
+        figure.text(0.98, 0.02, "DEMO DATA (synthetic maps)", fontsize=11, color="red", ha="right",
+                    weight="bold", gid="demo")
+    return figure
+
+
+def _write_methods_pdf(maps, epoch, options, ccdnums, path, overwrite):
+    """A PDF with a page per CCD: the DES rule and the multiscale method side by side."""
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    bad = [c for c in ccdnums if not 1 <= c <= N_CCD]
+    if bad:
+        raise BadInputError(f"--compare {bad}: CCD numbers must be 1..{N_CCD}")
+    masks = [EpochMask.from_maps(maps, epoch, **dict(options, method=method)) for method in METHODS]
+    with atomic_output(path, overwrite=overwrite, inputs=[maps.path]) as tmp:
+        with PdfPages(tmp, metadata={"Title": f"DES rule and multiscale masks, epoch {epoch}",
+                                     "Creator": f"transient_masks {__version__}"}) as pdf:
+            for ccdnum in ccdnums:
+                pdf.savefig(plot_methods(masks[0], masks[1], ccdnum))
+    log.info("wrote %s (%d pages)", path, len(ccdnums))
+
+
 def _block_any(mask, factor_y: int, factor_x: int):
     """Reduce a (n_y, n_x) bool array by blocks: a block is True when any cell is."""
     n_y, n_x = mask.shape
@@ -3862,6 +4156,9 @@ def _add_plot_arguments(parser, modes):
     )
     g = parser.add_argument_group("plots (--plot, --summary)")
     g.add_argument("--plot_dir", default=".", metavar="DIR", help="directory for the plots (default: .)")
+    g.add_argument("--compare", nargs="+", type=int, metavar="CCDNUM",
+                   help="--plot: also write EPOCH_methods.pdf, these CCDs masked by the DES rule and the "
+                        "multiscale method side by side (a page each)")
 
 
 def _run_plot(args) -> int:
@@ -3881,15 +4178,26 @@ def _run_plot(args) -> int:
         stem, pdf_pages = f"{args.plot}_focal_plane", os.path.join(plot_dir, f"{args.plot}_ccds.pdf")
     figures = [os.path.join(plot_dir, f"{stem}.{suffix}") for suffix in ("png", "pdf")]
     outputs = ([pdf_pages] if pdf_pages else []) + figures
+    if args.plot and getattr(args, "compare", None):
+        outputs.append(os.path.join(plot_dir, f"{args.plot}_methods.pdf"))
+    if args.summary and args.defects:
+        _defect_format(args.defects)
+        outputs.append(args.defects)
     # refuse before any work rather than after half the files are written
     for path in outputs:
         check_output(path, args.overwrite)
     if args.summary:
         figure = plot_survey_summary(maps, None, **options)
+        if args.defects:
+            history = defect_history(maps, **options)
+            write_defects(history, args.defects, overwrite=args.overwrite, inputs=[maps.path])
     else:
         epoch_mask = EpochMask.from_maps(maps, args.plot, **options)
         plot_epoch(epoch_mask, pdf_pages, overwrite=args.overwrite)
         figure = plot_focal_plane(epoch_mask)
+        if args.compare:
+            _write_methods_pdf(maps, args.plot, options, args.compare,
+                               os.path.join(plot_dir, f"{args.plot}_methods.pdf"), args.overwrite)
     for path in figures:  # each written file is logged
         _save_figure(figure, path, overwrite=args.overwrite, dpi=150, inputs=[maps.path])
     demo = " [SYNTHETIC DEMO DATA]" if maps.demo else ""
@@ -3972,6 +4280,12 @@ def _add_mask_arguments(parser, modes):
     group.add_argument("--masked_value", type=_masked_value, default=1, metavar="VALUE",
                        help="--epoch: value of masked pixels, a number or a DES mask bit name such "
                             "as SUSPECT, so the mask can be OR-ed into a DES bmask (default 1)")
+    group.add_argument("--defects", metavar="FILE",
+                       help="--epoch: also write the table of masked defects (ECSV or FITS, by suffix); "
+                            "--summary: the survey's defect history (each defect once, with its epochs)")
+    group.add_argument("--regions", metavar="DIR",
+                       help="--epoch: also write DS9 region files of the defects, one per CCD, in CCD "
+                            "pixel coordinates, into this directory")
     group.add_argument("--keep_no_epoch", action="store_true",
                        help="--input: keep events whose EXPNUM is in no epoch (default: drop them)")
     group.add_argument("--drop_bad", action="store_true",
@@ -3987,11 +4301,22 @@ def _add_mask_arguments(parser, modes):
 
 def _run_epoch(args) -> int:
     maps = CountMaps(args.counts)
-    mask = EpochMask.from_maps(maps, args.epoch, **_mask_options(args))
     suffix = ".fits.fz" if args.compress else ".fits"
     output = args.output or f"transient_masks_{args.epoch}{suffix}"
+    # refuse before any work rather than after the masks are written
+    check_output(output, args.overwrite)
+    if args.defects:
+        _defect_format(args.defects)
+        check_output(args.defects, args.overwrite)
+    if args.regions and not os.path.isdir(args.regions):
+        raise BadInputError(f"--regions {args.regions}: not a directory")
+    mask = EpochMask.from_maps(maps, args.epoch, **_mask_options(args))
     mask.write_masks(output, compress=args.compress, masked_value=args.masked_value,
                      overwrite=args.overwrite)
+    if args.defects:
+        write_defects(mask.defects, args.defects, overwrite=args.overwrite, inputs=[maps.path])
+    if args.regions:
+        write_regions(mask.defects, args.regions, overwrite=args.overwrite)
     demo = " [SYNTHETIC DEMO DATA]" if mask.demo else ""
     print(f"{args.epoch}{demo}: {100 * mask.area_fraction:.2f}% of the live-CCD area and "
           f"{100 * mask.transient_fraction:.2f}% of the transients masked; wrote {output}",
