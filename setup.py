@@ -34,7 +34,8 @@ setup(
     python_requires=">=3.9",
     py_modules=["transient_masks", "transient_sim", "des_background"],
     data_files=[("share/transient_masks", DATA_FILES)],
-    install_requires=["numpy>=1.22", "scipy>=1.8", "astropy>=5.0", "matplotlib>=3.5", "pyyaml>=5.4"],
+    install_requires=["numpy>=1.22", "scipy>=1.8", "astropy>=5.0", "matplotlib>=3.5", "pyyaml>=5.4",
+                      "regions>=0.7"],
     extras_require={
         "test": ["pytest>=7", "fitsio", "h5py", "pyarrow", "pandas", "wheel"],
         "parquet": ["pyarrow", "pandas"],

@@ -1184,7 +1184,9 @@ class PoissonTail:
 
     def bmax(self, n) -> np.ndarray:
         """The largest background at which ``n`` counts are significant (-inf for n <= 0)."""
-        n = np.clip(np.asarray(n), 0, None).astype(np.intp)
+        n = np.asarray(n)
+        if n.dtype.kind not in "iu" or (n.size and n.min() < 0):
+            n = np.clip(n, 0, None).astype(np.intp)
         if n.size and n.max() >= self._table.size:
             self._extend(n.max())
         return self._table[n]
@@ -1552,7 +1554,8 @@ def _best_interval(weights):
     return float(gain[end]), int(np.argmin(cumulative[:end + 1])), end
 
 
-def fit_segment(counts, background, ratio: float, lo: int = 0, hi: int = None, n_iter: int = 10):
+def fit_segment(counts, background, ratio: float, lo: int = 0, hi: int = None, n_iter: int = 10,
+                penalty: float = 0.0):
     """Segment [s, e) of a 1-d profile with the largest Poisson likelihood ratio.
 
     The model: a constant excess ratio inside the segment, the background
@@ -1568,6 +1571,10 @@ def fit_segment(counts, background, ratio: float, lo: int = 0, hi: int = None, n
         Starting excess ratio (counts over background), > 1.
     lo, hi : int
         Search within [lo, hi).
+    penalty : float
+        A cost per cell of ``penalty * b (ratio - 1 - ln ratio)`` (a fraction of
+        the information a cell of the segment is expected to carry): the ends
+        move in over fluctuations that only just pay for themselves.
 
     Returns
     -------
@@ -1585,17 +1592,19 @@ def fit_segment(counts, background, ratio: float, lo: int = 0, hi: int = None, n
     hi = counts.size if hi is None else hi
     n = np.asarray(counts[lo:hi], dtype=np.float64)
     b = np.asarray(background[lo:hi], dtype=np.float64)
-    best = (lo, lo, 1.0, 0.0)
+    best, best_value = (lo, lo, 1.0, 0.0), 0.0
     ratio = max(float(ratio), 1.0 + 1e-6)
     for _ in range(n_iter):
-        _, s, e = _best_interval(n * np.log(ratio) - b * (ratio - 1.0))
+        log_ratio = np.log(ratio)
+        value, s, e = _best_interval(n * log_ratio - b * (ratio - 1.0)
+                                     - penalty * b * (ratio - 1.0 - log_ratio))
         if e <= s:
             break
         total_n, total_b = n[s:e].sum(), b[s:e].sum()
-        lr = float(_excess_lr(total_n, total_b))
-        if lr > best[3] + 1e-9:
-            best = (lo + s, lo + e, total_n / total_b, lr)
-        new = total_n / total_b if total_b > 0 else ratio
+        if value > best_value + 1e-9:
+            best, best_value = (lo + s, lo + e, total_n / total_b, float(_excess_lr(total_n, total_b))), value
+        # the ratio that maximises the (penalised) likelihood of this segment
+        new = (total_n / total_b + penalty) / (1.0 + penalty) if total_b > 0 else ratio
         if new <= 1 or abs(new - ratio) <= 1e-4 * ratio:
             break
         ratio = new
@@ -1619,7 +1628,12 @@ class LineDetector:
       of a gapless segment of length L exceeds it with probability ~gap_p);
       the pieces are refitted, and kept when significant at ``piece_p``;
     - of a two-cell-wide line, each column keeps its own fitted segment, so
-      a neighbour without excess stays unmasked.
+      a neighbour without excess stays unmasked;
+    - only cells likely to belong are masked: each cell in a segment costs
+      ``end_penalty`` times the information a cell of the segment is expected
+      to carry, ``b (ratio - 1 - ln ratio)``, so a faint column does not run on
+      over a stretch of upward background fluctuations (ends of bright columns,
+      whose cells carry much more, do not move).
 
     Parameters
     ----------
@@ -1634,6 +1648,9 @@ class LineDetector:
         Tail probability of a piece of a split segment.
     max_rounds : int
         Re-screenings of the CCDs where masking a line hid others' windows.
+    end_penalty : float
+        Cost of a cell in a fitted segment, in units of its expected information
+        (see `fit_segment`).
 
     Examples
     --------
@@ -1652,7 +1669,8 @@ class LineDetector:
     coverage = 2
 
     def __init__(self, col_widths=(1, 2), row_widths=(1,), min_length: int = 4, gap_p: float = 0.1,
-                 piece_p: float = 1e-4, max_rounds: int = 4):
+                 piece_p: float = 1e-4, max_rounds: int = 4, end_penalty: float = 0.25):
+        self.end_penalty = float(end_penalty)
         self.widths = {"y": tuple(col_widths), "x": tuple(row_widths)}
         self.min_length, self.gap_p, self.max_rounds = int(min_length), float(gap_p), int(max_rounds)
         self.piece_tail = PoissonTail(piece_p)
@@ -1678,8 +1696,11 @@ class LineDetector:
         todo = np.flatnonzero(live)
         for _ in range(self.max_rounds):
             candidates = []
-            n_y = np.where(excluded[todo], 0, counts[todo]).astype(np.int32)
-            b_y = np.where(excluded[todo], 0.0, background[todo]).astype(np.float32)
+            every = todo.size == counts.shape[0]
+            n_y = np.where(excluded if every else excluded[todo], 0, counts if every else counts[todo])
+            n_y = n_y.astype(np.int32, copy=False)
+            b_y = np.where(excluded if every else excluded[todo], np.float32(0),
+                           (background if every else background[todo]).astype(np.float32))
             for axis in ("y", "x"):
                 n_z, b_z = (n_y, b_y) if axis == "y" else (
                     np.ascontiguousarray(n_y.transpose(0, 2, 1)), np.ascontiguousarray(b_y.transpose(0, 2, 1)))
@@ -1724,9 +1745,14 @@ class LineDetector:
         best = np.zeros((k, n.shape[2]))
         where = np.zeros((k, n.shape[2], 2), np.int64)
         for length in self.lengths(ly):
-            starts = _starts(ly, length, max(1, length // 2))
-            N = cn[:, starts + length] - cn[:, starts]
-            B = cb[:, starts + length] - cb[:, starts]
+            step = max(1, length // 2)
+            starts = _starts(ly, length, step)
+            if (ly - length) % step == 0:  # a regular grid of windows: slices, no gathering
+                N = cn[:, length::step] - cn[:, :ly - length + 1:step]
+                B = cb[:, length::step] - cb[:, :ly - length + 1:step]
+            else:
+                N = cn[:, starts + length] - cn[:, starts]
+                B = cb[:, starts + length] - cb[:, starts]
             hit = tail.significant(N, B)
             if not hit.any():
                 continue
@@ -1744,7 +1770,7 @@ class LineDetector:
         line_n = np.where(use, n[ccd, :, x:x + width], 0).astype(np.int64)
         line_b = np.where(use, b[ccd, :, x:x + width], 0.0)
         prof_n, prof_b = line_n.sum(1), line_b.sum(1)
-        s, e, ratio_fit, _ = fit_segment(prof_n, prof_b, ratio)
+        s, e, ratio_fit, _ = fit_segment(prof_n, prof_b, ratio, penalty=self.end_penalty)
         if e <= s or min(e, start + length) <= max(s, start):  # keep hold of the window's excess
             s, e, ratio_fit = start, start + length, ratio
         found = []
@@ -1770,7 +1796,7 @@ class LineDetector:
         ratio = line_n[s0:e0].sum() / max(line_b[s0:e0].sum(), 1e-12)
         parts = []
         for k in range(line_n.shape[1]):
-            a, z, r, _ = fit_segment(line_n[:, k], line_b[:, k], ratio, s0, e0)
+            a, z, r, _ = fit_segment(line_n[:, k], line_b[:, k], ratio, s0, e0, penalty=self.end_penalty)
             for a2, z2 in (self._split(line_n[:, k], line_b[:, k], a, z, r) if z > a else []):
                 if self.piece_tail.significant1(line_n[a2:z2, k].sum(), line_b[a2:z2, k].sum()):
                     parts.append((k, a2, z2))
@@ -1788,7 +1814,7 @@ class LineDetector:
         pieces = []
         for lo, hi in ((s, s + 1 + g0), (s + 1 + g1, e)):
             if hi > lo:
-                a, z, r, _ = fit_segment(prof_n, prof_b, ratio, lo, hi)
+                a, z, r, _ = fit_segment(prof_n, prof_b, ratio, lo, hi, penalty=self.end_penalty)
                 if z > a:
                     pieces += self._split(prof_n, prof_b, a, z, r)
         return pieces
@@ -1927,12 +1953,12 @@ class BoxDetector:
         return found
 
     @staticmethod
-    def _sums(n, b, ex):
+    def _sums(n, b, ex, int_type=np.int64, float_type=np.float64):
         """Summed-area tables of counts and background, excluded cells left out."""
         shape = n.shape[:-2] + (n.shape[-2] + 1, n.shape[-1] + 1)
-        S, T = np.zeros(shape, np.int64), np.zeros(shape)
-        S[..., 1:, 1:] = np.where(ex, 0, n).cumsum(-2).cumsum(-1)
-        T[..., 1:, 1:] = np.where(ex, 0.0, b).cumsum(-2).cumsum(-1)
+        S, T = np.zeros(shape, int_type), np.zeros(shape, float_type)
+        S[..., 1:, 1:] = np.where(ex, 0, n).cumsum(-2, dtype=int_type).cumsum(-1, dtype=int_type)
+        T[..., 1:, 1:] = np.where(ex, 0.0, b).cumsum(-2, dtype=float_type).cumsum(-1, dtype=float_type)
         return S, T
 
     @staticmethod
@@ -1940,21 +1966,34 @@ class BoxDetector:
         return S[..., y1, x1] - S[..., y0, x1] - S[..., y1, x0] + S[..., y0, x0]
 
     def _screen(self, n, b, ex, tail, shapes) -> dict:
-        """Significant windows of a stack of CCD halves: {stack index: [(-lr, y0, y1, x0, x1)]}."""
+        """Significant windows of a stack of CCD halves: {stack index: [(-lr, y0, y1, x0, x1)]}.
+
+        Windows of one stride are summed on the grid of that stride (cells
+        summed in blocks first), so large windows cost little.
+        """
         k, ny, nx = n.shape
-        S, T = self._sums(n, b, ex)
-        seeds = {}
+        n = np.where(ex, 0, n)
+        b = np.where(ex, 0.0, b)
+        by_stride = {}
         for hy, hx in shapes:
-            ys, xs = _starts(ny, hy, max(1, hy // 2)), _starts(nx, hx, max(1, hx // 2))
-            S1, S0, T1, T0 = S[:, ys + hy], S[:, ys], T[:, ys + hy], T[:, ys]
-            N = S1[:, :, xs + hx] - S0[:, :, xs + hx] - S1[:, :, xs] + S0[:, :, xs]
-            B = T1[:, :, xs + hx] - T0[:, :, xs + hx] - T1[:, :, xs] + T0[:, :, xs]
-            hit = tail.significant(N, B)
-            if hit.any():
-                i, y, x = np.nonzero(hit)
-                lr = _excess_lr(N[i, y, x], B[i, y, x])
-                for i1, v, y0, x0 in zip(i.tolist(), lr.tolist(), ys[y].tolist(), xs[x].tolist()):
-                    seeds.setdefault(i1, []).append((-v, y0, y0 + hy, x0, x0 + hx))
+            by_stride.setdefault((max(1, hy // 2), max(1, hx // 2)), []).append((hy, hx))
+        seeds = {}
+        for (sy, sx), group in by_stride.items():
+            if ny % sy or nx % sx or any(hy % sy or hx % sx for hy, hx in group):
+                sy = sx = 1  # an odd grid: windows at every cell
+            blocks_n = n.reshape(k, ny // sy, sy, nx // sx, sx).sum(axis=(2, 4), dtype=np.int32)
+            blocks_b = b.reshape(k, ny // sy, sy, nx // sx, sx).sum(axis=(2, 4), dtype=np.float32)
+            S, T = self._sums(blocks_n, blocks_b, np.zeros(blocks_n.shape, bool), np.int32, np.float32)
+            for hy, hx in group:
+                ry, rx = hy // sy, hx // sx
+                N = S[:, ry:, rx:] - S[:, :-ry, rx:] - S[:, ry:, :-rx] + S[:, :-ry, :-rx]
+                B = T[:, ry:, rx:] - T[:, :-ry, rx:] - T[:, ry:, :-rx] + T[:, :-ry, :-rx]
+                hit = tail.significant(N, B)
+                if hit.any():
+                    i, y, x = np.nonzero(hit)
+                    lr = _excess_lr(N[i, y, x], B[i, y, x])
+                    for i1, v, y0, x0 in zip(i.tolist(), lr.tolist(), (y * sy).tolist(), (x * sx).tolist()):
+                        seeds.setdefault(i1, []).append((-v, y0, y0 + hy, x0, x0 + hx))
         return seeds
 
     def _fit_half(self, n, b, ex, tail, index, x_offset, seeds) -> list:
@@ -2090,6 +2129,8 @@ def multiscale_mask(counts, *, fp_rate: float = DEFAULT_FP_RATE, live=None, know
     True
     """
     counts = np.asarray(counts)
+    if counts.size and counts.max() < 2 ** 31:  # half the memory traffic of int64
+        counts = counts.astype(np.int32, copy=False)
     n_ccd, ny, nx = counts.shape
     live = counts.reshape(n_ccd, -1).sum(axis=1) > 0 if live is None else np.asarray(live, bool)
     excluded = np.zeros(counts.shape, bool) if known is None else np.array(known, bool)
