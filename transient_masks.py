@@ -1628,7 +1628,10 @@ class LineDetector:
       of a gapless segment of length L exceeds it with probability ~gap_p);
       the pieces are refitted, and kept when significant at ``piece_p``;
     - of a two-cell-wide line, each column keeps its own fitted segment, so
-      a neighbour without excess stays unmasked;
+      a neighbour without excess stays unmasked; the lines beside a found
+      segment (up to ``max_neighbours`` on each side) join, with their own
+      fitted segment, when their excess along it is significant at
+      ``neighbour_p`` (a glowing edge or a column wider than a cell);
     - only cells likely to belong are masked: each cell in a segment costs
       ``end_penalty`` times the information a cell of the segment is expected
       to carry, ``b (ratio - 1 - ln ratio)``, so a faint column does not run on
@@ -1651,6 +1654,8 @@ class LineDetector:
     end_penalty : float
         Cost of a cell in a fitted segment, in units of its expected information
         (see `fit_segment`).
+    neighbour_p, max_neighbours : float, int
+        The conditional test of the lines beside a segment, and how far out.
 
     Examples
     --------
@@ -1669,8 +1674,10 @@ class LineDetector:
     coverage = 2
 
     def __init__(self, col_widths=(1, 2), row_widths=(1,), min_length: int = 4, gap_p: float = 0.1,
-                 piece_p: float = 1e-4, max_rounds: int = 4, end_penalty: float = 0.25):
+                 piece_p: float = 1e-4, max_rounds: int = 4, end_penalty: float = 0.25,
+                 neighbour_p: float = 1e-4, max_neighbours: int = 2):
         self.end_penalty = float(end_penalty)
+        self.neighbour_tail, self.max_neighbours = PoissonTail(neighbour_p), int(max_neighbours)
         self.widths = {"y": tuple(col_widths), "x": tuple(row_widths)}
         self.min_length, self.gap_p, self.max_rounds = int(min_length), float(gap_p), int(max_rounds)
         self.piece_tail = PoissonTail(piece_p)
@@ -1780,16 +1787,43 @@ class LineDetector:
             parts = [(0, s0, e0)] if width == 1 else self._columns(line_n, line_b, s0, e0)
             for k, a, z in parts:
                 ex[ccd, a:z, x + k] = True
-            found.append(Defect(ccd + 1, "column", min(a for _, a, _ in parts), max(z for _, _, z in parts),
-                                x + min(k for k, _, _ in parts), x + max(k for k, _, _ in parts) + 1,
-                                sum(int(use[a:z, k].sum()) for k, a, z in parts),
-                                sum(line_n[a:z, k].sum() for k, a, z in parts),
-                                sum(line_b[a:z, k].sum() for k, a, z in parts)))
+            parts = [(x + k, a, z, int(use[a:z, k].sum()), line_n[a:z, k].sum(), line_b[a:z, k].sum())
+                     for k, a, z in parts]
+            parts += self._neighbours(n, b, ex, ccd, parts)
+            found.append(Defect(ccd + 1, "column", min(p[1] for p in parts), max(p[2] for p in parts),
+                                min(p[0] for p in parts), max(p[0] for p in parts) + 1,
+                                sum(p[3] for p in parts), sum(p[4] for p in parts), sum(p[5] for p in parts)))
         if not found:  # significant together, no piece alone: the whole segment
             ex[ccd, s:e, x:x + width] = True
             found.append(Defect(ccd + 1, "column", s, e, x, x + width, int(use[s:e].sum()),
                                 prof_n[s:e].sum(), prof_b[s:e].sum()))
         return found
+
+    def _neighbours(self, n, b, ex, ccd, parts) -> list:
+        """The columns beside a found segment that hold an excess along it too (a glow
+        or column wider than a cell), tested one by one outwards at ``neighbour_p``."""
+        added = []
+        todo = list(parts)
+        while todo and len(added) < 2 * self.max_neighbours:
+            column, a, z = todo.pop()[:3]
+            for side in (column - 1, column + 1):
+                if not 0 <= side < n.shape[2] or any(p[0] == side for p in parts + added):
+                    continue
+                free = ~ex[ccd, a:z, side]
+                col_n = np.where(free, n[ccd, a:z, side], 0).astype(np.int64)
+                col_b = np.where(free, b[ccd, a:z, side], 0.0)
+                if not free.any() or not self.neighbour_tail.significant1(col_n.sum(), col_b.sum()):
+                    continue
+                a2, z2, _, _ = fit_segment(col_n, col_b, max(col_n.sum() / max(col_b.sum(), 1e-12), 1.0),
+                                           penalty=self.end_penalty)
+                if z2 <= a2 or not self.neighbour_tail.significant1(col_n[a2:z2].sum(), col_b[a2:z2].sum()):
+                    continue
+                ex[ccd, a + a2:a + z2, side] = True
+                entry = (side, a + a2, a + z2, int(free[a2:z2].sum()), col_n[a2:z2].sum(), col_b[a2:z2].sum())
+                added.append(entry)
+                if abs(side - parts[0][0]) < self.max_neighbours:
+                    todo.append(entry)
+        return added
 
     def _columns(self, line_n, line_b, s0, e0):
         """(column, start, end) of the columns of a wide line that hold the excess."""
@@ -2069,8 +2103,8 @@ def default_detectors() -> list:
     Extended glows first (wide boxes, spread excess only), then column and row
     segments, single cells, and boxes of every size.
     """
-    return [BoxDetector(min_shape=(8, 16), min_fit=(4, 4), trim=0.25), LineDetector(), CellDetector(),
-            BoxDetector()]
+    return [BoxDetector(min_shape=(8, 16), min_fit=(4, 4), trim=0.25, max_rings=16), LineDetector(),
+            CellDetector(), BoxDetector(max_rings=8)]
 
 
 class MultiscaleResult:

@@ -137,28 +137,27 @@ def test_column_with_a_gap_is_split():
     assert column[104:126].sum() == 0
 
 
-def test_hot_spot_is_boxed():
-    rng = np.random.default_rng(7)
+def masked_blob(seed, ccd, peak, y, x, sigma_y, sigma_x):
+    """Mask of clean CCDs with one Gaussian blob (cells) on CCD index ``ccd``; the blob's excess ratio."""
+    rng = np.random.default_rng(seed)
     rates = smooth_rates(rng, 3.0, edges=False)
     yy, xx = np.mgrid[0:NY, 0:NX]
-    spot = 6.0 * np.exp(-((yy - 150) ** 2 / (2 * 2.0 ** 2) + (xx - 60) ** 2 / (2 * 4.0 ** 2)))
-    rates[20] *= 1 + spot
-    result = mask_of(rng.poisson(rates))
-    truth = spot > 1.0
-    assert result.mask[20][truth].all()
-    assert result.mask[20].sum() <= 3 * (spot > 0.1).sum()
-    assert result.mask[20][spot < 1e-3].sum() == 0
+    blob = peak * np.exp(-((yy - y) ** 2 / (2 * sigma_y ** 2) + (xx - x) ** 2 / (2 * sigma_x ** 2)))
+    rates[ccd] *= 1 + blob
+    return mask_of(rng.poisson(rates)).mask[ccd], blob
+
+
+def test_hot_spot_is_boxed():
+    mask, spot = masked_blob(7, 20, 6.0, 150, 60, 2.0, 4.0)
+    assert mask[spot > 1.0].all()
+    assert mask.sum() <= 3 * (spot > 0.1).sum()
+    assert mask[spot < 1e-3].sum() == 0
 
 
 def test_large_faint_glow_is_masked_but_not_the_rest_of_the_ccd():
-    rng = np.random.default_rng(8)
-    rates = smooth_rates(rng, 3.0, edges=False)
-    yy, xx = np.mgrid[0:NY, 0:NX]
-    glow = 1.5 * np.exp(-((yy - 160) ** 2 / (2 * 12.0 ** 2) + (xx - 100) ** 2 / (2 * 25.0 ** 2)))
-    rates[45] *= 1 + glow
-    result = mask_of(rng.poisson(rates))
-    assert result.mask[45][glow > 0.5].mean() > 0.95
-    assert result.mask[45][glow < 1e-3].mean() < 0.01
+    mask, glow = masked_blob(8, 45, 1.5, 160, 100, 12.0, 25.0)
+    assert mask[glow > 0.5].mean() > 0.95
+    assert mask[glow < 1e-3].mean() < 0.01
 
 
 def test_one_ccds_glowing_edge_is_masked_but_a_camera_wide_one_is_not():
@@ -321,3 +320,32 @@ def test_defect_history_lists_each_defect_once(tmp_path):
     assert tm.main(["--summary", "--counts", maps_path, "--method", "multiscale", "--plot_dir",
                     str(tmp_path), "--defects", str(out)]) == 0
     assert len(Table.read(out)) == len(history)
+
+
+# ---- plots
+
+
+def test_plots_name_the_method_and_compare_side_by_side(tmp_path):
+    rng = np.random.default_rng(16)
+    counts = rng.poisson(np.full((62, NY, NX), 3.0))
+    counts[9, 50:150, 30] += rng.poisson(3.0, 100)  # a warm column: 2x, no cell stands out
+    des = tm.EpochMask(counts, epoch="Y2E1")
+    multiscale = tm.EpochMask(counts, epoch="Y2E1", method="multiscale")
+    page = tm.plot_ccd(multiscale, 10)
+    assert "multiscale method" in page._suptitle.get_text()
+    assert "DES rule" in tm.plot_ccd(des, 10)._suptitle.get_text()
+    figure = tm.plot_methods(des, multiscale, 10)
+    titles = [ax.get_title() for ax in figure.axes if ax.get_title()]
+    assert titles[0].startswith("DES rule") and titles[1].startswith("multiscale method")
+    overlays = {artist.get_gid(): artist for ax in figure.axes for artist in ax.get_images()}
+    for k, mask in enumerate((des, multiscale)):
+        drawn = ~np.ma.getmaskarray(overlays[f"mask_{k}"].get_array())
+        assert np.array_equal(drawn, mask.mask[9])
+    assert overlays["mask_1"].get_array().count() > overlays["mask_0"].get_array().count()
+    with pytest.raises(tm.BadInputError):
+        tm.plot_methods(des, multiscale, 63)
+    # the command line writes the comparison pages
+    maps = write_count_maps(tmp_path / "maps.fits", {"Y2E1": counts})
+    assert tm.main(["--plot", "Y2E1", "--counts", maps, "--plot_dir", str(tmp_path), "--compare", "10",
+                    "46", "--method", "multiscale"]) == 0
+    assert (tmp_path / "Y2E1_methods.pdf").exists()
