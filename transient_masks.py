@@ -108,6 +108,8 @@ DEFAULT_FP_RATE = 1e-4
 #: Masking methods of `EpochMask`: the published DES rule and the multiscale method.
 METHODS = ("des", "multiscale")
 DEFAULT_METHOD = "des"
+#: The multiscale method needs at least this many (re-binned) cells along x and y.
+MULTISCALE_MIN_CELLS = 32
 #: Kinds of defects in `EpochMask.defects`.
 DEFECT_KINDS = ("cell", "column", "row", "edge", "box", "amp", "ccd")
 FLOORS = ("median", "mean")
@@ -820,6 +822,10 @@ class EpochMask:
         self.source = source
         self.counts = rebin_counts(counts, self.x_bin, self.y_bin)
         ny, nx = self.counts.shape[1:]
+        if method == "multiscale" and min(ny, nx) < MULTISCALE_MIN_CELLS:
+            raise BadInputError(
+                f"method='multiscale' needs at least {MULTISCALE_MIN_CELLS} cells along x and y per CCD "
+                f"(here {nx} x {ny}): bin less (it looks at every scale itself)")
         self.cell_size = (CCD_NY // ny, CCD_NX // nx)
         self._compute()
 

@@ -215,6 +215,8 @@ def test_des_method_is_unchanged(floor):
 def test_bad_method_is_refused():
     with pytest.raises(tm.BadInputError, match="method"):
         tm.EpochMask(np.ones((62, 8, 8), int), method="magic")
+    with pytest.raises(tm.BadInputError, match="at least 32 cells"):
+        tm.EpochMask(np.ones((62, 256, 256), int), method="multiscale", x_bin=16)
     with pytest.raises(tm.BadInputError, match="method"):
         tm.TransientMasks(method="magic")
 
