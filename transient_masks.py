@@ -1887,51 +1887,6 @@ def _grow_rings(n, b, ex, box, tail, max_rings):
     return (y0, y1, x0, x1), added_n, added_b, added
 
 
-def _grow_sides(n, b, ex, box, tail, max_steps, trim=0.25):
-    """Grow a box side by side while the strip beyond a side holds a spread excess.
-
-    Each step tests, for each of the four sides, the unmasked cells of the
-    one-cell strip beyond it: significant at ``tail`` even without its
-    brightest ``trim`` fraction of cells (so a hot line crossing the strip
-    does not pull the side along).  Returns the grown box and the counts,
-    background and number of cells added (masked in ``ex``).
-    """
-    ny, nx = n.shape
-    y0, y1, x0, x1 = box
-    added_n = added_b = 0.0
-    added = 0
-    for _ in range(max_steps):
-        grown = False
-        for side in range(4):
-            if side == 0 and y0 > 0:
-                strip = (slice(y0 - 1, y0), slice(x0, x1))
-            elif side == 1 and y1 < ny:
-                strip = (slice(y1, y1 + 1), slice(x0, x1))
-            elif side == 2 and x0 > 0:
-                strip = (slice(y0, y1), slice(x0 - 1, x0))
-            elif side == 3 and x1 < nx:
-                strip = (slice(y0, y1), slice(x1, x1 + 1))
-            else:
-                continue
-            free = ~ex[strip]
-            if free.sum() < 4:
-                continue
-            cell_n, cell_b = n[strip][free].astype(np.float64), b[strip][free]
-            keep = np.argsort(cell_n - cell_b)[:cell_n.size - int(np.ceil(trim * cell_n.size))]
-            if not tail.significant1(cell_n[keep].sum(), cell_b[keep].sum()):
-                continue
-            ex[strip] = True
-            added_n += cell_n.sum()
-            added_b += cell_b.sum()
-            added += int(free.sum())
-            y0, y1, x0, x1 = [(y0 - 1, y1, x0, x1), (y0, y1 + 1, x0, x1), (y0, y1, x0 - 1, x1),
-                              (y0, y1, x0, x1 + 1)][side]
-            grown = True
-        if not grown:
-            break
-    return (y0, y1, x0, x1), added_n, added_b, added
-
-
 class CellDetector:
     """Single cells whose count is significant on its own; touching ones are grouped.
 
@@ -1976,10 +1931,6 @@ class BoxDetector:
     Detections that reveal more (a glow's fainter outskirts once its core is
     masked) are looked for again, up to ``max_rounds`` times.
 
-    With ``side_steps`` the box then grows side by side (at most that many
-    steps) while the strip beyond a side holds an excess spread along it, so an
-    offset or elongated glow is followed to its outskirts.
-
     With ``min_shape``/``min_fit``/``trim`` it finds only extended glows:
     windows at least ``min_shape``, fitted boxes at least ``min_fit``, whose
     excess stays significant (at ``trim_p``) without their brightest
@@ -2002,8 +1953,7 @@ class BoxDetector:
     coverage = 4
 
     def __init__(self, min_shape=(1, 1), min_fit=(1, 1), trim: float = 0.0, trim_p: float = 1e-3,
-                 ring_p: float = 3e-3, max_rings: int = 4, max_rounds: int = 6, side_steps: int = 0):
-        self.side_steps = int(side_steps)
+                 ring_p: float = 3e-3, max_rings: int = 4, max_rounds: int = 6):
         self.min_shape, self.min_fit = tuple(min_shape), tuple(min_fit)
         self.trim, self.trim_tail = float(trim), PoissonTail(trim_p)
         self.ring_tail, self.max_rings, self.max_rounds = PoissonTail(ring_p), int(max_rings), int(max_rounds)
@@ -2105,10 +2055,6 @@ class BoxDetector:
             ex[fy0:fy1, fx0:fx1] = True
             (fy0, fy1, fx0, fx1), ring_n, ring_b, ring_cells = _grow_rings(
                 n, b, ex, (fy0, fy1, fx0, fx1), self.ring_tail, self.max_rings)
-            if self.side_steps:
-                (fy0, fy1, fx0, fx1), side_n, side_b, side_cells = _grow_sides(
-                    n, b, ex, (fy0, fy1, fx0, fx1), self.ring_tail, self.side_steps)
-                ring_n, ring_b, ring_cells = ring_n + side_n, ring_b + side_b, ring_cells + side_cells
             found.append(Defect(index + 1, "box", fy0, fy1, fx0 + x_offset, fx1 + x_offset, cells + ring_cells,
                                 total_n + ring_n, total_b + ring_b))
             S, T = self._sums(n, b, ex)
@@ -2163,8 +2109,8 @@ def default_detectors() -> list:
     Extended glows first (wide boxes, spread excess only), then column and row
     segments, single cells, and boxes of every size.
     """
-    return [BoxDetector(min_shape=(8, 16), min_fit=(4, 4), trim=0.25, max_rings=16, side_steps=16),
-            LineDetector(), CellDetector(), BoxDetector(max_rings=8)]
+    return [BoxDetector(min_shape=(8, 16), min_fit=(4, 4), trim=0.25, max_rings=16), LineDetector(),
+            CellDetector(), BoxDetector(max_rings=8)]
 
 
 class MultiscaleResult:
