@@ -35,7 +35,7 @@ setup(
     py_modules=["transient_masks", "transient_sim", "des_background"],
     data_files=[("share/transient_masks", DATA_FILES)],
     install_requires=["numpy>=1.22", "scipy>=1.8", "astropy>=5.0", "matplotlib>=3.5", "pyyaml>=5.4",
-                      "tqdm>=4.60"],
+                      "tqdm>=4.60", "regions>=0.7"],
     extras_require={
         "test": ["pytest>=7", "hypothesis>=6", "fitsio", "h5py", "pyarrow", "pandas", "wheel", "setuptools",
                  "dask[dataframe,distributed]", "distributed", "tqdm"],
