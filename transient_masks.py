@@ -35,9 +35,12 @@ From Python::
 """
 import argparse
 import contextlib
+import glob
 import gzip
 import logging
 import os
+import re
+import secrets
 import site
 import sys
 import tempfile
@@ -58,12 +61,18 @@ __all__ = [
     "data_path", "check_input", "check_output", "check_outputs", "atomic_output", "read_epochs", "epoch_index", "find_counts_file", "CountMaps",
     # masks
     "rebin_counts", "poisson_threshold", "EpochMask", "TransientMasks",
+    # multiscale masks
+    "METHODS", "DEFAULT_METHOD", "DEFECT_KINDS", "PoissonTail", "lr_significance", "SignificanceRule",
+    "AmpBackground", "Defect", "fit_segment", "LineDetector", "CellDetector", "BoxDetector",
+    "default_detectors", "MultiscaleResult", "multiscale_mask", "write_defects", "write_regions",
+    "defect_history",
     # filtering event tables
     "FilterCounts", "TABLE_SUFFIXES", "table_format_of", "resolve_columns", "filter_table", "filter_file",
+    "filter_files", "expand_inputs",
     # gathering count maps
     "GatherResult", "bin_events", "gather_arrays", "gather_data", "write_count_maps", "write_fits_rows",
     # plotting
-    "read_ccd_layout", "plot_ccd", "plot_epoch", "plot_focal_plane", "plot_survey_summary",
+    "read_ccd_layout", "plot_ccd", "plot_epoch", "plot_focal_plane", "plot_survey_summary", "plot_methods",
     # command line and parallel runs
     "dask_client", "run_cli", "main",
 ]
@@ -101,6 +110,13 @@ MASK_BITS = {
 }
 
 DEFAULT_FP_RATE = 1e-4
+#: Masking methods of `EpochMask`: the published DES rule and the multiscale method.
+METHODS = ("des", "multiscale")
+DEFAULT_METHOD = "des"
+#: The multiscale method needs at least this many (re-binned) cells along x and y.
+MULTISCALE_MIN_CELLS = 32
+#: Kinds of defects in `EpochMask.defects`.
+DEFECT_KINDS = ("cell", "column", "row", "edge", "box", "amp", "ccd")
 FLOORS = ("median", "mean")
 DEFAULT_FLOOR = "median"
 
@@ -395,17 +411,20 @@ def atomic_output(path: str, overwrite: bool = False, inputs=()):
     # Keep the final suffix so that writers that choose a format by extension
     # (astropy Table.write, savefig) see the right one.
     base = os.path.basename(final)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{base}.", suffix=f".tmp{_suffix(base)}")
-    except OSError as exc:
-        raise BadInputError(f"{path}: cannot write in the directory {directory} ({_one_line(exc)})") from None
-    os.close(fd)
-    os.unlink(tmp)  # writers that refuse to overwrite get a free name
+    # A fresh name, not a file: the writer creates it inside the ``try``, so an
+    # interrupt at any moment finds nothing outside it to leave behind.
+    tmp = os.path.join(directory, f".{base}.{secrets.token_hex(6)}.tmp{_suffix(base)}")
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise BadInputError(f"{path}: cannot write in the directory {directory}")
     try:
         yield tmp
         os.replace(tmp, final)
+    except OSError as exc:
+        if exc.filename in (tmp, final):  # the directory refused the file (read-only, gone...)
+            raise BadInputError(f"{path}: cannot write here ({exc.strerror or _one_line(exc)})") from None
+        raise
     finally:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.unlink(tmp)
 
 
@@ -1042,6 +1061,11 @@ def _check_bin(name: str, value) -> int:
         raise BadInputError(f"{name}={_describe_value(value)}: must be a positive integer") from None
 
 
+def _check_method(method):
+    if method not in METHODS:
+        raise BadInputError(f"method={method!r}: must be one of {', '.join(METHODS)}")
+
+
 def rebin_counts(counts: np.ndarray, x_bin: int = 1, y_bin: int = 1) -> np.ndarray:
     """Sum a (62, ny, nx) count cube over blocks of y_bin x x_bin cells.
 
@@ -1162,7 +1186,13 @@ def _mode(cells) -> int:
 class EpochMask:
     """The transient mask of one epoch, from its count cube.
 
-    For each CCD the cells (after optional extra binning) are compared with a
+    Two methods: ``method="des"`` (the default) is the published DES rule
+    below; ``method="multiscale"`` finds structures of every size against a
+    background model (`multiscale_mask`: columns with fitted ends, rows and
+    edges, cells, boxes and glows) and masks only their cells.  Both mask
+    dead CCDs and CCD 31's right half entirely.
+
+    With the DES rule, each CCD's cells (after optional extra binning) are compared with a
     threshold from the reference DES rule: a Poisson distribution whose mean is
     the modal cell count + 1 must exceed the count with probability below
     ``fp_rate``, and the count must exceed twice the CCD's median (or mean)
@@ -1187,7 +1217,9 @@ class EpochMask:
     floor : {"median", "mean"}
         Statistic of the cell counts whose double is a floor of the threshold.
         "median" follows the published DES README; "mean" reproduces the
-        published DES masks (the code used the mean).
+        published DES masks (the code used the mean).  DES rule only.
+    method : {"des", "multiscale"}
+        The masking method (see above).
     min_exp, max_exp : int, optional
         Expnum range of the epoch (provenance).
     demo : bool
@@ -1200,7 +1232,13 @@ class EpochMask:
     counts : numpy.ndarray of int64, shape (62, ny // y_bin, nx // x_bin)
     mask : numpy.ndarray of bool, same shape; True = masked
     mode, centre, threshold : numpy.ndarray of float, shape (62,)
-        Per CCD; NaN for CCDs with no transients.
+        Per CCD; NaN for CCDs with no transients.  With the multiscale method
+        ``threshold`` is the count above which a single cell is masked on its
+        own at the CCD's median background (larger structures go lower).
+    background : numpy.ndarray of float or None
+        Multiscale: the expected counts per cell (`AmpBackground`).
+    defects : astropy.table.Table
+        The structures masked (see the property).
     live : numpy.ndarray of bool, shape (62,)
         CCDs with at least one transient.
     cell_size : (int, int)
@@ -1216,15 +1254,22 @@ class EpochMask:
     (True, False)
     >>> m.apply([5, 5], [805.0, 10.0], [200.0, 200.0])    # x=805 is in cell 100
     array([ True, False])
+    >>> counts[9, 50:150, 30] += rng.poisson(1.5, 100)      # a warm column: 1.5x, no cell stands out
+    >>> bool(EpochMask(counts, method="des").mask[9, 50:150, 30].mean() < 0.1)
+    True
+    >>> ms = EpochMask(counts, method="multiscale")
+    >>> bool(ms.mask[9, 55:145, 30].all()), ms.defects["KIND"][ms.defects["CCDNUM"] == 10].tolist()
+    (True, ['column'])
     """
 
     def __init__(self, counts, *, epoch: str = None, fp_rate: float = DEFAULT_FP_RATE,
                  x_bin: int = 1, y_bin: int = 1, floor: str = DEFAULT_FLOOR,
-                 min_exp: int = None, max_exp: int = None, demo: bool = False,
-                 source: str = None, x_shrink: int = None, y_shrink: int = None):
+                 method: str = DEFAULT_METHOD, min_exp: int = None, max_exp: int = None,
+                 demo: bool = False, source: str = None, x_shrink: int = None, y_shrink: int = None):
         x_bin = _alias("x_bin", x_bin, 1, "x_shrink", x_shrink)
         y_bin = _alias("y_bin", y_bin, 1, "y_shrink", y_shrink)
         _check_options(fp_rate, x_bin, y_bin, floor)
+        _check_method(method)
         try:
             counts = np.asarray(counts)
         except (ValueError, TypeError) as exc:  # ragged nested sequences
@@ -1247,11 +1292,19 @@ class EpochMask:
         self.fp_rate = float(fp_rate)
         self.x_bin, self.y_bin = int(x_bin), int(y_bin)
         self.floor = floor
+        self.method = method
+        self.background = None
+        self._defects = None
+        self._structures = []
         self.min_exp, self.max_exp = min_exp, max_exp
         self.demo = bool(demo)
         self.source = source
         self.counts = rebin_counts(counts, self.x_bin, self.y_bin)
         ny, nx = self.counts.shape[1:]
+        if method == "multiscale" and min(ny, nx) < MULTISCALE_MIN_CELLS:
+            raise BadInputError(
+                f"method='multiscale' needs at least {MULTISCALE_MIN_CELLS} cells along x and y per CCD "
+                f"(here {nx} x {ny}): bin less (it looks at every scale itself)")
         self.cell_size = (CCD_NY // ny, CCD_NX // nx)
         self._compute()
 
@@ -1280,6 +1333,9 @@ class EpochMask:
                 continue
             self.mode[index] = _mode(cells)
             self.centre[index] = np.median(cells) if self.floor == "median" else cells.mean()
+        if self.method == "multiscale":
+            self._compute_multiscale(half_cells)
+            return
         self.threshold = np.where(self.live, poisson_threshold(
             np.nan_to_num(self.mode), np.nan_to_num(self.centre), self.fp_rate), np.nan)
         with np.errstate(invalid="ignore"):
@@ -1287,6 +1343,20 @@ class EpochMask:
         mask[~self.live] = True
         mask[HALF_MASKED_CCD - 1, :, half_cells:] = True
         self.mask = mask
+
+    def _compute_multiscale(self, half_cells):
+        known = np.zeros(self.counts.shape, bool)
+        known[HALF_MASKED_CCD - 1, :, half_cells:] = True
+        result = multiscale_mask(self.counts, fp_rate=self.fp_rate, live=self.live, known=known)
+        self.mask, self.background, self._structures = result.mask, result.background, result.defects
+        # the single-cell threshold at each CCD's median background, for headers and plots
+        tail = SignificanceRule.for_detectors(default_detectors(), self.counts.shape,
+                                              self.fp_rate).tail(CellDetector())
+        self.threshold = np.full(self.counts.shape[0], np.nan)
+        for index in np.flatnonzero(self.live):
+            level = np.median(self.background[index][~known[index]])
+            n = np.arange(1, 4 * int(level) + 60)
+            self.threshold[index] = float(n[np.argmax(tail.significant(n, np.full(n.size, level)))] - 1)
 
     # -- statistics
 
@@ -1333,6 +1403,26 @@ class EpochMask:
             meta={"EPOCH": self.epoch, "AREAFRAC": self.area_fraction,
                   "TRANFRAC": self.transient_fraction},
         )
+
+    @property
+    def defects(self):
+        """The masked structures of the epoch, one row each (an astropy Table).
+
+        Columns: EPOCH, CCDNUM, DETPOS, KIND (`DEFECT_KINDS`: cell, column,
+        row, edge -- a column or row along a CCD edge --, box, amp -- CCD 31's
+        right half -- and ccd -- a dead CCD), X0, X1, Y0, Y1 (the pixel box,
+        FITS 1-indexed, inclusive), CELLS (cells masked), COUNTS (transients in
+        them), BACKGROUND (expected astrophysical transients in them) and
+        SIGNIFICANCE (sigma, likelihood ratio of COUNTS over BACKGROUND).
+
+        Multiscale: each structure the detectors found.  DES rule: the masked
+        cells grouped into connected sets (8-connected), with the rule's
+        Poisson mean (mode + 1) per cell as background.  The table's meta
+        records METHOD, EPOCH and the options.
+        """
+        if self._defects is None:
+            self._defects = _defect_table(self)
+        return self._defects
 
     # -- lookups
 
@@ -1419,6 +1509,7 @@ class EpochMask:
             ("CELL_NX", self.cell_size[1], "pixels per masking cell along x"),
             ("CELL_NY", self.cell_size[0], "pixels per masking cell along y"),
             ("FLOOR", self.floor, "threshold floor: 2 x this statistic of cells"),
+            ("METHOD", self.method, "masking method: des (DES rule) or multiscale"),
             ("AREAFRAC", self.area_fraction, "fraction of live-CCD area masked"),
             ("TRANFRAC", self.transient_fraction, "fraction of transients masked"),
             ("DEMO", self.demo, "T = made from SYNTHETIC demo counts, not DES"),
@@ -1528,6 +1619,1364 @@ def _finite_or(value, default=-1.0):
     return value if np.isfinite(value) else default
 
 
+# ---- Multiscale masks
+#
+# The multiscale method (`EpochMask(..., method="multiscale")`): a background
+# model per CCD that follows its structure, detectors for the shapes defects
+# take, and a significance rule that shares the false-positive budget among
+# every window the detectors test.  Each part is a small object with one
+# interface, so that it can be swapped:
+#
+# - a background estimator: ``model(counts, excluded, live) -> expected counts``;
+# - a detector: ``families(shape)`` (the window families it tests, for the
+#   rule), ``coverage`` (windows of a family covering a cell) and
+#   ``detect(counts, background, excluded, tail, live) -> [Defect, ...]``,
+#   which masks (sets ``excluded``) the cells of what it finds;
+# - the rule: ``tail(detector) -> PoissonTail``, the per-window test.
+
+class PoissonTail:
+    """The one-sided Poisson test of a window at a fixed tail probability.
+
+    A window with ``n`` counts over an expected background ``b`` is
+    significant when ``P(Poisson(b) >= n) <= p``.  That probability is the
+    regularised lower incomplete gamma function P(n, b), increasing in ``b``,
+    so the test is ``b <= bmax[n]`` with ``bmax[n] = gammaincinv(n, p)``,
+    tabulated once (Wilson-Hilferty above 4000 counts): one table look-up per
+    window.
+
+    Parameters
+    ----------
+    p : float
+        Tail probability of one window, 0 < p < 1.
+
+    Examples
+    --------
+    >>> tail = PoissonTail(1e-4)
+    >>> tail.significant([11, 12], [3.0, 3.0]).tolist()    # P(Poisson(3) >= 11) = 2.9e-4, >= 12: 7.1e-5
+    [False, True]
+    >>> tail.significant1(12, 3.0)
+    True
+    """
+
+    #: Counts up to which the table is exact.
+    EXACT = 4000
+
+    def __init__(self, p: float):
+        if not 0 < p < 1:
+            raise BadInputError(f"tail probability {p}: must be between 0 and 1")
+        self.p = float(p)
+        self._table = np.array([-np.inf])  # n = 0 is never significant
+
+    def _extend(self, n_max: int):
+        from scipy.special import gammaincinv, ndtri
+
+        start = self._table.size
+        n = np.arange(start, max(int(n_max), 2 * start) + 1, dtype=np.float64)
+        bmax = np.empty(n.size)
+        exact = n <= self.EXACT
+        bmax[exact] = gammaincinv(n[exact], self.p)
+        big = n[~exact]
+        bmax[~exact] = big * (1 - 1 / (9 * big) + ndtri(self.p) / (3 * np.sqrt(big))) ** 3
+        self._table = np.concatenate([self._table, bmax])
+
+    def bmax(self, n) -> np.ndarray:
+        """The largest background at which ``n`` counts are significant (-inf for n <= 0)."""
+        n = np.asarray(n)
+        if n.dtype.kind not in "iu" or (n.size and n.min() < 0):
+            n = np.clip(n, 0, None).astype(np.intp)
+        if n.size and n.max() >= self._table.size:
+            self._extend(n.max())
+        return self._table[n]
+
+    def significant(self, n, b) -> np.ndarray:
+        """Whether each window (counts ``n``, integers; background ``b``) is significant."""
+        return np.asarray(b) <= self.bmax(n)
+
+    def significant1(self, n, b) -> bool:
+        """`significant` for one window (no array overhead)."""
+        n = int(round(float(n)))
+        if n <= 0:
+            return False
+        if n >= self._table.size:
+            self._extend(n)
+        return bool(float(b) <= self._table[n])
+
+
+def lr_significance(n, b):
+    """Significance (sigma) of ``n`` counts over a Poisson background ``b``.
+
+    The signed likelihood-ratio statistic ``sqrt(2 (n ln(n/b) - (n - b)))``,
+    negative for a deficit; it does not underflow for huge excesses.
+
+    Examples
+    --------
+    >>> round(float(lr_significance(30, 10.0)), 2)
+    5.09
+    """
+    n = np.asarray(n, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    return np.sign(n - b) * np.sqrt(2 * _excess_lr(n, b, deficit=True))
+
+
+def _excess_lr(n, b, deficit=False):
+    """Poisson log-likelihood ratio of a free rate over ``b`` (0 where n <= b unless ``deficit``)."""
+    n = np.asarray(n, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(n > 0, n * np.log(np.where(n > 0, n, 1.0) / np.where(b > 0, b, 1e-300)), 0.0) - (n - b)
+    keep = (b > 0) & ((n > b) | deficit)
+    return np.where(keep, np.maximum(t, 0.0), 0.0)
+
+
+class SignificanceRule:
+    """Shares the false-positive budget ``fp_rate`` among all the windows tested.
+
+    Every detector tests *families* of windows (one shape at one stride); a
+    family whose windows cover each cell ``coverage`` times and mask the
+    cells of a window when it fires makes about ``p * coverage`` false cells
+    per cell of a clean CCD.  With K families in all, the per-window tail
+    probability ``p = fp_rate / (K * coverage * margin)`` keeps the total at
+    ``fp_rate / margin``.  The ``margin`` (default 30) pays for what the
+    detectors do after a window fires: fitting a segment's ends or a box's
+    edges can make a false detection several times larger than its window.
+    The tests measure the realised rate on pure-Poisson CCDs with gradients
+    and amplifier steps (it is far below ``fp_rate``).
+
+    Parameters
+    ----------
+    fp_rate : float
+        False-positive probability per cell of a defect-free CCD.
+    families : int
+        K, the number of window families of all detectors together.
+    margin : float
+        Safety factor for the growth of fitted detections.
+
+    Examples
+    --------
+    >>> rule = SignificanceRule(1e-4, families=31)
+    >>> tail = rule.tail(LineDetector())
+    >>> f"{tail.p:.2e}"
+    '5.38e-08'
+    """
+
+    def __init__(self, fp_rate: float = DEFAULT_FP_RATE, families: int = 1, margin: float = 30.0):
+        if not 0 < fp_rate < 1:
+            raise BadInputError(f"fp_rate={fp_rate}: must be between 0 and 1")
+        if families < 1 or not margin > 0:
+            raise BadInputError(f"families={families}, margin={margin}: must be positive")
+        self.fp_rate, self.families, self.margin = float(fp_rate), int(families), float(margin)
+        self._tails = {}
+
+    @classmethod
+    def for_detectors(cls, detectors, shape, fp_rate=DEFAULT_FP_RATE, margin=30.0) -> "SignificanceRule":
+        """The rule for these detectors on a (62, ny, nx) grid (families counted once)."""
+        families = {family for detector in detectors for family in detector.families(shape)}
+        return cls(fp_rate, max(len(families), 1), margin)
+
+    def tail(self, detector) -> PoissonTail:
+        """The per-window test of a detector's windows."""
+        p = self.fp_rate / (self.families * detector.coverage * self.margin)
+        if p not in self._tails:
+            self._tails[p] = PoissonTail(p)
+        return self._tails[p]
+
+
+def _cell_areas(ny: int, nx: int):
+    """Relative area of each cell row and column: the first cell of a CCD holds
+    the half pixel 0.5..1 too, the last one lacks it."""
+    area_y, area_x = np.ones(ny), np.ones(nx)
+    area_y[0] += 0.5 * ny / CCD_NY
+    area_y[-1] -= 0.5 * ny / CCD_NY
+    area_x[0] += 0.5 * nx / CCD_NX
+    area_x[-1] -= 0.5 * nx / CCD_NX
+    return area_y, area_x
+
+
+def _poly_terms(u, v, degree: int):
+    """Monomials u^i v^j, i + j <= degree, by total degree (constant first)."""
+    return np.stack([u ** (d - i) * v ** i for d in range(degree + 1) for i in range(d + 1)], axis=-1)
+
+
+def _camera_ratio(n, b, clip: float = 2.5) -> float:
+    """Ratio of counts to model of one line over all CCDs, robust to the few that glow.
+
+    Starts at the median ratio; iteratively drops the CCDs whose ratio is off by
+    more than ``clip`` times its Poisson scatter (scaled up by the robust
+    scatter when that is larger; twice as far below, since defects only add
+    counts) and takes the counts-weighted ratio of the rest.
+    """
+    if n.size == 0:
+        return 1.0
+    ratio = n / b
+    scatter = np.sqrt(np.maximum(ratio, 1e-3) / b)
+    value = float(np.median(ratio))
+    keep = np.ones(ratio.size, bool)
+    for _ in range(10):
+        z = (ratio - value) / scatter
+        scale = max(1.0, 1.4826 * float(np.median(np.abs(z[keep]))))
+        new = (z < clip * scale) & (z > -2 * clip * scale)
+        if new.sum() < 3:
+            break
+        value = float(n[new].sum() / b[new].sum())
+        if (new == keep).all():
+            break
+        keep = new
+    return value
+
+
+class AmpBackground:
+    """Background model of a count cube: per CCD and amplifier half, robust to defects.
+
+    For each live CCD and each amplifier half (the boundary x = 1024.5 is a
+    cell edge), the cells are grouped in blocks (``blocks`` per CCD side); a
+    block's rate is the mean of its columns after the columns far above the
+    block's median are dropped (hot columns).  A smooth log-polynomial of
+    degree ``degree`` in (x, y) is fitted to the blocks by Poisson IRLS, the
+    degree growing 0 -> 1 -> ``degree``; at each step the blocks far from the
+    fit (``clip`` times a robust scatter, at least Poisson) are left out, so a
+    glow that covers a fifth of the half does not drag the fit.
+
+    Then two rules make background and defect distinct:
+
+    - a half whose level is more than ``amp_ratio`` times the other half's is a
+      defect (a bad amplifier), not background: it takes the other half's
+      surface, mirrored, so its excess is detected; CCD 31's right half (its
+      unstable amp A, masked anyway) always does;
+    - the ``edge_depth`` outermost cell lines of each CCD side (left out of
+      the fit) get a camera-wide factor: the robust ratio of counts to model
+      on the same line of all CCDs.  An edge that glows on every CCD is
+      background; one CCD's glowing edge stands out against it.
+
+    Parameters
+    ----------
+    degree : int
+        Degree of the polynomial per half (2: gradients and curvature).
+    blocks : int
+        Blocks along y per CCD (half as many along x per half).
+    edge_depth : int
+        Cell lines at each CCD side with a camera-wide factor.
+    amp_ratio : float
+        A half brighter than the other by more than this is a defect.
+    clip : float
+        Rejection threshold of the fits, in units of the scatter.
+
+    Attributes (after `model`)
+    --------------------------
+    level : numpy.ndarray, shape (62, 2)
+        Mean fitted rate (counts per cell) of each half; NaN for dead CCDs.
+    bright_half : numpy.ndarray of int, shape (62,)
+        The half (0 left, 1 right) taken as a defect, -1 for none.
+    edge_factor : dict
+        (side, depth[, half]) -> camera-wide factor of each edge line.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(2)
+    >>> rate = np.ones((62, 64, 64)) * np.linspace(2.0, 4.0, 64)   # a gradient along x
+    >>> counts = rng.poisson(rate)
+    >>> model = AmpBackground().model(counts)
+    >>> bool(np.allclose(model[:, 8:-8, 8:-8].mean(axis=(0, 1)), rate[0, 0, 8:-8], rtol=0.05))
+    True
+    """
+
+    def __init__(self, degree: int = 2, blocks: int = 16, edge_depth: int = 3,
+                 amp_ratio: float = 1.5, clip: float = 3.0):
+        if degree not in (0, 1, 2, 3):
+            raise BadInputError(f"degree={degree}: must be 0, 1, 2 or 3")
+        self.degree, self.blocks, self.edge_depth = int(degree), int(blocks), int(edge_depth)
+        self.amp_ratio, self.clip = float(amp_ratio), float(clip)
+
+    def model(self, counts, excluded=None, live=None) -> np.ndarray:
+        """Expected counts per cell, shape of ``counts``; 0 on dead CCDs.
+
+        ``excluded`` (bool, same shape) marks cells to ignore (known defects,
+        CCD 31's right half); ``live`` (bool, (62,)) the CCDs with transients.
+        """
+        counts = np.asarray(counts)
+        n_ccd, ny, nx = counts.shape
+        if excluded is None:
+            excluded = np.zeros(counts.shape, bool)
+        if live is None:
+            live = counts.reshape(n_ccd, -1).sum(axis=1) > 0
+        half = nx // 2
+        area_y, area_x = _cell_areas(ny, nx)
+        area = area_y[:, None] * area_x[None, :]
+        depth = min(self.edge_depth, ny // 8, nx // 8)
+        fit_use = ~excluded
+        fit_use[:, :depth] = fit_use[:, ny - depth:] = False
+        fit_use[:, :, :depth] = fit_use[:, :, nx - depth:] = False
+        nb_y, nb_x = min(self.blocks, ny), min(max(self.blocks // 2, 1), half)
+        by, bx = ny // nb_y, half // nb_x
+        # column sums per block row, then per block: (n_ccd, nb_y, 2 nb_x, bx)
+        col_n = np.where(fit_use, counts, 0).reshape(n_ccd, nb_y, by, nx).sum(axis=2, dtype=np.float64)
+        col_a = np.where(fit_use, area, 0.0).reshape(n_ccd, nb_y, by, nx).sum(axis=2)
+        col_n = col_n.reshape(n_ccd, nb_y, 2 * nb_x, bx)
+        col_a = col_a.reshape(n_ccd, nb_y, 2 * nb_x, bx)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            rate = np.where(col_a > 0, col_n / col_a, np.nan)
+            median = np.nanmedian(np.where(np.isnan(rate).all(-1, keepdims=True), 0.0, rate), axis=-1,
+                                  keepdims=True)
+            mean_area = np.where(col_a > 0, col_a, 0).sum(-1, keepdims=True) / np.maximum(
+                (col_a > 0).sum(-1, keepdims=True), 1)
+            scatter = np.sqrt(np.maximum(median, 1e-3) / np.maximum(mean_area, 1e-3))
+            keep = (col_a > 0) & (rate <= median + self.clip * scatter + 1e-12)
+        block_n = np.where(keep, col_n, 0.0).sum(-1)
+        block_a = np.where(keep, col_a, 0.0).sum(-1)
+        v, u = np.meshgrid((np.arange(nb_y) + 0.5) / nb_y * 2 - 1, (np.arange(nb_x) + 0.5) / nb_x * 2 - 1,
+                           indexing="ij")
+        terms = _poly_terms(u.ravel(), v.ravel(), self.degree)
+        cv, cu = np.meshgrid((np.arange(ny) + 0.5) / ny * 2 - 1, (np.arange(half) + 0.5) / half * 2 - 1,
+                             indexing="ij")
+        cell_terms = _poly_terms(cu, cv, self.degree)
+        model = np.zeros(counts.shape)
+        self.level = np.full((n_ccd, 2), np.nan)
+        self.bright_half = np.full(n_ccd, -1)
+        for index in np.flatnonzero(live):  # a loop over CCD halves, not cells
+            for h in (0, 1):
+                blocks = slice(h * nb_x, (h + 1) * nb_x)
+                if not (block_a[index, :, blocks] > 0).any():
+                    continue
+                coef = self._fit(terms, block_n[index, :, blocks].ravel(), block_a[index, :, blocks].ravel())
+                model[index, :, h * half:(h + 1) * half] = np.exp(cell_terms @ coef)
+                self.level[index, h] = float(np.exp(terms @ coef).mean())
+            low, high = self.level[index]
+            if index + 1 == HALF_MASKED_CCD or not np.isfinite(high) or high > self.amp_ratio * low:
+                model[index, :, half:] = model[index, :, :half][:, ::-1]
+                self.bright_half[index] = 1 if index + 1 != HALF_MASKED_CCD else -1
+            elif not np.isfinite(low) or low > self.amp_ratio * high:
+                model[index, :, :half] = model[index, :, half:][:, ::-1]
+                self.bright_half[index] = 0
+        model *= area[None]
+        self._edge_lines(counts, model, ~excluded, live, depth)
+        model[~live] = 0.0
+        return model
+
+    def _edge_lines(self, counts, model, use, live, depth):
+        """Scale the outer ``depth`` lines of every CCD by their camera-wide factor."""
+        n_ccd, ny, nx = counts.shape
+        half = nx // 2
+        self.edge_factor = {}
+        good_ccd = live & (self.bright_half < 0)
+        for k in range(depth):
+            lines = [(("x", k), (slice(depth, ny - depth), k)),
+                     (("x", -1 - k), (slice(depth, ny - depth), nx - 1 - k))]
+            for h in (0, 1):
+                inner = slice(max(h * half, depth), min((h + 1) * half, nx - depth))
+                lines += [(("y", k, h), (k, inner)), (("y", -1 - k, h), (ny - 1 - k, inner))]
+            for key, (ys, xs) in lines:
+                sel = use[:, ys, xs]
+                n_line = np.where(sel, counts[:, ys, xs], 0).reshape(n_ccd, -1).sum(1)
+                b_line = np.where(sel, model[:, ys, xs], 0.0).reshape(n_ccd, -1).sum(1)
+                good = good_ccd & (b_line > 0)
+                if (key[0] == "x" and key[1] < 0) or (key[0] == "y" and key[2] == 1):
+                    good[HALF_MASKED_CCD - 1] = False  # CCD 31's right half is not background
+                factor = _camera_ratio(n_line[good], b_line[good])
+                self.edge_factor[key] = factor
+                if key[0] == "x":
+                    model[:, :, xs] *= factor
+                else:
+                    model[:, ys, slice(key[2] * half, (key[2] + 1) * half)] *= factor
+
+    def _fit(self, terms, n, a):
+        """Coefficients of ``n ~ Poisson(a exp(terms @ c))``, robust to outlying blocks."""
+        valid = a > 0
+        rate = np.where(valid, n / np.where(valid, a, 1.0), 0.0)
+        n_all = terms.shape[1]
+        coef = np.zeros(n_all)
+        coef[0] = np.log(max(float(np.median(rate[valid])), 1e-6))
+        ok = valid.copy()
+        for degree in range(self.degree + 1):
+            k = (degree + 1) * (degree + 2) // 2
+            t, c = terms[:, :k], coef[:k].copy()
+            for _ in range(3):
+                for _ in range(4):  # Poisson IRLS (log link)
+                    eta = t @ c
+                    mu = a * np.exp(eta)
+                    w = np.where(ok, mu, 0.0)
+                    z = eta + np.where(ok, (n - mu) / np.maximum(mu, 1e-12), 0.0)
+                    c = np.linalg.solve((t * w[:, None]).T @ t + 1e-9 * np.eye(k), (t * w[:, None]).T @ z)
+                mu = a * np.exp(t @ c)
+                rel = np.where(valid, n / np.maximum(mu, 1e-12) - 1, 0.0)
+                scale = 1 / np.sqrt(np.maximum(mu, 1e-9))
+                if degree < self.degree and ok.any():  # lower degrees: allow for the unfitted shape
+                    scale = np.maximum(scale, 1.4826 * float(np.median(np.abs(rel[ok]))))
+                new = valid & (rel < self.clip * scale) & (rel > -2 * self.clip * scale)
+                if new.sum() < k + 2 or (new == ok).all():
+                    break
+                ok = new
+            coef = np.zeros(n_all)
+            coef[:k] = c
+        return coef
+
+
+class Defect:
+    """One structure found on a CCD: its kind, cell box and statistics.
+
+    ``y0:y1, x0:x1`` is the bounding box in cells (half open, of the grid the
+    mask was made on); ``cells`` the cells it masked, ``counts`` and
+    ``background`` their observed and expected counts.
+    """
+
+    __slots__ = ("ccdnum", "kind", "y0", "y1", "x0", "x1", "cells", "counts", "background")
+
+    def __init__(self, ccdnum, kind, y0, y1, x0, x1, cells, counts, background):
+        self.ccdnum, self.kind = int(ccdnum), kind
+        self.y0, self.y1, self.x0, self.x1 = int(y0), int(y1), int(x0), int(x1)
+        self.cells, self.counts, self.background = int(cells), float(counts), float(background)
+
+    @property
+    def significance(self) -> float:
+        """Likelihood-ratio significance of the excess, in sigma."""
+        return float(lr_significance(self.counts, self.background))
+
+    def __repr__(self):
+        return (f"Defect(ccdnum={self.ccdnum}, kind={self.kind!r}, y={self.y0}:{self.y1}, "
+                f"x={self.x0}:{self.x1}, cells={self.cells}, counts={self.counts:g}, "
+                f"background={self.background:.1f})")
+
+
+def _starts(size: int, length: int, step: int) -> np.ndarray:
+    """Window starts at ``step`` spacing, the last window ending at ``size``."""
+    starts = np.arange(0, size - length + 1, step)
+    return starts if starts[-1] == size - length else np.append(starts, size - length)
+
+
+def _best_interval(weights):
+    """The interval [s, e) of largest sum of ``weights`` (1-d): (sum, s, e); (0, 0, 0) if none is positive."""
+    cumulative = np.concatenate([[0.0], np.cumsum(weights)])
+    gain = cumulative - np.minimum.accumulate(cumulative)
+    end = int(np.argmax(gain))
+    if gain[end] <= 0:
+        return 0.0, 0, 0
+    return float(gain[end]), int(np.argmin(cumulative[:end + 1])), end
+
+
+def fit_segment(counts, background, ratio: float, lo: int = 0, hi: int = None, n_iter: int = 10,
+                penalty: float = 0.0):
+    """Segment [s, e) of a 1-d profile with the largest Poisson likelihood ratio.
+
+    The model: a constant excess ratio inside the segment, the background
+    outside.  For a fixed ratio the best segment is the interval of largest
+    sum of ``n ln(ratio) - b (ratio - 1)`` (linear time); alternating it with
+    the ratio of that segment raises the likelihood at each step.
+
+    Parameters
+    ----------
+    counts, background : numpy.ndarray, 1-d
+        Observed and expected counts along the line.
+    ratio : float
+        Starting excess ratio (counts over background), > 1.
+    lo, hi : int
+        Search within [lo, hi).
+    penalty : float
+        A cost per cell of ``penalty * b (ratio - 1 - ln ratio)`` (a fraction of
+        the information a cell of the segment is expected to carry): the ends
+        move in over fluctuations that only just pay for themselves.
+
+    Returns
+    -------
+    (s, e, ratio, lr)
+        Bounds in [lo, hi), the fitted ratio and log-likelihood ratio;
+        ``e == s`` if no segment has an excess.
+
+    Examples
+    --------
+    >>> b = np.full(100, 3.0)
+    >>> n = np.full(100, 3); n[20:60] = 9
+    >>> fit_segment(n, b, 2.0)[:2]
+    (20, 60)
+    """
+    hi = counts.size if hi is None else hi
+    n = np.asarray(counts[lo:hi], dtype=np.float64)
+    b = np.asarray(background[lo:hi], dtype=np.float64)
+    best, best_value = (lo, lo, 1.0, 0.0), 0.0
+    ratio = max(float(ratio), 1.0 + 1e-6)
+    for _ in range(n_iter):
+        log_ratio = np.log(ratio)
+        value, s, e = _best_interval(n * log_ratio - b * (ratio - 1.0)
+                                     - penalty * b * (ratio - 1.0 - log_ratio))
+        if e <= s:
+            break
+        total_n, total_b = n[s:e].sum(), b[s:e].sum()
+        if value > best_value + 1e-9:
+            best, best_value = (lo + s, lo + e, total_n / total_b, float(_excess_lr(total_n, total_b))), value
+        # the ratio that maximises the (penalised) likelihood of this segment
+        new = (total_n / total_b + penalty) / (1.0 + penalty) if total_b > 0 else ratio
+        if new <= 1 or abs(new - ratio) <= 1e-4 * ratio:
+            break
+        ratio = new
+    return best
+
+
+class LineDetector:
+    """Column and row segments of any length, with fitted ends, split at gaps.
+
+    Screening: along every column (and row) of cells, windows of ``min_length``,
+    2 ``min_length``, ... cells up to the CCD's length at a stride of half a
+    window, ``col_widths`` (``row_widths``) cells wide, tested with the
+    rule's tail.  A line with a significant window is then fitted, most
+    significant first (a glowing row is taken before the columns it crosses):
+
+    - the segment of maximum likelihood ratio (`fit_segment`): its ends are
+      fitted, not the union of the windows;
+    - split at gaps: the interior interval most consistent with the
+      background is cut out when its log-likelihood ratio exceeds
+      ``ln(L / gap_p)`` (the maximum of that statistic over the sub-intervals
+      of a gapless segment of length L exceeds it with probability ~gap_p);
+      the pieces are refitted, and kept when significant at ``piece_p``;
+    - of a two-cell-wide line, each column keeps its own fitted segment, so
+      a neighbour without excess stays unmasked; the lines beside a found
+      segment (up to ``max_neighbours`` on each side) join, with their own
+      fitted segment, when their excess along it is significant at
+      ``neighbour_p`` (a glowing edge or a column wider than a cell);
+    - only cells likely to belong are masked: each cell in a segment costs
+      ``end_penalty`` times the information a cell of the segment is expected
+      to carry, ``b (ratio - 1 - ln ratio)``, so a faint column does not run on
+      over a stretch of upward background fluctuations (ends of bright columns,
+      whose cells carry much more, do not move).
+
+    Parameters
+    ----------
+    col_widths, row_widths : tuple of int
+        Widths (cells) of the column and row windows.
+    min_length : int
+        Shortest window (cells); shorter structures are the cell and box
+        detectors' job.
+    gap_p : float
+        False-split probability of a segment without gaps.
+    piece_p : float
+        Tail probability of a piece of a split segment.
+    max_rounds : int
+        Re-screenings of the CCDs where masking a line hid others' windows.
+    end_penalty : float
+        Cost of a cell in a fitted segment, in units of its expected information
+        (see `fit_segment`).
+    neighbour_p, max_neighbours : float, int
+        The conditional test of the lines beside a segment, and how far out.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(3)
+    >>> counts = rng.poisson(3.0, size=(62, 256, 256))
+    >>> counts[7, 40:200, 90] += rng.poisson(3.0, 160)         # a faint column: 2x background
+    >>> excluded = np.zeros(counts.shape, bool)
+    >>> found = LineDetector().detect(counts, np.full(counts.shape, 3.0), excluded,
+    ...                               PoissonTail(1e-8), np.ones(62, bool))
+    >>> [(d.ccdnum, d.kind, d.x0, d.x1) for d in found]
+    [(8, 'column', 90, 91)]
+    >>> abs(found[0].y0 - 40) <= 3 and abs(found[0].y1 - 200) <= 3
+    True
+    """
+
+    coverage = 2
+
+    def __init__(self, col_widths=(1, 2), row_widths=(1,), min_length: int = 4, gap_p: float = 0.1,
+                 piece_p: float = 1e-4, max_rounds: int = 4, end_penalty: float = 0.25,
+                 neighbour_p: float = 1e-4, max_neighbours: int = 2):
+        self.end_penalty = float(end_penalty)
+        self.neighbour_tail, self.max_neighbours = PoissonTail(neighbour_p), int(max_neighbours)
+        self.widths = {"y": tuple(col_widths), "x": tuple(row_widths)}
+        self.min_length, self.gap_p, self.max_rounds = int(min_length), float(gap_p), int(max_rounds)
+        self.piece_tail = PoissonTail(piece_p)
+
+    def lengths(self, size: int) -> list:
+        """Window lengths (cells) along a line of ``size`` cells."""
+        lengths, length = [], self.min_length
+        while length <= size:
+            lengths.append(length)
+            length *= 2
+        return lengths
+
+    def families(self, shape) -> list:
+        return [("line", axis, width, length)
+                for axis, size in (("y", shape[1]), ("x", shape[2]))
+                for width in self.widths[axis] for length in self.lengths(size)]
+
+    def detect(self, counts, background, excluded, tail, live) -> list:
+        """Find, mask (in ``excluded``) and return the line segments."""
+        views = {"y": (counts, background, excluded),
+                 "x": tuple(a.transpose(0, 2, 1) for a in (counts, background, excluded))}
+        found = []
+        todo = np.flatnonzero(live)
+        for _ in range(self.max_rounds):
+            candidates = []
+            every = todo.size == counts.shape[0]
+            n_y = np.where(excluded if every else excluded[todo], 0, counts if every else counts[todo])
+            n_y = n_y.astype(np.int32, copy=False)
+            b_y = np.where(excluded if every else excluded[todo], np.float32(0),
+                           (background if every else background[todo]).astype(np.float32))
+            for axis in ("y", "x"):
+                n_z, b_z = (n_y, b_y) if axis == "y" else (
+                    np.ascontiguousarray(n_y.transpose(0, 2, 1)), np.ascontiguousarray(b_y.transpose(0, 2, 1)))
+                for width in self.widths[axis]:
+                    best, where = self._screen(n_z, b_z, tail, width)
+                    for i, x in zip(*np.nonzero(best)):
+                        candidates.append((-best[i, x], int(todo[i]), axis, int(x), width,
+                                           int(where[i, x, 0]), int(where[i, x, 1])))
+            if not candidates:
+                break
+            candidates.sort()
+            touched, deferred = set(), set()
+            for _, ccd, axis, x, width, start, length in candidates:  # a loop over candidate lines
+                n, b, ex = views[axis]
+                use = ~ex[ccd, start:start + length, x:x + width]
+                total_n = np.where(use, n[ccd, start:start + length, x:x + width], 0).sum()
+                total_b = np.where(use, b[ccd, start:start + length, x:x + width], 0.0).sum()
+                if not tail.significant1(total_n, total_b):  # another line took its cells
+                    deferred.add(ccd)
+                    continue
+                new = self._fit(n, b, ex, ccd, x, width, total_n / total_b, start, length)
+                if axis == "x":
+                    for d in new:
+                        d.y0, d.y1, d.x0, d.x1, d.kind = d.x0, d.x1, d.y0, d.y1, "row"
+                found += new
+                touched.add(ccd)
+            todo = np.array(sorted(touched & deferred), dtype=np.int64)
+            if not todo.size:
+                break
+        return found
+
+    def _screen(self, n, b, tail, width):
+        """Best significant window of every line: (lr (0: none), [start, length])."""
+        k, ly, lx = n.shape
+        if width > 1:
+            n = sum(n[:, :, j:lx - width + 1 + j] for j in range(width))
+            b = sum(b[:, :, j:lx - width + 1 + j] for j in range(width))
+        cn = np.zeros((k, ly + 1, n.shape[2]), np.int32)
+        np.cumsum(n, axis=1, out=cn[:, 1:])
+        cb = np.zeros((k, ly + 1, n.shape[2]), np.float32)
+        np.cumsum(b, axis=1, out=cb[:, 1:])
+        best = np.zeros((k, n.shape[2]))
+        where = np.zeros((k, n.shape[2], 2), np.int64)
+        for length in self.lengths(ly):
+            step = max(1, length // 2)
+            starts = _starts(ly, length, step)
+            if (ly - length) % step == 0:  # a regular grid of windows: slices, no gathering
+                N = cn[:, length::step] - cn[:, :ly - length + 1:step]
+                B = cb[:, length::step] - cb[:, :ly - length + 1:step]
+            else:
+                N = cn[:, starts + length] - cn[:, starts]
+                B = cb[:, starts + length] - cb[:, starts]
+            hit = tail.significant(N, B)
+            if not hit.any():
+                continue
+            i, s, x = np.nonzero(hit)
+            lr = _excess_lr(N[i, s, x], B[i, s, x])
+            order = np.argsort(lr)
+            i, s, x, lr = i[order], s[order], x[order], lr[order]
+            better = lr > best[i, x]
+            best[i[better], x[better]] = lr[better]  # the last of repeated (i, x) is the largest
+            where[i[better], x[better]] = np.stack([starts[s[better]], np.full(better.sum(), length)], -1)
+        return best, where
+
+    def _fit(self, n, b, ex, ccd, x, width, ratio, start, length) -> list:
+        use = ~ex[ccd, :, x:x + width]
+        line_n = np.where(use, n[ccd, :, x:x + width], 0).astype(np.int64)
+        line_b = np.where(use, b[ccd, :, x:x + width], 0.0)
+        prof_n, prof_b = line_n.sum(1), line_b.sum(1)
+        s, e, ratio_fit, _ = fit_segment(prof_n, prof_b, ratio, penalty=self.end_penalty)
+        if e <= s or min(e, start + length) <= max(s, start):  # keep hold of the window's excess
+            s, e, ratio_fit = start, start + length, ratio
+        found = []
+        for s0, e0 in self._split(prof_n, prof_b, s, e, ratio_fit):
+            if (s0, e0) != (s, e) and not self.piece_tail.significant1(prof_n[s0:e0].sum(), prof_b[s0:e0].sum()):
+                continue
+            parts = [(0, s0, e0)] if width == 1 else self._columns(line_n, line_b, s0, e0)
+            for k, a, z in parts:
+                ex[ccd, a:z, x + k] = True
+            parts = [(x + k, a, z, int(use[a:z, k].sum()), line_n[a:z, k].sum(), line_b[a:z, k].sum())
+                     for k, a, z in parts]
+            parts += self._neighbours(n, b, ex, ccd, parts)
+            found.append(Defect(ccd + 1, "column", min(p[1] for p in parts), max(p[2] for p in parts),
+                                min(p[0] for p in parts), max(p[0] for p in parts) + 1,
+                                sum(p[3] for p in parts), sum(p[4] for p in parts), sum(p[5] for p in parts)))
+        if not found:  # significant together, no piece alone: the whole segment
+            ex[ccd, s:e, x:x + width] = True
+            found.append(Defect(ccd + 1, "column", s, e, x, x + width, int(use[s:e].sum()),
+                                prof_n[s:e].sum(), prof_b[s:e].sum()))
+        return found
+
+    def _neighbours(self, n, b, ex, ccd, parts) -> list:
+        """The columns beside a found segment that hold an excess along it too (a glow
+        or column wider than a cell), tested one by one outwards at ``neighbour_p``."""
+        added = []
+        todo = list(parts)
+        while todo and len(added) < 2 * self.max_neighbours:
+            column, a, z = todo.pop()[:3]
+            for side in (column - 1, column + 1):
+                if not 0 <= side < n.shape[2] or any(p[0] == side for p in parts + added):
+                    continue
+                free = ~ex[ccd, a:z, side]
+                col_n = np.where(free, n[ccd, a:z, side], 0).astype(np.int64)
+                col_b = np.where(free, b[ccd, a:z, side], 0.0)
+                if not free.any() or not self.neighbour_tail.significant1(col_n.sum(), col_b.sum()):
+                    continue
+                a2, z2, _, _ = fit_segment(col_n, col_b, max(col_n.sum() / max(col_b.sum(), 1e-12), 1.0),
+                                           penalty=self.end_penalty)
+                if z2 <= a2 or not self.neighbour_tail.significant1(col_n[a2:z2].sum(), col_b[a2:z2].sum()):
+                    continue
+                ex[ccd, a + a2:a + z2, side] = True
+                entry = (side, a + a2, a + z2, int(free[a2:z2].sum()), col_n[a2:z2].sum(), col_b[a2:z2].sum())
+                added.append(entry)
+                if abs(side - parts[0][0]) < self.max_neighbours:
+                    todo.append(entry)
+        return added
+
+    def _columns(self, line_n, line_b, s0, e0):
+        """(column, start, end) of the columns of a wide line that hold the excess."""
+        ratio = line_n[s0:e0].sum() / max(line_b[s0:e0].sum(), 1e-12)
+        parts = []
+        for k in range(line_n.shape[1]):
+            a, z, r, _ = fit_segment(line_n[:, k], line_b[:, k], ratio, s0, e0, penalty=self.end_penalty)
+            for a2, z2 in (self._split(line_n[:, k], line_b[:, k], a, z, r) if z > a else []):
+                if self.piece_tail.significant1(line_n[a2:z2, k].sum(), line_b[a2:z2, k].sum()):
+                    parts.append((k, a2, z2))
+        return parts or [(k, s0, e0) for k in range(line_n.shape[1])]
+
+    def _split(self, prof_n, prof_b, s, e, ratio) -> list:
+        """Pieces of segment [s, e) once its gaps are cut out."""
+        if e - s < 3 or ratio <= 1:
+            return [(s, e)]
+        # a gap: an interior interval where the background explains the counts
+        # better than the segment's ratio (a log-likelihood-ratio random walk)
+        value, g0, g1 = _best_interval(prof_b[s + 1:e - 1] * (ratio - 1) - prof_n[s + 1:e - 1] * np.log(ratio))
+        if value < np.log((e - s) / self.gap_p) or g1 <= g0:
+            return [(s, e)]
+        pieces = []
+        for lo, hi in ((s, s + 1 + g0), (s + 1 + g1, e)):
+            if hi > lo:
+                a, z, r, _ = fit_segment(prof_n, prof_b, ratio, lo, hi, penalty=self.end_penalty)
+                if z > a:
+                    pieces += self._split(prof_n, prof_b, a, z, r)
+        return pieces
+
+
+def _grow_rings(n, b, ex, box, tail, max_rings):
+    """Add the ring of cells around ``box`` while the ring's excess is significant.
+
+    ``n, b, ex``: 2-d arrays of one CCD (or amplifier half).  Returns the grown
+    box (y0, y1, x0, x1) and the counts, background and number of cells added
+    (masked in ``ex``).
+    """
+    ny, nx = n.shape
+    y0, y1, x0, x1 = box
+    added_n = added_b = 0.0
+    added = 0
+    for _ in range(max_rings):
+        gy0, gy1, gx0, gx1 = max(y0 - 1, 0), min(y1 + 1, ny), max(x0 - 1, 0), min(x1 + 1, nx)
+        ring = ~ex[gy0:gy1, gx0:gx1]
+        if not ring.any():
+            break
+        ring_n, ring_b = n[gy0:gy1, gx0:gx1][ring].sum(), b[gy0:gy1, gx0:gx1][ring].sum()
+        if not tail.significant1(ring_n, ring_b):
+            break
+        ex[gy0:gy1, gx0:gx1] = True
+        added_n += ring_n
+        added_b += ring_b
+        added += int(ring.sum())
+        y0, y1, x0, x1 = gy0, gy1, gx0, gx1
+    return (y0, y1, x0, x1), added_n, added_b, added
+
+
+class CellDetector:
+    """Single cells whose count is significant on its own; touching ones are grouped.
+
+    Examples
+    --------
+    >>> counts = np.full((62, 16, 16), 3); counts[0, 5, 5] = 40
+    >>> excluded = np.zeros(counts.shape, bool)
+    >>> CellDetector().detect(counts, np.full(counts.shape, 3.0), excluded, PoissonTail(1e-6),
+    ...                       np.ones(62, bool))
+    [Defect(ccdnum=1, kind='cell', y=5:6, x=5:6, cells=1, counts=40, background=3.0)]
+    """
+
+    coverage = 1
+
+    def families(self, shape) -> list:
+        return [("cell",)]
+
+    def detect(self, counts, background, excluded, tail, live) -> list:
+        from scipy import ndimage
+
+        hit = ~excluded & tail.significant(np.where(excluded, 0, counts), np.where(excluded, 0.0, background))
+        found = []
+        for index in np.flatnonzero(hit.reshape(hit.shape[0], -1).any(axis=1)):
+            labels, _ = ndimage.label(hit[index], structure=np.ones((3, 3)))
+            for label, (ys, xs) in enumerate(ndimage.find_objects(labels), 1):
+                cells = labels[ys, xs] == label
+                found.append(Defect(index + 1, "cell" if cells.sum() == 1 else "box", ys.start, ys.stop,
+                                    xs.start, xs.stop, cells.sum(), counts[index, ys, xs][cells].sum(),
+                                    background[index, ys, xs][cells].sum()))
+            excluded[index] |= hit[index]
+        return found
+
+
+class BoxDetector:
+    """Boxes of several sizes within each amplifier half, with fitted edges.
+
+    Window shapes (cells, y x x): 1x2, 2x1, 2x2, then 2x4, 4x8, ... (square
+    in pixels, as a cell is 8 x 16 pixels) up to the half's size, at a stride
+    of half a window.  A significant window seeds a box whose four edges are
+    moved (each within a window's size) to the maximum likelihood ratio; the
+    rings of cells around it join while significant at ``ring_p``.
+    Detections that reveal more (a glow's fainter outskirts once its core is
+    masked) are looked for again, up to ``max_rounds`` times.
+
+    With ``min_shape``/``min_fit``/``trim`` it finds only extended glows:
+    windows at least ``min_shape``, fitted boxes at least ``min_fit``, whose
+    excess stays significant (at ``trim_p``) without their brightest
+    ``trim`` fraction of rows and columns -- two hot columns do not make a glow.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(4)
+    >>> counts = rng.poisson(3.0, size=(62, 64, 64))
+    >>> counts[3, 20:30, 10:20] += rng.poisson(4.0, (10, 10))     # a hot spot
+    >>> excluded = np.zeros(counts.shape, bool)
+    >>> found = BoxDetector().detect(counts, np.full(counts.shape, 3.0), excluded, PoissonTail(1e-7),
+    ...                              np.ones(62, bool))
+    >>> [(d.ccdnum, d.kind) for d in found]
+    [(4, 'box')]
+    >>> bool(excluded[3, 21:29, 11:19].all()), int(excluded[3].sum()) <= 144
+    (True, True)
+    """
+
+    coverage = 4
+
+    def __init__(self, min_shape=(1, 1), min_fit=(1, 1), trim: float = 0.0, trim_p: float = 1e-3,
+                 ring_p: float = 3e-3, max_rings: int = 4, max_rounds: int = 6):
+        self.min_shape, self.min_fit = tuple(min_shape), tuple(min_fit)
+        self.trim, self.trim_tail = float(trim), PoissonTail(trim_p)
+        self.ring_tail, self.max_rings, self.max_rounds = PoissonTail(ring_p), int(max_rings), int(max_rounds)
+
+    def shapes(self, shape) -> list:
+        """Window shapes (cells along y, x) on a (62, ny, nx) grid."""
+        ny, half = shape[1], shape[2] // 2
+        shapes, hy = [(1, 2), (2, 1), (2, 2)], 2
+        while hy <= ny and 2 * hy <= half:
+            shapes.append((hy, 2 * hy))
+            hy *= 2
+        return [(y, x) for y, x in shapes if y <= ny and x <= half
+                and y >= self.min_shape[0] and x >= self.min_shape[1]]
+
+    def families(self, shape) -> list:
+        return [("box",) + s for s in self.shapes(shape)]
+
+    def detect(self, counts, background, excluded, tail, live) -> list:
+        half = counts.shape[2] // 2
+        shapes = self.shapes(counts.shape)
+        found = []
+        todo = np.flatnonzero(live)
+        for _ in range(self.max_rounds):
+            new = []
+            for h in (0, 1):
+                xs = slice(h * half, (h + 1) * half)
+                seeds = self._screen(counts[todo, :, xs], background[todo, :, xs], excluded[todo, :, xs],
+                                     tail, shapes)
+                for i in sorted(seeds):  # a loop over CCDs with candidate boxes
+                    index = todo[i]
+                    new += self._fit_half(counts[index, :, xs], background[index, :, xs],
+                                          excluded[index, :, xs], tail, index, h * half, seeds[i])
+            found += new
+            todo = np.array(sorted({d.ccdnum - 1 for d in new}), dtype=np.int64)
+            if not todo.size:
+                break
+        return found
+
+    @staticmethod
+    def _sums(n, b, ex, int_type=np.int64, float_type=np.float64):
+        """Summed-area tables of counts and background, excluded cells left out."""
+        shape = n.shape[:-2] + (n.shape[-2] + 1, n.shape[-1] + 1)
+        S, T = np.zeros(shape, int_type), np.zeros(shape, float_type)
+        S[..., 1:, 1:] = np.where(ex, 0, n).cumsum(-2, dtype=int_type).cumsum(-1, dtype=int_type)
+        T[..., 1:, 1:] = np.where(ex, 0.0, b).cumsum(-2, dtype=float_type).cumsum(-1, dtype=float_type)
+        return S, T
+
+    @staticmethod
+    def _box(S, y0, y1, x0, x1):
+        return S[..., y1, x1] - S[..., y0, x1] - S[..., y1, x0] + S[..., y0, x0]
+
+    def _screen(self, n, b, ex, tail, shapes) -> dict:
+        """Significant windows of a stack of CCD halves: {stack index: [(-lr, y0, y1, x0, x1)]}.
+
+        Windows of one stride are summed on the grid of that stride (cells
+        summed in blocks first), so large windows cost little.
+        """
+        k, ny, nx = n.shape
+        n = np.where(ex, 0, n)
+        b = np.where(ex, 0.0, b)
+        by_stride = {}
+        for hy, hx in shapes:
+            by_stride.setdefault((max(1, hy // 2), max(1, hx // 2)), []).append((hy, hx))
+        seeds = {}
+        for (sy, sx), group in by_stride.items():
+            if ny % sy or nx % sx or any(hy % sy or hx % sx for hy, hx in group):
+                sy = sx = 1  # an odd grid: windows at every cell
+            blocks_n = n.reshape(k, ny // sy, sy, nx // sx, sx).sum(axis=(2, 4), dtype=np.int32)
+            blocks_b = b.reshape(k, ny // sy, sy, nx // sx, sx).sum(axis=(2, 4), dtype=np.float32)
+            S, T = self._sums(blocks_n, blocks_b, np.zeros(blocks_n.shape, bool), np.int32, np.float32)
+            for hy, hx in group:
+                ry, rx = hy // sy, hx // sx
+                N = S[:, ry:, rx:] - S[:, :-ry, rx:] - S[:, ry:, :-rx] + S[:, :-ry, :-rx]
+                B = T[:, ry:, rx:] - T[:, :-ry, rx:] - T[:, ry:, :-rx] + T[:, :-ry, :-rx]
+                hit = tail.significant(N, B)
+                if hit.any():
+                    i, y, x = np.nonzero(hit)
+                    lr = _excess_lr(N[i, y, x], B[i, y, x])
+                    for i1, v, y0, x0 in zip(i.tolist(), lr.tolist(), (y * sy).tolist(), (x * sx).tolist()):
+                        seeds.setdefault(i1, []).append((-v, y0, y0 + hy, x0, x0 + hx))
+        return seeds
+
+    def _fit_half(self, n, b, ex, tail, index, x_offset, seeds) -> list:
+        S, T = self._sums(n, b, ex)
+        found, rejected = [], []
+        for _, y0, y1, x0, x1 in sorted(seeds):
+            if any(y0 < r[1] and r[0] < y1 and x0 < r[3] and r[2] < x1 for r in rejected):
+                continue
+            if not tail.significant1(self._box(S, y0, y1, x0, x1), self._box(T, y0, y1, x0, x1)):
+                continue  # an earlier box took its excess
+            fy0, fy1, fx0, fx1 = self._fit_box(S, T, y0, y1, x0, x1)
+            if (fy1 - fy0 < self.min_fit[0] or fx1 - fx0 < self.min_fit[1]
+                    or (self.trim and not self._extended(n[fy0:fy1, fx0:fx1], b[fy0:fy1, fx0:fx1],
+                                                         ex[fy0:fy1, fx0:fx1]))):
+                rejected.append((min(y0, fy0), max(y1, fy1), min(x0, fx0), max(x1, fx1)))
+                continue
+            total_n, total_b = self._box(S, fy0, fy1, fx0, fx1), self._box(T, fy0, fy1, fx0, fx1)
+            cells = int((~ex[fy0:fy1, fx0:fx1]).sum())
+            ex[fy0:fy1, fx0:fx1] = True
+            (fy0, fy1, fx0, fx1), ring_n, ring_b, ring_cells = _grow_rings(
+                n, b, ex, (fy0, fy1, fx0, fx1), self.ring_tail, self.max_rings)
+            found.append(Defect(index + 1, "box", fy0, fy1, fx0 + x_offset, fx1 + x_offset, cells + ring_cells,
+                                total_n + ring_n, total_b + ring_b))
+            S, T = self._sums(n, b, ex)
+        return found
+
+    def _extended(self, n, b, ex) -> bool:
+        """Whether a box's excess is spread: significant without its brightest rows and columns."""
+        n = np.where(ex, 0, n).astype(np.float64)
+        b = np.where(ex, 0.0, b)
+        rows, cols = np.ones(n.shape[0], bool), np.ones(n.shape[1], bool)
+        rows[np.argsort(n.sum(1) - b.sum(1))[n.shape[0] - int(np.ceil(self.trim * n.shape[0])):]] = False
+        cols[np.argsort(n.sum(0) - b.sum(0))[n.shape[1] - int(np.ceil(self.trim * n.shape[1])):]] = False
+        return self.trim_tail.significant1(n[rows][:, cols].sum(), b[rows][:, cols].sum())
+
+    def _fit_box(self, S, T, y0, y1, x0, x1):
+        """Move each edge, within a window's size, to the maximum likelihood ratio."""
+        ny, nx = S.shape[0] - 1, S.shape[1] - 1
+        span_y, span_x = max(2, y1 - y0), max(2, x1 - x0)
+
+        def value(a, b_, c, d):
+            return _excess_lr(self._box(S, a, b_, c, d), self._box(T, a, b_, c, d))
+
+        best = float(value(y0, y1, x0, x1))
+        for _ in range(8):
+            moved = False
+            for edge in range(4):
+                if edge == 0:
+                    r = np.arange(max(0, y0 - span_y), y1)
+                    v = value(r, y1, x0, x1)
+                elif edge == 1:
+                    r = np.arange(y0 + 1, min(ny, y1 + span_y) + 1)
+                    v = value(y0, r, x0, x1)
+                elif edge == 2:
+                    r = np.arange(max(0, x0 - span_x), x1)
+                    v = value(y0, y1, r, x1)
+                else:
+                    r = np.arange(x0 + 1, min(nx, x1 + span_x) + 1)
+                    v = value(y0, y1, x0, r)
+                k = int(np.argmax(v))
+                if v[k] > best + 1e-9:
+                    best, moved = float(v[k]), True
+                    y0, y1, x0, x1 = [(int(r[k]), y1, x0, x1), (y0, int(r[k]), x0, x1),
+                                      (y0, y1, int(r[k]), x1), (y0, y1, x0, int(r[k]))][edge]
+            if not moved:
+                break
+        return y0, y1, x0, x1
+
+
+def default_detectors() -> list:
+    """The detectors of the multiscale method, in the order they run.
+
+    Extended glows first (wide boxes, spread excess only), then column and row
+    segments, single cells, and boxes of every size.
+    """
+    return [BoxDetector(min_shape=(8, 16), min_fit=(4, 4), trim=0.25, max_rings=16), LineDetector(),
+            CellDetector(), BoxDetector(max_rings=8)]
+
+
+class MultiscaleResult:
+    """What `multiscale_mask` returns: ``mask``, ``background`` (the model) and ``defects``."""
+
+    def __init__(self, mask, background, defects):
+        self.mask, self.background, self.defects = mask, background, defects
+
+
+def multiscale_mask(counts, *, fp_rate: float = DEFAULT_FP_RATE, live=None, known=None,
+                    background=None, detectors=None, margin: float = 30.0, ring_p: float = 3e-3,
+                    max_rings: int = 4, compact=(8, 16)) -> MultiscaleResult:
+    """Mask the cells of the significant structures of a (62, ny, nx) count cube.
+
+    The background estimator (default `AmpBackground`) models every live CCD;
+    the detectors (default `default_detectors`) run in turn, each masking what
+    it finds so the next ones see the rest; the `SignificanceRule` gives each
+    its per-window test.  Compact structures (at most ``compact`` cells along
+    y and x: hot spots) then take in the rings of cells around them whose
+    excess is significant at ``ring_p`` (a conditional test, a few per
+    structure).
+
+    Parameters
+    ----------
+    counts : array_like of int, shape (62, ny, nx)
+    fp_rate : float
+        False-positive probability per cell of a defect-free CCD.
+    live : array_like of bool, shape (62,), optional
+        CCDs to model and search (default: those with transients).
+    known : array_like of bool, same shape as counts, optional
+        Cells masked beforehand (e.g. CCD 31's right half): excluded from
+        the background and the search, and masked.
+    background, detectors
+        A background estimator and a list of detectors (see the section
+        comment for their interfaces).
+    margin : float
+        See `SignificanceRule`.
+    ring_p, max_rings, compact
+        The growth of compact structures.
+
+    Returns
+    -------
+    MultiscaleResult
+        ``mask`` (bool, shape of counts), ``background`` (expected counts),
+        ``defects`` (list of `Defect`).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(5)
+    >>> counts = rng.poisson(3.0, size=(62, 256, 256))
+    >>> counts[9, 100:180, 40] += rng.poisson(2.0, 80)             # a warm column, 1.7x
+    >>> result = multiscale_mask(counts)
+    >>> [(d.ccdnum, d.kind, d.x0) for d in result.defects]
+    [(10, 'column', 40)]
+    >>> int(result.mask.sum()) <= 90
+    True
+    """
+    counts = np.asarray(counts)
+    if counts.size and counts.max() < 2 ** 31:  # half the memory traffic of int64
+        counts = counts.astype(np.int32, copy=False)
+    n_ccd, ny, nx = counts.shape
+    live = counts.reshape(n_ccd, -1).sum(axis=1) > 0 if live is None else np.asarray(live, bool)
+    excluded = np.zeros(counts.shape, bool) if known is None else np.array(known, bool)
+    excluded[~live] = True
+    estimator = background if background is not None else AmpBackground()
+    model = estimator.model(counts, excluded, live)
+    detectors = default_detectors() if detectors is None else list(detectors)
+    rule = SignificanceRule.for_detectors(detectors, counts.shape, fp_rate, margin)
+    defects = []
+    for detector in detectors:
+        defects += detector.detect(counts, model, excluded, rule.tail(detector), live)
+    ring_tail, half = PoissonTail(ring_p), nx // 2
+    for d in defects:  # hot spots take in their significant surroundings
+        h0 = 0 if d.x0 < half else half
+        if d.y1 - d.y0 > compact[0] or d.x1 - d.x0 > compact[1] or d.x1 > h0 + half:
+            continue
+        hs = slice(h0, h0 + half)
+        box, ring_n, ring_b, ring_cells = _grow_rings(counts[d.ccdnum - 1, :, hs], model[d.ccdnum - 1, :, hs],
+                                                      excluded[d.ccdnum - 1, :, hs],
+                                                      (d.y0, d.y1, d.x0 - h0, d.x1 - h0), ring_tail, max_rings)
+        if ring_cells:
+            d.y0, d.y1, d.x0, d.x1 = box[0], box[1], box[2] + h0, box[3] + h0
+            d.counts, d.background, d.cells = d.counts + ring_n, d.background + ring_b, d.cells + ring_cells
+            d.kind = "box"
+    return MultiscaleResult(excluded, model, defects)
+
+
+def _line_kind(kind, y0, y1, x0, x1, ny, nx):
+    """Kind of a structure from its cell box: lines along a CCD edge are edges."""
+    if kind in ("column", "row"):
+        along_edge = (x0 == 0 or x1 == nx) if kind == "column" else (y0 == 0 or y1 == ny)
+        return "edge" if along_edge else kind
+    return kind
+
+
+def _shape_kind(y0, y1, x0, x1, ny, nx):
+    """Kind of a set of masked cells (DES rule) from its bounding box."""
+    height, width = y1 - y0, x1 - x0
+    if height == width == 1:
+        return "cell"
+    if width == 1:
+        return _line_kind("column", y0, y1, x0, x1, ny, nx)
+    if height == 1:
+        return _line_kind("row", y0, y1, x0, x1, ny, nx)
+    return "box"
+
+
+def _defect_table(epoch_mask):
+    """The `EpochMask.defects` table of a mask (either method)."""
+    from astropy.table import Table
+    from scipy import ndimage
+
+    counts, mask = epoch_mask.counts, epoch_mask.mask
+    n_ccd, ny, nx = counts.shape
+    half = nx // 2
+    rows = []  # (ccdnum, kind, y0, y1, x0, x1, cells, counts, background)
+    for index in range(n_ccd):  # a loop over CCDs, then over their structures
+        ccdnum = index + 1
+        if not epoch_mask.live[index]:
+            rows.append((ccdnum, "ccd", 0, ny, 0, nx, ny * nx, 0, np.nan))
+            continue
+        known = np.zeros((ny, nx), bool)
+        if ccdnum == HALF_MASKED_CCD:
+            known[:, half:] = True
+            expected = (epoch_mask.background[index, :, half:].sum() if epoch_mask.background is not None
+                        else (epoch_mask.mode[index] + 1) * ny * half)
+            rows.append((ccdnum, "amp", 0, ny, half, nx, ny * half, counts[index, :, half:].sum(), expected))
+        if epoch_mask.method == "multiscale":
+            continue
+        labels, _ = ndimage.label(mask[index] & ~known, structure=np.ones((3, 3)))
+        for label, (ys, xs) in enumerate(ndimage.find_objects(labels), 1):
+            cells = labels[ys, xs] == label
+            rows.append((ccdnum, _shape_kind(ys.start, ys.stop, xs.start, xs.stop, ny, nx), ys.start, ys.stop,
+                         xs.start, xs.stop, int(cells.sum()), counts[index, ys, xs][cells].sum(),
+                         (epoch_mask.mode[index] + 1) * cells.sum()))
+    for d in epoch_mask._structures:
+        rows.append((d.ccdnum, _line_kind(d.kind, d.y0, d.y1, d.x0, d.x1, ny, nx), d.y0, d.y1, d.x0, d.x1,
+                     d.cells, d.counts, d.background))
+    rows.sort(key=lambda row: (row[0], row[2], row[4]))
+    cell_ny, cell_nx = epoch_mask.cell_size
+    columns = list(zip(*rows)) if rows else [[]] * 9
+    ccdnum = np.array(columns[0], dtype=np.int16)
+    y0, y1, x0, x1 = (np.array(c, dtype=np.int32) for c in columns[2:6])
+    observed = np.array(columns[7], dtype=np.float64)
+    expected = np.array(columns[8], dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        significance = np.where(np.isfinite(expected), lr_significance(observed, np.nan_to_num(expected)), np.nan)
+    table = Table({
+        "EPOCH": np.array([epoch_mask.epoch or ""] * len(rows), dtype=str),
+        "CCDNUM": ccdnum,
+        "DETPOS": np.array([DETPOS[int(c)] for c in ccdnum], dtype=str),
+        "KIND": np.array(columns[1], dtype=str),
+        "X0": x0 * cell_nx + 1, "X1": x1 * cell_nx, "Y0": y0 * cell_ny + 1, "Y1": y1 * cell_ny,
+        "CELLS": np.array(columns[6], dtype=np.int32),
+        "COUNTS": observed.astype(np.int64),
+        "BACKGROUND": expected,
+        "SIGNIFICANCE": significance,
+    }, meta={"METHOD": epoch_mask.method, "EPOCH": epoch_mask.epoch or "", "FP_RATE": epoch_mask.fp_rate,
+             "X_BIN": epoch_mask.x_bin, "Y_BIN": epoch_mask.y_bin, "CELL_NX": cell_nx, "CELL_NY": cell_ny,
+             "DEMO": epoch_mask.demo})
+    for name, unit, text in (("X0", "pix", "first pixel column of the box (FITS, 1-indexed)"),
+                             ("X1", "pix", "last pixel column of the box"),
+                             ("Y0", "pix", "first pixel row of the box"), ("Y1", "pix", "last pixel row of the box"),
+                             ("CELLS", None, "cells masked"), ("COUNTS", None, "transients in the masked cells"),
+                             ("BACKGROUND", None, "expected astrophysical transients in them"),
+                             ("SIGNIFICANCE", None, "likelihood-ratio significance of the excess (sigma)")):
+        table[name].description = text
+        if unit:
+            table[name].unit = unit
+    return table
+
+
+def _defect_format(path: str) -> str:
+    """astropy format of a defect-table file, from its suffix (ECSV or FITS)."""
+    name = path.lower()
+    if name.endswith(".ecsv"):
+        return "ascii.ecsv"
+    if name.endswith((".fits", ".fit", ".fits.gz", ".fit.gz")):
+        return "fits"
+    raise BadInputError(f"{path}: a defect table is written as ECSV (.ecsv) or FITS (.fits, .fits.gz)")
+
+
+def write_defects(table, path: str, *, overwrite: bool = False, inputs=()) -> str:
+    """Write a defect table (`EpochMask.defects`, `defect_history`) as ECSV or FITS, atomically.
+
+    The format follows the suffix: ``.ecsv``, or ``.fits``/``.fit`` (optionally
+    ``.gz``).  Returns ``path``.
+
+    Examples
+    --------
+    >>> mask = EpochMask(np.random.default_rng(0).poisson(3, (62, 64, 64)), epoch="Y6",
+    ...                  method="multiscale")
+    >>> write_defects(mask.defects, "y6_defects.ecsv")
+    'y6_defects.ecsv'
+    """
+    table_format = _defect_format(path)
+    with atomic_output(path, overwrite=overwrite, inputs=inputs) as tmp:
+        if table_format == "fits" and path.lower().endswith(".gz"):
+            import gzip
+            import io
+
+            buffer = io.BytesIO()
+            table.write(buffer, format="fits")
+            with gzip.open(tmp, "wb") as out:
+                out.write(buffer.getvalue())
+        else:
+            table.write(tmp, format=table_format, overwrite=True)
+    log.info("wrote %s (%d defects)", path, len(table))
+    return path
+
+
+#: DS9 colours of the defect kinds in region files.
+_REGION_COLORS = {"cell": "red", "column": "magenta", "row": "cyan", "edge": "yellow", "box": "orange",
+                  "amp": "white", "ccd": "white"}
+
+
+def write_regions(table, directory: str, *, overwrite: bool = False) -> list:
+    """Write DS9 region files of a defect table, one per CCD, in CCD pixel coordinates.
+
+    ``DIRECTORY/EPOCH_CCDNN_DETPOS.reg`` (``CCDNN_DETPOS.reg`` without an
+    epoch): one box per defect (its pixel box X0..X1, Y0..Y1), coloured by
+    KIND and labelled with the kind and significance, so the defects can be
+    overlaid on a single-epoch image of that CCD (DS9 image coordinates are
+    the FITS 1-indexed pixels of the table).  Uses astropy ``regions``.
+
+    Returns
+    -------
+    list of str
+        The files written.
+
+    Examples
+    --------
+    >>> counts = np.random.default_rng(0).poisson(3, (62, 64, 64)); counts[4, 10:20, 30] += 30
+    >>> files = write_regions(EpochMask(counts, epoch="Y6", method="multiscale").defects, ".")
+    >>> [os.path.basename(f) for f in files]
+    ['Y6_CCD05_S26.reg', 'Y6_CCD31_S7.reg']
+    """
+    from regions import PixCoord, RectanglePixelRegion, Regions
+
+    if not os.path.isdir(directory):
+        raise BadInputError(f"--regions {directory}: not a directory")
+    written = []
+    for ccdnum, path in _region_files(table, directory):  # a loop over CCDs with defects
+        rows = table[table["CCDNUM"] == ccdnum]
+        shapes = []
+        for row in rows:
+            x0, x1, y0, y1 = (float(row[name]) for name in ("X0", "X1", "Y0", "Y1"))
+            # regions counts pixels from 0 and writes DS9's 1-indexed image coordinates
+            box = RectanglePixelRegion(center=PixCoord(x=(x0 + x1) / 2 - 1, y=(y0 + y1) / 2 - 1),
+                                       width=x1 - x0 + 1, height=y1 - y0 + 1)
+            significance = float(row["SIGNIFICANCE"])
+            box.meta["text"] = row["KIND"] + (f" {significance:.1f}sig" if np.isfinite(significance) else "")
+            box.visual["color"] = _REGION_COLORS.get(str(row["KIND"]), "green")
+            shapes.append(box)
+        text = Regions(shapes).serialize(format="ds9")
+        with atomic_output(path, overwrite=overwrite) as tmp, open(tmp, "w") as out:
+            out.write(text)
+        written.append(path)
+    log.info("wrote %d region files in %s", len(written), directory)
+    return written
+
+
+def _region_files(table, directory: str) -> list:
+    """(CCDNUM, path) of the region file of each CCD with defects (see `write_regions`)."""
+    files = []
+    for ccdnum in np.unique(np.asarray(table["CCDNUM"])):
+        rows = table[table["CCDNUM"] == ccdnum]
+        epoch = str(rows["EPOCH"][0]) if "EPOCH" in rows.colnames and len(rows) else ""
+        name = f"{epoch + '_' if epoch else ''}CCD{int(ccdnum):02d}_{DETPOS[int(ccdnum)]}.reg"
+        files.append((ccdnum, os.path.join(directory, name)))
+    return files
+
+
+def defect_history(source, *, epochs=None, fp_rate: float = DEFAULT_FP_RATE, x_bin: int = 1, y_bin: int = 1,
+                   floor: str = DEFAULT_FLOOR, method: str = DEFAULT_METHOD, tolerance: int = 1):
+    """The survey's defect history: each defect once, with the epochs it is seen in.
+
+    The defects of every epoch (`EpochMask.defects`) are matched on each CCD:
+    two whose pixel boxes overlap or lie within ``tolerance`` cells of each
+    other are the same defect (transitively).  Dead CCDs (kind ``ccd``) and
+    CCD 31's half (``amp``) are grouped by themselves.
+
+    Parameters
+    ----------
+    source : CountMaps, or a sequence of EpochMask or defect tables
+        Count maps (masks are built for ``epochs``, default all, with the
+        options), or masks / tables already made.
+    epochs : sequence of str, optional
+        Epochs of the count maps to use.
+    fp_rate, x_bin, y_bin, floor, method
+        Masking options, as for `EpochMask` (with count maps).
+    tolerance : int
+        Gap (cells) up to which two boxes are the same defect.
+
+    Returns
+    -------
+    astropy.table.Table
+        CCDNUM, DETPOS, KIND (the most frequent), X0, X1, Y0, Y1 (the union
+        of the boxes), N_EPOCHS, EPOCHS (comma-separated, in order), FIRST,
+        LAST, CELLS_MAX and SIGNIFICANCE_MAX.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(1)
+    >>> cubes = [rng.poisson(3, (62, 64, 64)) for _ in range(3)]
+    >>> for cube in cubes[1:]:
+    ...     cube[6, 10:30, 20] += 25                           # a hot column from the 2nd epoch on
+    >>> masks = [EpochMask(c, epoch=e, method="multiscale") for c, e in zip(cubes, ["Y1E1", "Y1E2", "Y2E1"])]
+    >>> history = defect_history(masks)
+    >>> row = history[(history["CCDNUM"] == 7)][0]
+    >>> str(row["KIND"]), str(row["EPOCHS"]), int(row["N_EPOCHS"])
+    ('column', 'Y1E2,Y2E1', 2)
+    """
+    from astropy.table import Table, vstack
+
+    if isinstance(source, CountMaps):
+        names = list(source.epochs) if epochs is None else list(epochs)
+        tables = [EpochMask.from_maps(source, epoch, fp_rate=fp_rate, x_bin=x_bin, y_bin=y_bin, floor=floor,
+                                      method=method).defects for epoch in names]
+    else:
+        tables = [item.defects if isinstance(item, EpochMask) else item for item in source]
+    tables = [t for t in tables if len(t)]
+    columns = ["CCDNUM", "DETPOS", "KIND", "X0", "X1", "Y0", "Y1", "N_EPOCHS", "EPOCHS", "FIRST", "LAST",
+               "CELLS_MAX", "SIGNIFICANCE_MAX"]
+    if not tables:
+        return Table(names=columns, dtype=[np.int16, str, str] + [np.int32] * 5 + [str, str, str, np.int32,
+                                                                                  np.float64])
+    order = {}
+    for table in tables:  # epochs in the order given
+        for epoch in table["EPOCH"]:
+            order.setdefault(str(epoch), len(order))
+    cell_nx, cell_ny = int(tables[0].meta.get("CELL_NX", CCD_NX // MAP_NX)), int(
+        tables[0].meta.get("CELL_NY", CCD_NY // MAP_NY))
+    all_rows = vstack(tables, metadata_conflicts="silent")
+    rows_out = []
+    for ccdnum in np.unique(np.asarray(all_rows["CCDNUM"])):  # a loop over CCDs, then their defects
+        rows = all_rows[all_rows["CCDNUM"] == ccdnum]
+        kind = np.asarray(rows["KIND"], dtype=str)
+        special = np.isin(kind, ["ccd", "amp"])
+        x0 = np.asarray(rows["X0"]) - tolerance * cell_nx
+        x1 = np.asarray(rows["X1"]) + tolerance * cell_nx
+        y0 = np.asarray(rows["Y0"]) - tolerance * cell_ny
+        y1 = np.asarray(rows["Y1"]) + tolerance * cell_ny
+        parent = np.arange(len(rows))
+
+        def root(i):
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        overlap = ((x0[:, None] <= x1[None, :]) & (x0[None, :] <= x1[:, None])
+                   & (y0[:, None] <= y1[None, :]) & (y0[None, :] <= y1[:, None])
+                   & (special[:, None] == special[None, :])
+                   & (~special[:, None] | (kind[:, None] == kind[None, :])))
+        for i, j in zip(*np.nonzero(np.triu(overlap, 1))):
+            parent[root(i)] = root(j)
+        groups = np.array([root(i) for i in range(len(rows))])
+        for group in np.unique(groups):
+            members = rows[groups == group]
+            seen = sorted({str(e) for e in members["EPOCH"]}, key=lambda e: order.get(e, 0))
+            kinds, n_kinds = np.unique(np.asarray(members["KIND"], dtype=str), return_counts=True)
+            significance = np.asarray(members["SIGNIFICANCE"], dtype=float)
+            rows_out.append((int(ccdnum), DETPOS[int(ccdnum)], str(kinds[np.argmax(n_kinds)]),
+                             int(members["X0"].min()), int(members["X1"].max()), int(members["Y0"].min()),
+                             int(members["Y1"].max()), len(seen), ",".join(seen), seen[0], seen[-1],
+                             int(members["CELLS"].max()),
+                             float(np.nanmax(significance)) if np.isfinite(significance).any() else np.nan))
+    rows_out.sort(key=lambda r: (r[0], r[5], r[3]))
+    history = Table(rows=rows_out, names=columns)
+    history.meta.update({k: tables[0].meta[k] for k in ("METHOD", "FP_RATE", "X_BIN", "Y_BIN", "CELL_NX",
+                                                         "CELL_NY", "DEMO") if k in tables[0].meta})
+    return history
+
+
 # ---- All epochs
 
 #: Codes of `TransientMasks.classify` (and BAD for rows that cannot be classified).
@@ -1550,7 +2999,7 @@ class TransientMasks:
         The count-map file (default: see `find_counts_file`).
     epochs : str or astropy.table.Table, optional
         The epoch table (default: the shipped ``ops_epochs.fits``).
-    fp_rate, x_bin, y_bin, floor
+    fp_rate, x_bin, y_bin, floor, method
         As for `EpochMask`.
     keep_no_epoch : bool
         Keep (True) or mask (False, the default) events whose EXPNUM is in no
@@ -1571,12 +3020,13 @@ class TransientMasks:
 
     def __init__(self, counts=None, *, epochs=None, fp_rate: float = DEFAULT_FP_RATE,
                  x_bin: int = 1, y_bin: int = 1, floor: str = DEFAULT_FLOOR,
-                 keep_no_epoch: bool = False, x_shrink: int = None, y_shrink: int = None,
-                 default: bool = None):
+                 method: str = DEFAULT_METHOD, keep_no_epoch: bool = False, x_shrink: int = None,
+                 y_shrink: int = None, default: bool = None):
         x_bin = _alias("x_bin", x_bin, 1, "x_shrink", x_shrink)
         y_bin = _alias("y_bin", y_bin, 1, "y_shrink", y_shrink)
         keep_no_epoch = _alias("keep_no_epoch", keep_no_epoch, False, "default", default)
         _check_options(fp_rate, x_bin, y_bin, floor)
+        _check_method(method)
         if not isinstance(counts, CountMaps):
             _check_path("counts", counts, optional=True)
         if epochs is not None and not hasattr(epochs, "colnames"):
@@ -1587,7 +3037,8 @@ class TransientMasks:
         self.inputs = [self.maps.path]
         if epochs is None or isinstance(epochs, (str, os.PathLike)):
             self.inputs.append(os.fspath(epochs or data_path(EPOCHS_FILENAME)))
-        self.options = {"fp_rate": fp_rate, "x_bin": x_bin, "y_bin": y_bin, "floor": floor}
+        self.options = {"fp_rate": fp_rate, "x_bin": x_bin, "y_bin": y_bin, "floor": floor,
+                        "method": method}
         self.keep_no_epoch = _check_flag("keep_no_epoch", keep_no_epoch)
         self._masks = {}
         self._warned = set()
@@ -1601,6 +3052,7 @@ class TransientMasks:
             ("TM_XBIN", self.options["x_bin"], "masks: extra binning along x"),
             ("TM_YBIN", self.options["y_bin"], "masks: extra binning along y"),
             ("TM_FLOOR", self.options["floor"], "masks: threshold floor statistic"),
+            ("TM_METH", self.options["method"], "masks: method (des or multiscale)"),
             ("TM_NOEP", self.keep_no_epoch, "T = events in no epoch were kept"),
             ("DEMO", bool(self.maps.demo), "T = masks from SYNTHETIC demo counts"),
         ]
@@ -1982,6 +3434,57 @@ def _filter_fits_stream(input_path, output_path, masks, names, drop_bad, chunk_r
     return counts
 
 
+def _filter_parquet_stream(input_path, output_path, masks, names, drop_bad, chunk_rows):
+    """Filter a Parquet file batch by batch with pyarrow (memory: one batch).
+
+    The output has the input's schema (column types) and metadata, with the
+    mask provenance added to astropy's table metadata (its YAML header, which
+    also holds the units), as astropy's Parquet writer writes it.  Returns
+    the FilterCounts.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    with _open_parquet(input_path) as parquet:
+        schema = parquet.schema_arrow
+        names = resolve_columns(schema.names, *names, source=input_path)
+        metadata = dict(schema.metadata or {})
+        metadata[b"table_meta_yaml"] = _astropy_parquet_header(input_path, masks.provenance())
+        counts = FilterCounts()
+        start = 0
+        with pq.ParquetWriter(output_path, schema.with_metadata(metadata)) as writer:
+            for batch in parquet.iter_batches(batch_size=chunk_rows):
+                codes = _classify_rows(masks, *_event_values(_arrow_columns(batch, names, input_path),
+                                                             names, input_path))
+                kept = _keep(codes, masks.keep_no_epoch)
+                counts.add(codes, kept, row_offset=start)
+                writer.write_batch(batch.filter(pa.array(kept)))
+                start += batch.num_rows
+    if not drop_bad:
+        counts.check_bad(input_path)  # the partial output is discarded
+    return counts
+
+
+def _astropy_parquet_header(path, cards) -> bytes:
+    """astropy's YAML table header of a Parquet file (columns, units, meta), ``cards`` added to its meta."""
+    import warnings
+
+    from astropy.table import Table, meta, serialize
+    from astropy.utils.data_info import serialize_context_as
+    from astropy.utils.exceptions import AstropyUserWarning
+
+    try:
+        with warnings.catch_warnings():  # string lengths guessed: only the column attributes are used
+            warnings.simplefilter("ignore", AstropyUserWarning)
+            header = Table.read(path, format="parquet", schema_only=True)
+    except Exception as exc:  # astropy raises many types (and needs pandas)
+        raise BadInputError(f"{path}: cannot read as a table ({type(exc).__name__}: {_one_line(exc)})") from None
+    header.meta.update((key, value) for key, value, _ in cards)
+    with serialize_context_as("parquet"):  # as astropy's writer does
+        header = serialize.represent_mixins_as_columns(header)
+    return "\n".join(meta.get_yaml_from_table(header)).encode()
+
+
 def filter_file(input_path: str, output_path: str, masks: "TransientMasks", *,
                 expnum_col="EXPNUM", ccdnum_col="CCDNUM", x_col="XWIN_IMAGE",
                 y_col="YWIN_IMAGE", drop_bad=False, table_format=None,
@@ -1992,7 +3495,8 @@ def filter_file(input_path: str, output_path: str, masks: "TransientMasks", *,
     chosen by extension or ``table_format``; writes ``output_path`` atomically in
     its own format (``output_format`` or its extension).  Rows keep their order,
     every column, dtype, unit and the table metadata.  An uncompressed FITS
-    binary table written to FITS is streamed in blocks of ``chunk_rows`` rows.
+    binary table written to FITS, and a Parquet file written to Parquet, are
+    streamed in blocks of ``chunk_rows`` rows.
 
     Returns
     -------
@@ -2014,6 +3518,8 @@ def filter_file(input_path: str, output_path: str, masks: "TransientMasks", *,
             counts = _filter_fits_stream(input_path, tmp, masks, names, drop_bad, chunk_rows)
             if counts is not None:
                 return counts
+        if in_format == out_format == "parquet":
+            return _filter_parquet_stream(input_path, tmp, masks, names, drop_bad, chunk_rows)
         table, read_options = _read_table(input_path, in_format)
         kept, counts = filter_table(table, masks, expnum_col=expnum_col, ccdnum_col=ccdnum_col,
                                     x_col=x_col, y_col=y_col, drop_bad=drop_bad, source=input_path)
@@ -2388,6 +3894,28 @@ def _add_events(accumulator, lookup, columns, names, source, chunk_rows):
         accumulator.add(lookup(expnum[start:stop]), ccdnum[start:stop], x[start:stop], y[start:stop])
 
 
+def _gather_file(accumulator, lookup, path, names, chunk_rows, table_format, bar=None):
+    """Bin one catalog file into ``accumulator``; returns its SIM* header cards (or []).
+
+    The per-file piece of `gather_data`, run in place or on a Dask worker;
+    ``bar`` (a tqdm bar) counts the rows.
+    """
+    n_before, bad_before = accumulator.n_read, accumulator.n_bad
+    cards = []
+    for header, columns in _catalog_chunks(path, names, chunk_rows, table_format):
+        if header is not None and not cards:
+            cards = [(key, header[key], header.comments[key]) for key in header if key.startswith("SIM")]
+        _add_events(accumulator, lookup, columns, names, path, chunk_rows)
+        if bar is not None:
+            bar.update(len(columns[0]))
+    _log_rows_read(path, accumulator.n_read - n_before, accumulator.n_bad - bad_before)
+    return cards
+
+
+def _log_rows_read(path, n_read, n_bad):
+    log.info("%s: %d rows read%s", path, n_read, f", {n_bad} bad rows ({_BAD_ROW}) skipped" if n_bad else "")
+
+
 def _finish_gather(accumulator, table) -> GatherResult:
     """The accumulated uint16 maps and row counts; warns about clipped cells."""
     accumulator.flush()
@@ -2428,27 +3956,36 @@ def _fits_table_chunks(path, names, chunk_rows):
 
 def _parquet_chunks(path, names, chunk_rows):
     """Yield (expnum, ccdnum, x, y) blocks of a Parquet file, batch by batch."""
+    with _open_parquet(path) as parquet:
+        names = resolve_columns(parquet.schema_arrow.names, *names, source=path)
+        for batch in parquet.iter_batches(batch_size=chunk_rows, columns=list(dict.fromkeys(names))):
+            yield None, _arrow_columns(batch, names, path)
+
+
+def _open_parquet(path):
+    """A `pyarrow.parquet.ParquetFile`; a missing pyarrow or an unreadable file is a BadInputError."""
     try:
         import pyarrow.parquet as pq
     except ImportError:
         raise BadInputError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
     try:
-        parquet = pq.ParquetFile(path)
+        return pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises its own error types
         raise BadInputError(f"{path}: not a readable Parquet file ({exc})") from None
-    with parquet:
-        names = resolve_columns(parquet.schema_arrow.names, *names, source=path)
-        for batch in parquet.iter_batches(batch_size=chunk_rows, columns=list(dict.fromkeys(names))):
-            arrays = []
-            for name in names:
-                column = batch.column(name)
-                if column.null_count:  # nulls make their rows bad (_event_values)
-                    arrays.append(np.ma.MaskedArray(
-                        _arrow_to_numpy(column.fill_null(0), path, name),
-                        mask=column.is_null().to_numpy(zero_copy_only=False)))
-                else:
-                    arrays.append(_arrow_to_numpy(column, path, name))
-            yield None, tuple(arrays)
+
+
+def _arrow_columns(batch, names, path):
+    """The named columns of a pyarrow record batch as numpy arrays; nulls masked (bad rows)."""
+    arrays = []
+    for name in names:
+        column = batch.column(name)
+        if column.null_count:  # nulls make their rows bad (_event_values)
+            arrays.append(np.ma.MaskedArray(
+                _arrow_to_numpy(column.fill_null(0), path, name),
+                mask=column.is_null().to_numpy(zero_copy_only=False)))
+        else:
+            arrays.append(_arrow_to_numpy(column, path, name))
+    return tuple(arrays)
 
 
 def _arrow_to_numpy(column, path, name):
@@ -2483,7 +4020,7 @@ def _catalog_chunks(path, names, chunk_rows, table_format=None):
 def gather_data(catalogs, output: str = None, *, epochs=None, expnum_col: str = "EXPNUM",
                 ccdnum_col: str = "CCDNUM", x_col: str = "XWIN_IMAGE", y_col: str = "YWIN_IMAGE",
                 chunk_rows: int = GATHER_CHUNK_ROWS, table_format: str = None, demo: bool = False,
-                overwrite: bool = False) -> GatherResult:
+                overwrite: bool = False, client=None, progress: bool = False) -> GatherResult:
     """Build DES-format transient count maps from one or several catalogs.
 
     Each event is binned into the map cell (CCDNUM - 1, Y, X) of its epoch, with
@@ -2499,8 +4036,11 @@ def gather_data(catalogs, output: str = None, *, epochs=None, expnum_col: str = 
 
     Parameters
     ----------
-    catalogs : str or list of str
-        Catalog file(s) with one row per transient.
+    catalogs : str, list of str, or dask.dataframe.DataFrame
+        Catalog file(s) with one row per transient: paths, glob patterns
+        (``"cats/*.fits"``) and directories of dataset files (a Parquet
+        dataset), see `expand_inputs`; or a Dask DataFrame, binned partition
+        by partition where it lives.
     output : str, optional
         Write the maps there (atomically): an empty primary HDU, then one
         uint16 image HDU per epoch (BITPIX 16, BZERO 32768) with EXTNAME =
@@ -2519,6 +4059,12 @@ def gather_data(catalogs, output: str = None, *, epochs=None, expnum_col: str = 
         Flag the output as synthetic demo data (DEMO = T in every HDU).
     overwrite : bool
         Replace an existing ``output``.
+    client : dask.distributed.Client, optional
+        Bin the files in parallel on this Dask cluster (see `dask_client`):
+        one task per file, their counts summed by a tree reduction.  The maps
+        are the same, bit for bit, as without it.
+    progress : bool
+        Show a progress bar on stderr (tqdm; Dask's own for parallel runs).
 
     Returns
     -------
@@ -2536,43 +4082,42 @@ def gather_data(catalogs, output: str = None, *, epochs=None, expnum_col: str = 
     >>> result.summary()
     '1000 rows read, 1000 binned, 0 in no epoch, 0 bad rows skipped; epochs with transients: Y2E1'
     """
-    if isinstance(catalogs, (str, os.PathLike)):
-        catalogs = [catalogs]
-    if not isinstance(catalogs, (list, tuple)):
-        raise BadInputError(f"catalogs={_describe_value(catalogs)}: must be a file path or a list of them")
-    catalogs = _distinct_files([_check_path("catalogs", path) for path in catalogs])
-    if not catalogs:
-        raise BadInputError("gather_data: no catalog given")
+    if not _is_dask_frame(catalogs):  # paths, glob patterns, dataset directories (see expand_inputs)
+        if isinstance(catalogs, (str, os.PathLike)):
+            catalogs = [catalogs]
+        if not isinstance(catalogs, (list, tuple)):
+            raise BadInputError(f"catalogs={_describe_value(catalogs)}: must be a file path or a list of them")
+        if not catalogs:
+            raise BadInputError("gather_data: no catalog given")
+        catalogs = _distinct_files(expand_inputs([_check_path("catalogs", path) for path in catalogs]))
     chunk_rows = _check_int("chunk_rows", chunk_rows, lo=1)
     output = _check_path("output", output, optional=True)
     demo = _check_flag("demo", demo)
+    _check_client(client)
     table = read_epochs(epochs)
-    inputs = catalogs + ([os.fspath(epochs or data_path(EPOCHS_FILENAME))]
+    inputs = ([] if _is_dask_frame(catalogs) else catalogs) + ([os.fspath(epochs or data_path(EPOCHS_FILENAME))]
                          if epochs is None or isinstance(epochs, (str, os.PathLike)) else [])
     if output is not None:  # fail before the long read, not after it
         check_output(output, overwrite, inputs)
     lookup = _EpochLookup(table["MINEXPNUM"], table["MAXEXPNUM"])
-    accumulator = _CountAccumulator(len(table))
     names = (expnum_col, ccdnum_col, x_col, y_col)
-    simulation_cards = []
-    for path in catalogs:
-        n_before, bad_before = accumulator.n_read, accumulator.n_bad
-        for header, columns in _catalog_chunks(path, names, chunk_rows, table_format):
-            if header is not None and not simulation_cards:
-                simulation_cards = [(key, header[key], header.comments[key])
-                                    for key in header if key.startswith("SIM")]
-            _add_events(accumulator, lookup, columns, names, path, chunk_rows)
-        n_bad = accumulator.n_bad - bad_before
-        log.info("%s: %d rows read%s", path, accumulator.n_read - n_before,
-                 f", {n_bad} bad rows ({_BAD_ROW}) skipped"
-                 if n_bad else "")
+    if client is not None or _is_dask_frame(catalogs):  # see "Parallel runs (Dask)"
+        accumulator, simulation_cards = _gather_dask(catalogs, client, lookup, len(table), names,
+                                                     chunk_rows, table_format, progress)
+    else:
+        accumulator = _CountAccumulator(len(table))
+        simulation_cards = []
+        with _row_progress(catalogs, progress) as bar:
+            for path in catalogs:
+                cards = _gather_file(accumulator, lookup, path, names, chunk_rows, table_format, bar)
+                simulation_cards = simulation_cards or cards
     result = _finish_gather(accumulator, table)
     if result.n_bad:
         log.warning("%d bad row(s) (%s) skipped", result.n_bad, _BAD_ROW)
     if output is not None:
         # (the epoch table was refused as the output above, before the read)
-        write_count_maps(output, result, demo=demo, overwrite=overwrite, inputs=catalogs,
-                         extra_cards=simulation_cards)
+        write_count_maps(output, result, demo=demo, overwrite=overwrite,
+                         inputs=[] if _is_dask_frame(catalogs) else catalogs, extra_cards=simulation_cards)
         result.output = output
     return result
 
@@ -2677,18 +4222,604 @@ def _add_gather_arguments(parser, modes):
 def _run_gather(args) -> int:
     output = _output_name(args, "transient_maps.fits.gz")
     check_outputs([output], args.overwrite, _run_inputs(args) + args.gather)
-    result = gather_data(
-        args.gather, output, epochs=args.epochs_file,
-        expnum_col=args.expnum_col, ccdnum_col=args.ccdnum_col, x_col=args.x_col, y_col=args.y_col,
-        chunk_rows=args.chunk_rows, table_format=args.table_format,
-        demo=args.demo, overwrite=args.overwrite,
-    )
+    with _parallel_client(args) as client:
+        result = gather_data(
+            args.gather, output, epochs=args.epochs_file,
+            expnum_col=args.expnum_col, ccdnum_col=args.ccdnum_col, x_col=args.x_col, y_col=args.y_col,
+            chunk_rows=args.chunk_rows, table_format=args.table_format,
+            demo=args.demo, overwrite=args.overwrite, client=client, progress=_show_progress(args),
+        )
     demo = " [SYNTHETIC DEMO maps: DEMO = T]" if args.demo else ""
     print(f"{result.summary()}; wrote {output}{demo}", file=sys.stderr)
     return 0
 
 
 # ---- Parallel runs (Dask)
+# Many inputs -- paths, glob patterns, directories of dataset files (a Parquet
+# dataset), or from Python a Dask DataFrame -- are filtered or binned one
+# partition at a time (a partition: one input file, or one partition of the
+# DataFrame), in this process or as one Dask task each; nothing gathers the
+# rows on one machine.
+#
+# - The masks travel as `_ShippedMasks`: the (62, ny, nx) bool cell mask of
+#   each epoch of the count maps and the epoch table, built once on the client
+#   and scattered once to every worker; `TransientMasks.classify` runs on them
+#   unchanged.  Full-resolution masks are never made.
+# - Filtering: each partition is written by `filter_file` (a DataFrame
+#   partition: by pyarrow, as Parquet) into a temporary sibling of the output
+#   directory, which is renamed into place at the end (`_atomic_directory`).
+# - Gathering: each file is binned by `_gather_file` into its own
+#   `_CountAccumulator`, turned into a `_CountPartial` that keeps only the
+#   (epoch, CCD) blocks the file touched (uint16 counts saturated at 65535,
+#   and the cells that passed 65535), and the partials are summed by Dask's
+#   tree reduction (`dask.bag.Bag.reduction`).  Saturating addition of counts
+#   >= 0 is associative, so the maps, the clipped cells and every row count
+#   are those of the single-process path, bit for bit.
+
+_GLOB_CHARS = frozenset("*?[")
+#: Partials summed at a time by the tree reduction of gathered counts.
+_SPLIT_EVERY = 8
+#: Seconds a run must last before a progress bar appears.
+_PROGRESS_DELAY = 2.0
+
+
+def _is_dask_frame(obj) -> bool:
+    """Whether ``obj`` is a Dask DataFrame (never imports Dask)."""
+    module = sys.modules.get("dask.dataframe")
+    return module is not None and isinstance(obj, module.DataFrame)
+
+
+def _natural_key(path):
+    """Sort key of a path whose numbers compare as numbers: part.2 before part.10."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", path)]
+
+
+def _dataset_files(directory):
+    """The files of a dataset directory, in natural path order (hidden and ``_`` files skipped)."""
+    found = []
+    for root, dirs, names in os.walk(directory):
+        dirs[:] = [name for name in dirs if not name.startswith((".", "_"))]
+        found.extend(os.path.join(root, name) for name in names if not name.startswith((".", "_")))
+    if not found:
+        raise BadInputError(f"{directory}: no data files in this directory")
+    return sorted(found, key=_natural_key)
+
+
+def _input_files(inputs):
+    """(path, name in an output directory) of each input file; see `expand_inputs`."""
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    if not isinstance(inputs, (list, tuple)):
+        raise BadInputError(f"inputs={_describe_value(inputs)}: must be a file path, pattern or directory, "
+                            f"or a list of them")
+    files = []
+    for item in (_check_path("inputs", item) for item in inputs):
+        if os.path.isdir(item):
+            files.extend((path, os.path.relpath(path, item)) for path in _dataset_files(item))
+        elif _GLOB_CHARS & set(item) and not os.path.exists(item):
+            matches = [path for path in glob.glob(item, recursive=True) if os.path.isfile(path)]
+            if not matches:
+                raise BadInputError(f"{item}: no file matches this pattern")
+            files.extend((path, os.path.basename(path)) for path in sorted(matches, key=_natural_key))
+        else:
+            files.append((item, os.path.basename(item)))
+    if not files:
+        raise BadInputError("no input file given")
+    return files
+
+
+def expand_inputs(inputs) -> list:
+    """The input files named by paths, glob patterns and dataset directories.
+
+    A directory stands for every file under it (a Parquet dataset, also
+    partitioned in subdirectories), hidden files and files starting with ``_``
+    (``_metadata``, ``_SUCCESS``) left out.  A glob pattern (``*``, ``?``,
+    ``[``; ``**`` crosses directories) that matches no file is an error.
+    Files come in natural order (``part.2`` before ``part.10``).
+
+    Parameters
+    ----------
+    inputs : str or list of str
+
+    Returns
+    -------
+    list of str
+
+    Examples
+    --------
+    >>> os.makedirs("cats")
+    >>> for i in (1, 2, 10):
+    ...     _ = write_fits_rows(f"cats/part{i}.fits", [{"A": np.arange(3)}])
+    >>> expand_inputs("cats/part*.fits")
+    ['cats/part1.fits', 'cats/part2.fits', 'cats/part10.fits']
+    >>> expand_inputs(["cats"]) == expand_inputs("cats/*")
+    True
+    """
+    return [path for path, _ in _input_files(inputs)]
+
+
+def _several_inputs(inputs) -> bool:
+    """Whether command-line inputs name several files: more than one, a pattern or a directory."""
+    return len(inputs) > 1 or os.path.isdir(inputs[0]) or (
+        bool(_GLOB_CHARS & set(inputs[0])) and not os.path.exists(inputs[0]))
+
+
+class _MapsInfo:
+    """What masks on a worker need of a `CountMaps`: its path, demo flag and epochs."""
+
+    def __init__(self, maps):
+        self.path, self.demo, self.epochs = maps.path, maps.demo, list(maps.epochs)
+
+    def __contains__(self, epoch) -> bool:
+        return epoch in self.epochs
+
+
+class _CellMask(EpochMask):
+    """The cell mask of one epoch, all that `EpochMask.apply` needs (no counts, no statistics)."""
+
+    def __init__(self, epoch_mask):  # nothing to compute: the mask is made
+        self.epoch, self.mask, self.cell_size = epoch_mask.epoch, epoch_mask.mask, epoch_mask.cell_size
+
+
+class _ShippedMasks(TransientMasks):
+    """`TransientMasks` as sent to Dask workers: the cell masks of every epoch of
+    the count maps, built once, and the epoch table (4 MB per DES epoch)."""
+
+    def __init__(self, masks: TransientMasks):  # no TransientMasks.__init__: nothing is read
+        self.__dict__.update(vars(masks))
+        self.maps = _MapsInfo(masks.maps)
+        self._masks = {epoch: _CellMask(masks.mask_for(epoch)) for epoch in masks.maps.epochs}
+        self._warned = set()
+
+
+class _CountPartial:
+    """Gathered counts of some partitions, kept small for the tree reduction.
+
+    Only the (epoch, CCD) blocks the partitions touched are held: per epoch
+    index, the CCD indices and their (k, 65536) uint16 counts, saturated at
+    65535, and the flat cells whose count passed 65535.
+    """
+
+    def __init__(self):
+        self.n_read = self.n_bad = self.n_no_epoch = 0
+        self.n_events = {}  # epoch index -> events binned
+        self.blocks = {}  # epoch index -> (CCD indices, (k, 65536) uint16 counts)
+        self.clipped = {}  # epoch index -> flat cells whose count passed 65535
+        self.files = []  # (partition number, name, rows read, bad rows), for the log
+        self.cards = []  # (partition number, SIM* header cards) of the first file with some
+
+    @classmethod
+    def of(cls, accumulator, number, name, cards=()):
+        """The partial of one partition binned into ``accumulator``."""
+        accumulator.flush()
+        part = cls()
+        part.n_read, part.n_bad, part.n_no_epoch = accumulator.n_read, accumulator.n_bad, accumulator.n_no_epoch
+        for index, total in accumulator.totals.items():
+            total = total.reshape(N_CCD, _MAP_CELLS)
+            ccds = np.flatnonzero(total.any(axis=1))
+            part.blocks[index] = (ccds, total[ccds])
+            part.n_events[index] = int(accumulator.n_events[index])
+            if index in accumulator.clipped:
+                part.clipped[index] = np.flatnonzero(accumulator.clipped[index])
+        part.files = [(number, name, accumulator.n_read, accumulator.n_bad)]
+        part.cards = [(number, list(cards))] if cards else []
+        return part
+
+    @classmethod
+    def merge(cls, parts):
+        """The sum of some partials (the step of the tree reduction)."""
+        parts = list(parts)
+        if len(parts) == 1:
+            return parts[0]
+        total = cls()
+        for part in parts:
+            total.n_read += part.n_read
+            total.n_bad += part.n_bad
+            total.n_no_epoch += part.n_no_epoch
+            for index, n_events in part.n_events.items():
+                total.n_events[index] = total.n_events.get(index, 0) + n_events
+            total.files.extend(part.files)
+            total.cards.extend(part.cards)
+        total.files.sort(key=lambda item: item[0])
+        total.cards = sorted(total.cards, key=lambda item: item[0])[:1]
+        for index in sorted({index for part in parts for index in part.blocks}):
+            counts = np.zeros((N_CCD, _MAP_CELLS), dtype=np.uint32)  # a sum of < 65537 uint16
+            for part in parts:
+                if index in part.blocks:
+                    ccds, block = part.blocks[index]
+                    counts[ccds] += block
+            clipped = [part.clipped[index] for part in parts if index in part.clipped]
+            over = np.flatnonzero(counts > _UINT16_MAX)  # counts is C-contiguous: flat cells
+            if over.size or clipped:
+                total.clipped[index] = np.union1d(over, np.concatenate(clipped)) if clipped else over
+                np.minimum(counts, _UINT16_MAX, out=counts)
+            ccds = np.flatnonzero(counts.any(axis=1))
+            total.blocks[index] = (ccds, counts[ccds].astype(np.uint16))
+        return total
+
+    def accumulator(self, n_epochs) -> "_CountAccumulator":
+        """These counts as a flushed `_CountAccumulator`, for `_finish_gather`."""
+        accumulator = _CountAccumulator(n_epochs)
+        accumulator.n_read, accumulator.n_bad, accumulator.n_no_epoch = self.n_read, self.n_bad, self.n_no_epoch
+        for index, (ccds, block) in self.blocks.items():
+            total = np.zeros((N_CCD, _MAP_CELLS), dtype=np.uint16)
+            total[ccds] = block
+            accumulator.totals[index] = total.reshape(-1)
+            accumulator.n_events[index] = self.n_events[index]
+            if index in self.clipped:
+                flags = np.zeros(N_CCD * _MAP_CELLS, dtype=bool)
+                flags[self.clipped[index]] = True
+                accumulator.clipped[index] = flags
+        return accumulator
+
+
+def _frame_columns(frame, names):
+    """Columns of a pandas DataFrame as numpy arrays, nullable columns as masked arrays."""
+    columns = []
+    for name in names:
+        series = frame[name]
+        numpy_dtype = series.dtype if isinstance(series.dtype, np.dtype) else getattr(
+            series.dtype, "numpy_dtype", None)
+        if isinstance(series.dtype, np.dtype) or numpy_dtype is None or numpy_dtype.kind not in "iuf":
+            columns.append(series.to_numpy())  # not numbers: refused by _event_values
+        else:  # a pandas nullable or pyarrow-backed number column
+            columns.append(np.ma.MaskedArray(series.to_numpy(dtype=numpy_dtype, na_value=0),
+                                             mask=series.isna().to_numpy(dtype=bool)))
+    return columns
+
+
+def _gather_partition(number, path, lookup, n_epochs, names, chunk_rows, table_format):
+    """Dask task: the partial counts of one catalog file (a bag partition of one item)."""
+    accumulator = _CountAccumulator(n_epochs)
+    cards = _gather_file(accumulator, lookup, path, names, chunk_rows, table_format)
+    return [_CountPartial.of(accumulator, number, path, cards)]
+
+
+def _gather_frame_partition(frame, number, lookup, n_epochs, names, chunk_rows):
+    """Dask task: the partial counts of one partition of a DataFrame."""
+    accumulator = _CountAccumulator(n_epochs)
+    source = f"DataFrame partition {number}"
+    _add_events(accumulator, lookup, _frame_columns(frame, names), names, source, chunk_rows)
+    return [_CountPartial.of(accumulator, number, source)]
+
+
+def _gather_dask(catalogs, client, lookup, n_epochs, names, chunk_rows, table_format, progress):
+    """`gather_data` on Dask: (the flushed `_CountAccumulator` of every partition, SIM cards)."""
+    import dask
+    import dask.bag
+
+    client = client or _current_client()
+    shared = _share(client, lookup, "epoch-lookup")
+    if _is_dask_frame(catalogs):
+        names = resolve_columns(list(catalogs.columns), *names, source="DataFrame")
+        parts = [dask.delayed(_gather_frame_partition)(frame, number, shared, n_epochs, names, chunk_rows)
+                 for number, frame in enumerate(catalogs.to_delayed())]
+    else:
+        parts = [dask.delayed(_gather_partition)(number, path, shared, n_epochs, names, chunk_rows,
+                                                 table_format)
+                 for number, path in enumerate(catalogs)]
+    total = dask.bag.from_delayed(parts).reduction(_CountPartial.merge, _CountPartial.merge,
+                                                   split_every=_SPLIT_EVERY)
+    partial = _compute(client, total, progress)
+    for _, name, n_read, n_bad in partial.files:
+        _log_rows_read(name, n_read, n_bad)
+    return partial.accumulator(n_epochs), (partial.cards[0][1] if partial.cards else [])
+
+
+def _add_filter_counts(total: FilterCounts, part: FilterCounts) -> None:
+    """Add the counts of one partition to ``total``."""
+    for name in ("read", "masked", "no_epoch_dropped", "no_epoch_kept", "bad", "written"):
+        setattr(total, name, getattr(total, name) + getattr(part, name))
+
+
+def _filter_partition(path, output, masks, options):
+    """Dask task: `filter_file` of one input file; (counts, epochs warned about)."""
+    return filter_file(path, output, masks, **options), sorted(masks._warned)
+
+
+def _filter_frame_partition(frame, number, output, masks, names, drop_bad):
+    """Dask task: the kept rows of one DataFrame partition written as Parquet; (counts, warned)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from astropy.table import Table, meta
+
+    source = f"DataFrame partition {number}"
+    codes = _classify_rows(masks, *_event_values(_frame_columns(frame, names), names, source))
+    kept = _keep(codes, masks.keep_no_epoch)
+    counts = FilterCounts()
+    counts.add(codes, kept)
+    if not drop_bad:
+        counts.check_bad(source)
+    table = pa.Table.from_pandas(frame[kept], preserve_index=False)
+    # The provenance where astropy keeps table metadata (its YAML header, which
+    # lists the columns), as the single-file path writes it.
+    header = Table({field.name: np.zeros(0, dtype=_numpy_type(field.type)) for field in table.schema},
+                   meta={key: value for key, value, _ in masks.provenance()})
+    metadata = dict(table.schema.metadata or {})
+    metadata[b"table_meta_yaml"] = "\n".join(meta.get_yaml_from_table(header)).encode()
+    pq.write_table(table.replace_schema_metadata(metadata), output)
+    return counts, sorted(masks._warned)
+
+
+def _numpy_type(arrow_type):
+    """The numpy dtype of a pyarrow type (object for strings and other types numpy lacks)."""
+    try:
+        return np.dtype(arrow_type.to_pandas_dtype())
+    except (NotImplementedError, TypeError):
+        return np.dtype(object)
+
+
+def filter_files(inputs, output_dir: str, masks: TransientMasks, *, client=None,
+                 expnum_col: str = "EXPNUM", ccdnum_col: str = "CCDNUM", x_col: str = "XWIN_IMAGE",
+                 y_col: str = "YWIN_IMAGE", drop_bad: bool = False, table_format: str = None,
+                 overwrite: bool = False, chunk_rows: int = 500_000, progress: bool = False) -> FilterCounts:
+    """Filter many event tables into a directory: one output per input partition.
+
+    Each input file is filtered as `filter_file` does it (same rows in the
+    same order, columns, dtypes, units, metadata and provenance) into a file
+    of the same name in ``output_dir`` (files of a dataset directory keep
+    their path under it); each partition of a Dask DataFrame becomes
+    ``part.N.parquet``.  With a ``client`` (or a DataFrame) the partitions are
+    Dask tasks, the masks sent to each worker once as small cell masks.
+    ``output_dir`` appears at the end, whole, or not at all: it is built in a
+    temporary sibling directory and renamed.
+
+    Parameters
+    ----------
+    inputs : str, list of str, or dask.dataframe.DataFrame
+        Paths, glob patterns and dataset directories (see `expand_inputs`),
+        or a Dask DataFrame.
+    output_dir : str
+        The output directory (it must not exist, unless ``overwrite``).
+    masks : TransientMasks
+        The masks; its ``keep_no_epoch`` decides the events in no epoch.
+    client : dask.distributed.Client, optional
+        Run on this Dask cluster (see `dask_client`); without it, files are
+        filtered one after the other here, and a DataFrame on Dask's
+        current scheduler.
+    expnum_col, ccdnum_col, x_col, y_col, drop_bad, table_format, chunk_rows
+        As for `filter_file` (``table_format`` also for the outputs).
+    overwrite : bool
+        Replace an existing ``output_dir``.
+    progress : bool
+        Show a progress bar on stderr (tqdm; Dask's own for parallel runs).
+
+    Returns
+    -------
+    FilterCounts
+        Summed over the partitions.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(5)
+    >>> os.makedirs("events")
+    >>> for i in range(3):
+    ...     _ = write_fits_rows(f"events/part{i}.fits", [{
+    ...         "EXPNUM": rng.integers(345031, 382974, 100), "CCDNUM": rng.integers(1, 63, 100),
+    ...         "XWIN_IMAGE": rng.uniform(1, 2048, 100), "YWIN_IMAGE": rng.uniform(1, 4096, 100)}])
+    >>> masks = TransientMasks(data_path(DEMO_COUNTS_FILENAME))
+    >>> counts = filter_files("events", "clean", masks)
+    >>> sorted(os.listdir("clean")), counts.read
+    (['part0.fits', 'part1.fits', 'part2.fits'], 300)
+    """
+    frame = _is_dask_frame(inputs)
+    output_dir = _check_path("output_dir", output_dir)
+    if not isinstance(masks, TransientMasks):
+        raise BadInputError(f"masks={_describe_value(masks)}: must be a TransientMasks")
+    _check_client(client)
+    chunk_rows = _check_int("chunk_rows", chunk_rows, lo=1)
+    drop_bad = _check_flag("drop_bad", drop_bad)
+    files = [] if frame else _input_files(inputs)
+    writers = {}
+    for path, name in files:
+        if name in writers:
+            raise BadInputError(f"{writers[name]} and {path}: both would be written as {name} in "
+                                f"{output_dir} (rename one)")
+        writers[name] = path
+    roots = [] if frame else [item for item in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)
+                              if os.path.isdir(item)]
+    options = dict(expnum_col=expnum_col, ccdnum_col=ccdnum_col, x_col=x_col, y_col=y_col,
+                   drop_bad=drop_bad, table_format=table_format, output_format=table_format,
+                   chunk_rows=chunk_rows)
+    refused = [path for path, _ in files] + list(getattr(masks, "inputs", []))  # never written over
+    with _atomic_directory(output_dir, overwrite, refused, roots) as tmp:
+        for name in writers:  # workers never make directories (see _atomic_directory)
+            os.makedirs(os.path.dirname(os.path.join(tmp, name)), exist_ok=True)
+        if client is None and not frame:
+            results = [(filter_file(path, os.path.join(tmp, name), masks, **options), [])
+                       for path, name in _progress(files, progress, "files")]
+        else:
+            import dask
+
+            client = client or _current_client()
+            shared = _share(client, _ShippedMasks(masks), "cell-masks")
+            if frame:
+                names = resolve_columns(list(inputs.columns), expnum_col, ccdnum_col, x_col, y_col,
+                                        source="DataFrame")
+                tasks = [dask.delayed(_filter_frame_partition)(
+                    part, number, os.path.join(tmp, f"part.{number}.parquet"), shared, names, drop_bad)
+                    for number, part in enumerate(inputs.to_delayed())]
+            else:
+                tasks = [dask.delayed(_filter_partition)(path, os.path.join(tmp, name), shared, options)
+                         for path, name in files]
+            results = _compute(client, tasks, progress)
+    total = FilterCounts()
+    for counts, _ in results:
+        _add_filter_counts(total, counts)
+    for epoch in sorted({epoch for _, warned in results for epoch in warned} - masks._warned):
+        log.warning("%s: no count map for epoch %s; its events count as in no epoch", masks.maps.path, epoch)
+        masks._warned.add(epoch)
+    return total
+
+
+@contextlib.contextmanager
+def _atomic_directory(path, overwrite=False, inputs=(), input_dirs=()):
+    """Context manager giving a temporary directory that becomes ``path`` on success.
+
+    The temporary directory is a hidden sibling of ``path``, so the final
+    rename is atomic; on any failure or interrupt it is removed.  With
+    ``overwrite`` an existing ``path`` is replaced (moved aside, then removed).
+    ``path`` may be neither an input nor inside an input directory.
+    """
+    final = os.path.abspath(path)
+    if os.path.isdir(final):  # check_output is for files
+        if not overwrite:
+            raise BadInputError(f"{path}: output exists (use --overwrite to replace it)")
+        if not os.access(os.path.dirname(final), os.W_OK | os.X_OK):
+            raise BadInputError(f"{path}: cannot write in the directory {os.path.dirname(final)} (permissions)")
+    else:
+        check_output(path, overwrite, inputs)
+    for directory in input_dirs:
+        directory = os.path.abspath(directory)
+        if os.path.commonpath([final, directory]) == directory:
+            raise BadInputError(f"{path}: refusing to write into the input directory {directory}")
+    parent, base = os.path.split(final)
+    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{base}.", suffix=".tmp")
+    umask = os.umask(0o022)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the output is a normal directory
+    try:
+        yield tmp
+        if os.path.lexists(final):  # overwrite: the old output goes once the new one is in place
+            aside = tempfile.mkdtemp(dir=parent, prefix=f".{base}.", suffix=".old")
+            os.rename(final, os.path.join(aside, base))
+            os.rename(tmp, final)
+            _remove_tree(aside)
+        else:
+            os.rename(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            _remove_tree(tmp)
+
+
+def _remove_tree(path, attempts=10):
+    """Remove a directory tree, again if a worker still wrote into it meanwhile."""
+    import shutil
+    import time
+
+    for _ in range(attempts):
+        try:
+            shutil.rmtree(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError:
+            time.sleep(0.1)
+    log.warning("%s: could not remove this temporary directory", path)
+
+
+def _check_client(client):
+    """``client`` must be None or a dask.distributed Client (anything with ``compute`` and ``scatter``)."""
+    if client is not None and not (hasattr(client, "compute") and hasattr(client, "scatter")):
+        raise BadInputError(f"client={_describe_value(client)}: must be a dask.distributed.Client or None")
+
+
+def _current_client():
+    """The current dask.distributed client, if Dask uses one; else None (Dask's local scheduler)."""
+    distributed = sys.modules.get("distributed")
+    if distributed is None:
+        return None
+    try:
+        return distributed.get_client()
+    except ValueError:  # no client
+        return None
+
+
+def _share(client, obj, name):
+    """``obj`` for many Dask tasks, sent once: scattered to every worker, or one graph key."""
+    import uuid
+
+    import dask
+
+    if client is not None:
+        return client.scatter(obj, broadcast=True, hash=False)
+    return dask.delayed(obj, name=f"{name}-{uuid.uuid4().hex}")
+
+
+def _compute(client, collection, progress=False):
+    """Compute a Dask collection (or a list of them) on ``client``, or on Dask's own scheduler.
+
+    A worker that dies becomes a one-line RuntimeError; whatever still runs
+    after a failure is cancelled.
+    """
+    import dask
+
+    if client is None:
+        if not progress:
+            return dask.compute(collection)[0]
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar(minimum=_PROGRESS_DELAY, out=sys.stderr):
+            return dask.compute(collection)[0]
+    futures = client.compute(collection)
+    try:
+        if progress:
+            _progress_bar(futures)
+        return client.gather(futures)
+    except Exception as exc:
+        if type(exc).__name__ == "KilledWorker":  # distributed.KilledWorker, multi-line
+            raise RuntimeError("a Dask worker died (out of memory, or killed) while running "
+                               f"{_one_line(exc)}") from None
+        if type(exc).__name__ == "FutureCancelledError":  # what a dead worker's task can also give
+            raise RuntimeError(f"a Dask worker died or the scheduler cancelled the run: {_one_line(exc)}") from None
+        raise
+    finally:
+        client.cancel(futures)
+
+
+def _progress_bar(futures):
+    """Dask's text progress bar of ``futures`` on stderr, once they take over 2 s."""
+    from distributed import wait
+    from distributed.diagnostics.progressbar import TextProgressBar
+
+    try:
+        wait(futures, timeout=_PROGRESS_DELAY)
+        return
+    except TimeoutError:
+        pass
+    with contextlib.redirect_stdout(sys.stderr):  # it writes to sys.stdout
+        TextProgressBar(futures if isinstance(futures, list) else [futures])
+
+
+def _progress(items, enabled, unit):
+    """``items`` with a tqdm bar on stderr when enabled (shown only after 2 s)."""
+    if not enabled:
+        return items
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, unit=unit, delay=_PROGRESS_DELAY, file=sys.stderr, leave=False)
+
+
+@contextlib.contextmanager
+def _row_progress(paths, enabled):
+    """A tqdm bar of the rows of ``paths`` on stderr (None when not enabled or without tqdm).
+
+    The total counts the rows of the FITS and Parquet files, read from their
+    headers; the bar shows once the run has lasted 2 s.
+    """
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        enabled = False
+    if not enabled:
+        yield None
+        return
+    total = 0
+    for path in paths:
+        try:
+            if table_format_of(path) == "parquet":
+                with _open_parquet(path) as parquet:
+                    total += parquet.metadata.num_rows
+            else:
+                total += _FitsRows(path).n_rows
+        except BadInputError:  # other formats: no total; errors come with the real read
+            total = None
+            break
+    with tqdm(total=total, unit=" rows", unit_scale=True, delay=_PROGRESS_DELAY, file=sys.stderr,
+              leave=False) as bar:
+        yield bar
 
 
 @contextlib.contextmanager
@@ -2698,7 +4829,8 @@ def dask_client(jobs: int = None, scheduler: str = None):
     Parameters
     ----------
     jobs : int, optional
-        Start a local cluster of this many single-threaded worker processes.
+        Start a local cluster of this many single-threaded worker processes
+        (default: one per core).
     scheduler : str, optional
         Instead, connect to the ``dask.distributed`` scheduler at this address
         (e.g. ``tcp://10.0.0.5:8786``, or a cluster of dask-jobqueue).
@@ -2706,13 +4838,16 @@ def dask_client(jobs: int = None, scheduler: str = None):
     Raises
     ------
     BadInputError
-        When Dask is not installed (the ``dask`` extra) or the scheduler
-        cannot be reached.
+        When Dask is not installed (the ``dask`` extra), both options are
+        given, or the scheduler cannot be reached.
     """
     if jobs is not None:
         jobs = _check_int("jobs", jobs, lo=0)  # 0: one per core, as None
     scheduler = _check_str("scheduler", scheduler, optional=True)
+    if jobs and scheduler:
+        raise BadInputError("--jobs and --scheduler: give one or the other")
     try:
+        import dask
         from dask.distributed import Client, LocalCluster
     except ImportError:
         raise BadInputError("parallel runs need Dask: pip install 'transient_masks[dask]'") from None
@@ -2720,16 +4855,68 @@ def dask_client(jobs: int = None, scheduler: str = None):
         try:
             client = Client(scheduler, timeout="20s")
         except (OSError, TimeoutError, ValueError) as exc:
-            raise BadInputError(f"--scheduler {scheduler}: cannot connect ({exc})") from None
+            raise BadInputError(f"--scheduler {scheduler}: cannot connect ({_one_line(exc)})") from None
         with client:
             yield client
         return
     jobs = int(jobs or os.cpu_count() or 1)
     if jobs < 1:
         raise BadInputError(f"jobs={jobs}: must be a positive integer")
-    with LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster, Client(cluster) as client:
+    # Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536, which sends every
+    # large numpy temporary through mmap and page faults: binning and filtering
+    # run 2-3x slower.  These workers keep glibc's default (one thread each still).
+    environ = {key: value for key, value in dask.config.get("distributed.nanny.pre-spawn-environ").items()
+               if key != "MALLOC_TRIM_THRESHOLD_"}
+    # No dashboard; its HTTP server (metrics) on a free local port, never a busy 8787.
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), \
+            LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
+                         scheduler_kwargs={"dashboard": False}) as cluster, Client(cluster) as client:
         yield client
+
+
+def _add_parallel_arguments(parser, modes=None):
+    """Add --jobs, --scheduler and --quiet (also used by other commands, e.g. des_background)."""
+    group = parser.add_argument_group("parallel runs on Dask (--input, --gather)")
+    group.add_argument("--jobs", type=_positive_int, metavar="N",
+                       help="run on a local Dask cluster of N worker processes (needs the dask extra)")
+    group.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run on the dask.distributed scheduler at ADDRESS (e.g. tcp://host:8786)")
+    group.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
+    return group
+
+
+def _parallel_client(args):
+    """Context manager: the Dask client of --jobs / --scheduler, or None (a run in this process)."""
+    if not (args.jobs or args.scheduler):
+        return contextlib.nullcontext(None)
+    return dask_client(args.jobs, args.scheduler)
+
+
+def _show_progress(args) -> bool:
+    """Progress bars: on a terminal, without --quiet."""
+    return not args.quiet and sys.stderr.isatty()
+
+
+def _run_filter_many(args) -> int:
+    """--input with several files, a pattern or a directory: an output directory."""
+    if args.output is not None:
+        output = args.output
+    elif len(args.input) == 1 and os.path.isdir(args.input[0]):
+        output = os.path.basename(os.path.normpath(args.input[0])) + "_filtered"
+    else:
+        raise BadInputError("several inputs: name the output directory with -o")
+    expand_inputs(args.input)  # a pattern that matches nothing fails before the masks are made
+    _run_inputs(argparse.Namespace(**{**vars(args), "input": None}))  # the epoch table, the count maps
+    masks = TransientMasks(args.counts, epochs=args.epochs_file, keep_no_epoch=args.keep_no_epoch,
+                           **_mask_options(args))
+    with _parallel_client(args) as client:
+        counts = filter_files(args.input, output, masks, client=client, expnum_col=args.expnum_col,
+                              ccdnum_col=args.ccdnum_col, x_col=args.x_col, y_col=args.y_col,
+                              drop_bad=args.drop_bad, table_format=args.table_format,
+                              overwrite=args.overwrite, progress=_show_progress(args))
+    demo = " [masks from SYNTHETIC DEMO DATA]" if masks.maps.demo else ""
+    print(f"{' '.join(args.input)}: {counts.summary()}; wrote {output}{os.sep}{demo}", file=sys.stderr)
+    return 0
 
 
 # ---- Plotting
@@ -2793,7 +4980,7 @@ def read_ccd_layout(path: str = None):
     return layout
 
 
-def _epoch_mask_for(epoch_mask_or_epoch, maps, fp_rate, x_bin, y_bin, floor):
+def _epoch_mask_for(epoch_mask_or_epoch, maps, fp_rate, x_bin, y_bin, floor, method=DEFAULT_METHOD):
     """An EpochMask as given, or built for an epoch name from the count maps."""
     if not isinstance(epoch_mask_or_epoch, str):
         return _check_epoch_mask(epoch_mask_or_epoch)
@@ -2804,7 +4991,14 @@ def _epoch_mask_for(epoch_mask_or_epoch, maps, fp_rate, x_bin, y_bin, floor):
         raise BadInputError(
             f"{maps.path}: no epoch {epoch!r} in the count maps (they have {', '.join(maps.epochs) or 'none'})"
         )
-    return EpochMask.from_maps(maps, epoch, fp_rate=fp_rate, x_bin=x_bin, y_bin=y_bin, floor=floor)
+    return EpochMask.from_maps(maps, epoch, fp_rate=fp_rate, x_bin=x_bin, y_bin=y_bin, floor=floor,
+                               method=method)
+
+
+def _method_label(epoch_mask) -> str:
+    """Which method made a mask, in words."""
+    method = getattr(epoch_mask, "method", DEFAULT_METHOD)
+    return "multiscale method" if method == "multiscale" else "DES rule"
 
 
 def _check_epoch_mask(epoch_mask):
@@ -2823,9 +5017,12 @@ def _check_dpi(dpi) -> float:
 
 
 def _describe(epoch_mask) -> str:
-    """One line with the options a mask was built with (whatever it records)."""
-    parts = []
+    """One line with the method and options a mask was built with (whatever it records)."""
+    parts = [_method_label(epoch_mask)]
+    floor_used = getattr(epoch_mask, "method", DEFAULT_METHOD) == "des"
     for name, fmt in (("fp_rate", "{:g}"), ("x_bin", "{}"), ("y_bin", "{}"), ("floor", "{}")):
+        if name == "floor" and not floor_used:
+            continue
         value = getattr(epoch_mask, name, None)
         if value is not None:
             parts.append(f"{name} {fmt.format(value)}")
@@ -2939,7 +5136,9 @@ class _CcdPage:
         from matplotlib.patches import Patch
 
         self.legend = figure.legend(
-            handles=[Patch(facecolor=_MASK_RGBA, edgecolor=_MASK_EDGE, label="masked cell\n(count > threshold)")],
+            handles=[Patch(facecolor=_MASK_RGBA, edgecolor=_MASK_EDGE,
+                           label="masked cell\n(count > threshold)" if getattr(epoch_mask, "method", "des") == "des"
+                           else "masked cell\n(in a detected defect)")],
             loc="lower right", bbox_to_anchor=(0.98, 0.065 + height), fontsize=9, frameon=False)
         self.dead_note = ax.text(0.5, 0.5, "no transients\n(dead CCD)", transform=ax.transAxes, ha="center",
                                  va="center", fontsize=22, color="0.25", gid="dead")
@@ -2955,10 +5154,11 @@ class _CcdPage:
         amps = ("B", "A") if ccdnum <= HALF_MASKED_CCD else ("A", "B")
         for label, amp in zip(self.amp_labels, amps):
             label.set_text(f"amp {amp}")
-        title = f"CCD {ccdnum} ({DETPOS[ccdnum]})    epoch {epoch}"
+        title = f"CCD {ccdnum} ({DETPOS[ccdnum]})    epoch {epoch}    {_method_label(epoch_mask)}"
+        word = "threshold" if getattr(epoch_mask, "method", "des") == "des" else "1-cell threshold"
         if live:
             title += (
-                f"\nthreshold {threshold:g} counts/cell    area masked {100 * self.area[index]:.2f}%"
+                f"\n{word} {threshold:g} counts/cell    area masked {100 * self.area[index]:.2f}%"
                 f"    transients masked {100 * self.transients[index]:.2f}%"
             )
         else:
@@ -2982,7 +5182,7 @@ class _CcdPage:
         if live:
             self.threshold_line.set_ydata([threshold, threshold])
             self.threshold_text.xy = (1.0, threshold)
-            self.threshold_text.set_text(f"threshold {threshold:g}")
+            self.threshold_text.set_text(f"{word} {threshold:g}")
         self.ccdnum = ccdnum
         return self.figure
 
@@ -3023,8 +5223,8 @@ def plot_ccd(epoch_mask, ccdnum: int, *, figure=None):
 
 
 def plot_epoch(epoch_mask_or_epoch, pdf_file: str, *, maps=None, fp_rate: float = DEFAULT_FP_RATE,
-               x_bin: int = 1, y_bin: int = 1, floor: str = DEFAULT_FLOOR, overwrite: bool = False,
-               ccdnums=None):
+               x_bin: int = 1, y_bin: int = 1, floor: str = DEFAULT_FLOOR, method: str = DEFAULT_METHOD,
+               overwrite: bool = False, ccdnums=None):
     """Write a multipage PDF of one epoch: one page per CCD, in CCDNUM order.
 
     Each page (see :func:`plot_ccd`) shows the CCD's count map, coloured from 0
@@ -3037,12 +5237,12 @@ def plot_epoch(epoch_mask_or_epoch, pdf_file: str, *, maps=None, fp_rate: float 
     ----------
     epoch_mask_or_epoch : EpochMask or str
         A mask (its own options are used), or an epoch name: the mask is then
-        built from ``maps`` with ``fp_rate``, ``x_bin``, ``y_bin``, ``floor``.
+        built from ``maps`` with ``fp_rate``, ``x_bin``, ``y_bin``, ``floor``, ``method``.
     pdf_file : str
         The PDF to write (atomically).
     maps : CountMaps, optional
         Count maps for an epoch name; default ``CountMaps()``.
-    fp_rate, x_bin, y_bin, floor
+    fp_rate, x_bin, y_bin, floor, method
         Masking options, as for :class:`EpochMask` (used with an epoch name).
     overwrite : bool
         Whether an existing ``pdf_file`` may be replaced.
@@ -3081,7 +5281,7 @@ def plot_epoch(epoch_mask_or_epoch, pdf_file: str, *, maps=None, fp_rate: float 
         ccdnums = [_check_int("ccdnums", c, 1, N_CCD) for c in ccdnums]
         if not ccdnums:
             raise BadInputError(f"ccdnums=[]: give at least one CCD number (1..{N_CCD})")
-    epoch_mask = _epoch_mask_for(epoch_mask_or_epoch, maps, fp_rate, x_bin, y_bin, floor)
+    epoch_mask = _epoch_mask_for(epoch_mask_or_epoch, maps, fp_rate, x_bin, y_bin, floor, method)
     source = getattr(epoch_mask, "source", None) or (getattr(maps, "path", None) if maps is not None else None)
     inputs = [source] if source else []
     page = _CcdPage(epoch_mask)
@@ -3092,6 +5292,104 @@ def plot_epoch(epoch_mask_or_epoch, pdf_file: str, *, maps=None, fp_rate: float 
                 pdf.savefig(page.draw(ccdnum))
     log.info("wrote %s (%d pages)", pdf_file, len(ccdnums))
     return epoch_mask
+
+
+def plot_methods(first, second, ccdnum: int, *, figure=None):
+    """Draw one CCD masked by two methods side by side (e.g. DES rule and multiscale).
+
+    Both panels show the same count map in CCD pixel coordinates, on one
+    colour scale (0 to 3 times the DES rule's threshold, or the larger
+    threshold of the two), with each mask's cells tinted and outlined; the
+    panel titles name the method and give its masked area and transients.
+
+    Parameters
+    ----------
+    first, second : EpochMask
+        Masks of the same counts (same binning).
+    ccdnum : int
+        CCD number, 1..62.
+    figure : matplotlib.figure.Figure, optional
+        Figure to draw on (cleared); default a new A4 landscape figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Artists carry gids ``counts_0``/``counts_1``, ``mask_0``/``mask_1`` and
+        ``mask_outline_0``/``mask_outline_1``.
+
+    Examples
+    --------
+    >>> maps = CountMaps(data_path(DEMO_COUNTS_FILENAME))
+    >>> des = EpochMask.from_maps(maps, "Y6")
+    >>> multiscale = EpochMask.from_maps(maps, "Y6", method="multiscale")
+    >>> plot_methods(des, multiscale, 46).savefig("n15_methods.png")
+    """
+    from matplotlib.collections import LineCollection
+    from matplotlib.colors import ListedColormap
+    from matplotlib.figure import Figure
+
+    if not 1 <= int(ccdnum) <= N_CCD:
+        raise BadInputError(f"ccdnum {ccdnum}: must be 1..{N_CCD}")
+    if first.counts.shape != second.counts.shape:
+        raise BadInputError("plot_methods: the two masks must have the same cell grid")
+    index = int(ccdnum) - 1
+    figure = figure if figure is not None else Figure(figsize=(11.69, 8.27))
+    figure.clear()
+    thresholds = [float(m.threshold[index]) for m in (first, second) if getattr(m, "method", "des") == "des"]
+    thresholds = thresholds or [float(np.nanmax([first.threshold[index], second.threshold[index]]))]
+    vmax = max(3 * thresholds[0], 1.0) if np.isfinite(thresholds[0]) else 1.0
+    extent = _cell_extent(first)
+    height = 0.78
+    width = height * figure.get_figheight() / figure.get_figwidth() / 2
+    image = None
+    for k, epoch_mask in enumerate((first, second)):
+        ax = figure.add_axes((0.08 + k * (width + 0.12), 0.1, width, height))
+        live = bool(epoch_mask.live[index])
+        counts = epoch_mask.counts[index] if live else np.zeros(epoch_mask.counts.shape[1:])
+        mask = np.asarray(epoch_mask.mask[index], bool)
+        image = ax.imshow(counts, origin="lower", extent=extent, cmap="viridis", vmin=0, vmax=vmax,
+                          interpolation="none", aspect="equal", gid=f"counts_{k}")
+        ax.imshow(np.ma.masked_array(np.ones(mask.shape), mask=~mask), origin="lower", extent=extent,
+                  cmap=ListedColormap([_MASK_RGBA]), vmin=0, vmax=1, interpolation="none", aspect="equal",
+                  gid=f"mask_{k}")
+        ax.add_collection(LineCollection(_mask_outline(mask, extent), colors=[_MASK_EDGE], linewidths=0.4,
+                                         gid=f"mask_outline_{k}", zorder=3), autolim=False)
+        ax.set_xlim(0.5, CCD_NX + 0.5)
+        ax.set_ylim(0.5, CCD_NY + 0.5)
+        ax.set_xticks(np.arange(0, CCD_NX + 1, 512))
+        ax.set_yticks(np.arange(0, CCD_NY + 1, 512))
+        ax.set_xlabel("x [pixel]")
+        ax.set_ylabel("y [pixel]")
+        area = 100 * mask.mean()
+        total = epoch_mask.counts[index].sum()
+        share = 100 * epoch_mask.counts[index][mask].sum() / total if total else 0.0
+        ax.set_title(f"{_method_label(epoch_mask)}\n{area:.2f}% of the area, {share:.2f}% of the transients",
+                     fontsize=11)
+    colorbar_ax = figure.add_axes((0.08 + 2 * width + 0.15, 0.1, 0.015, height))
+    figure.colorbar(image, cax=colorbar_ax, extend="max").set_label("transients per cell")
+    epoch = getattr(first, "epoch", None) or "?"
+    figure.suptitle(f"CCD {ccdnum} ({DETPOS[int(ccdnum)]})    epoch {epoch}    masked cells in magenta",
+                    fontsize=13)
+    if getattr(first, "demo", False) or getattr(second, "demo", False):
+        figure.text(0.98, 0.02, "DEMO DATA (synthetic maps)", fontsize=11, color="red", ha="right",
+                    weight="bold", gid="demo")
+    return figure
+
+
+def _write_methods_pdf(maps, epoch, options, ccdnums, path, overwrite):
+    """A PDF with a page per CCD: the DES rule and the multiscale method side by side."""
+    from matplotlib.backends.backend_pdf import PdfPages
+
+    bad = [c for c in ccdnums if not 1 <= c <= N_CCD]
+    if bad:
+        raise BadInputError(f"--compare {bad}: CCD numbers must be 1..{N_CCD}")
+    masks = [EpochMask.from_maps(maps, epoch, **dict(options, method=method)) for method in METHODS]
+    with atomic_output(path, overwrite=overwrite, inputs=[maps.path]) as tmp:
+        with PdfPages(tmp, metadata={"Title": f"DES rule and multiscale masks, epoch {epoch}",
+                                     "Creator": f"transient_masks {__version__}"}) as pdf:
+            for ccdnum in ccdnums:
+                pdf.savefig(plot_methods(masks[0], masks[1], ccdnum))
+    log.info("wrote %s (%d pages)", path, len(ccdnums))
 
 
 def _block_any(mask, factor_y: int, factor_x: int):
@@ -3257,7 +5555,8 @@ def _save_figure(figure, path: str, *, overwrite: bool, dpi: int, inputs=()):
 
 
 def plot_survey_summary(maps, path: str = None, *, fp_rate: float = DEFAULT_FP_RATE, x_bin: int = 1,
-                        y_bin: int = 1, floor: str = DEFAULT_FLOOR, overwrite: bool = False,
+                        y_bin: int = 1, floor: str = DEFAULT_FLOOR, method: str = DEFAULT_METHOD,
+                        overwrite: bool = False,
                         vmax_percent: float = 10.0, dpi: int = 150):
     """Draw the masked area of every CCD in every epoch of the maps (epochs x CCDs).
 
@@ -3272,7 +5571,7 @@ def plot_survey_summary(maps, path: str = None, *, fp_rate: float = DEFAULT_FP_R
         The count maps; every epoch in them is drawn.
     path : str, optional
         Output file; the format follows the suffix.  None: only return the figure.
-    fp_rate, x_bin, y_bin, floor
+    fp_rate, x_bin, y_bin, floor, method
         Masking options, as for :class:`EpochMask`.
     overwrite : bool
         Whether an existing ``path`` may be replaced.
@@ -3309,7 +5608,8 @@ def plot_survey_summary(maps, path: str = None, *, fp_rate: float = DEFAULT_FP_R
     totals = []
     demo = bool(getattr(maps, "demo", False))
     for row, epoch in enumerate(epochs):
-        epoch_mask = EpochMask.from_maps(maps, epoch, fp_rate=fp_rate, x_bin=x_bin, y_bin=y_bin, floor=floor)
+        epoch_mask = EpochMask.from_maps(maps, epoch, fp_rate=fp_rate, x_bin=x_bin, y_bin=y_bin, floor=floor,
+                                         method=method)
         percent[row] = 100 * _ccd_stats(epoch_mask)[0]
         dead[row] = ~np.asarray(epoch_mask.live, bool)
         totals.append((100 * epoch_mask.area_fraction, 100 * epoch_mask.transient_fraction))
@@ -3351,7 +5651,7 @@ def plot_survey_summary(maps, path: str = None, *, fp_rate: float = DEFAULT_FP_R
     colorbar = figure.colorbar(image, cax=cax, extend="max")
     colorbar.set_label("% of CCD area masked")
     figure.suptitle(
-        f"Masked area per CCD and epoch\n{_describe_options(fp_rate, x_bin, y_bin, floor)};"
+        f"Masked area per CCD and epoch\n{_describe_options(fp_rate, x_bin, y_bin, floor, method)};"
         f" above {vmax_percent:g}% the value is written in the cell; grey: dead CCD (no transients)",
         x=0.06, ha="left", y=1 - 0.1 / figure.get_figheight(), va="top", fontsize=11,
     )
@@ -3364,8 +5664,10 @@ def plot_survey_summary(maps, path: str = None, *, fp_rate: float = DEFAULT_FP_R
     return figure
 
 
-def _describe_options(fp_rate, x_bin, y_bin, floor) -> str:
-    return f"fp_rate {fp_rate:g}, x_bin {x_bin}, y_bin {y_bin}, floor {floor}"
+def _describe_options(fp_rate, x_bin, y_bin, floor, method=DEFAULT_METHOD) -> str:
+    if method == "multiscale":
+        return f"multiscale method, fp_rate {fp_rate:g}, x_bin {x_bin}, y_bin {y_bin}"
+    return f"DES rule, fp_rate {fp_rate:g}, x_bin {x_bin}, y_bin {y_bin}, floor {floor}"
 
 
 def _add_plot_arguments(parser, modes):
@@ -3380,6 +5682,9 @@ def _add_plot_arguments(parser, modes):
     )
     g = parser.add_argument_group("plots (--plot, --summary)")
     g.add_argument("--plot_dir", default=".", metavar="DIR", help="directory for the plots (default: .)")
+    g.add_argument("--compare", nargs="+", type=int, metavar="CCDNUM",
+                   help="--plot: also write EPOCH_methods.pdf, these CCDs masked by the DES rule and the "
+                        "multiscale method side by side (a page each)")
 
 
 def _run_plot(args) -> int:
@@ -3400,14 +5705,25 @@ def _run_plot(args) -> int:
         stem, pdf_pages = f"{args.plot}_focal_plane", os.path.join(plot_dir, f"{args.plot}_ccds.pdf")
     figures = [os.path.join(plot_dir, f"{stem}.{suffix}") for suffix in ("png", "pdf")]
     outputs = ([pdf_pages] if pdf_pages else []) + figures
+    if args.plot and getattr(args, "compare", None):
+        outputs.append(os.path.join(plot_dir, f"{args.plot}_methods.pdf"))
+    if args.summary and args.defects:
+        _defect_format(args.defects)
+        outputs.append(args.defects)
     # refuse before any work rather than after half the files are written
     check_outputs(outputs, args.overwrite, inputs + [maps.path])
     if args.summary:
         figure = plot_survey_summary(maps, None, **options)
+        if args.defects:
+            history = defect_history(maps, **options)
+            write_defects(history, args.defects, overwrite=args.overwrite, inputs=[maps.path])
     else:
         epoch_mask = EpochMask.from_maps(maps, args.plot, **options)
         plot_epoch(epoch_mask, pdf_pages, overwrite=args.overwrite)
         figure = plot_focal_plane(epoch_mask)
+        if args.compare:
+            _write_methods_pdf(maps, args.plot, options, args.compare,
+                               os.path.join(plot_dir, f"{args.plot}_methods.pdf"), args.overwrite)
     for path in figures:  # each written file is logged
         _save_figure(figure, path, overwrite=args.overwrite, dpi=150, inputs=inputs + [maps.path])
     demo = " [SYNTHETIC DEMO DATA]" if maps.demo else ""
@@ -3460,22 +5776,29 @@ def _add_mask_options(parser):
                        help="sum this many cells along y before masking (a divisor of 256; default 1; "
                             "--y_shrink is its DES name)")
     group.add_argument("--floor", choices=FLOORS, default=DEFAULT_FLOOR,
-                       help="threshold floor is twice this statistic of a CCD's cells; 'mean' "
+                       help="DES rule: threshold floor is twice this statistic of a CCD's cells; 'mean' "
                             "reproduces the published DES masks (default %(default)s)")
+    group.add_argument("--method", choices=METHODS, default=DEFAULT_METHOD,
+                       help="masking method: 'des', the published DES rule (cell by cell), or "
+                            "'multiscale', structures of every size against a background model "
+                            "(default %(default)s)")
     return group
 
 
 def _mask_options(args) -> dict:
     """`EpochMask` / `TransientMasks` keywords from the options of `_add_mask_options`."""
-    return {"fp_rate": args.fp_rate, "x_bin": args.x_bin, "y_bin": args.y_bin, "floor": args.floor}
+    return {"fp_rate": args.fp_rate, "x_bin": args.x_bin, "y_bin": args.y_bin, "floor": args.floor,
+            "method": args.method}
 
 
 def _add_mask_arguments(parser, modes):
     """Add the --epoch and --input modes, the masking options and the output options."""
     modes.add_argument("--epoch", metavar="EPOCH",
                        help="write the full-resolution masks of this epoch (e.g. Y2E1)")
-    modes.add_argument("--input", metavar="TABLE",
-                       help="write a copy of this event table without the events in masked regions")
+    modes.add_argument("--input", metavar="TABLE", nargs="+",
+                       help="write a copy of this event table without the events in masked regions; "
+                            "several tables, glob patterns or a dataset directory: one output each, "
+                            "in the directory -o")
     group = _add_mask_options(parser)
     group.add_argument("-o", "--output", metavar="FILE",
                        help="output file (default: transient_masks_EPOCH.fits.fz for --epoch, "
@@ -3487,6 +5810,12 @@ def _add_mask_arguments(parser, modes):
     group.add_argument("--masked_value", type=_masked_value, default=1, metavar="VALUE",
                        help="--epoch: value of masked pixels, a number or a DES mask bit name such "
                             "as SUSPECT, so the mask can be OR-ed into a DES bmask (default 1)")
+    group.add_argument("--defects", metavar="FILE",
+                       help="--epoch: also write the table of masked defects (ECSV or FITS, by suffix); "
+                            "--summary: the survey's defect history (each defect once, with its epochs)")
+    group.add_argument("--regions", metavar="DIR",
+                       help="--epoch: also write DS9 region files of the defects, one per CCD, in CCD "
+                            "pixel coordinates, into this directory")
     group.add_argument("--keep_no_epoch", "--default", action="store_true",
                        help="--input: keep events whose EXPNUM is in no epoch (default: drop them; "
                             "--default is its DES name)")
@@ -3530,11 +5859,23 @@ def _run_epoch(args) -> int:
         raise BadInputError("--epoch: empty epoch name (e.g. --epoch Y2E1)")
     inputs = _run_inputs(args)
     output = _output_name(args, f"transient_masks_{args.epoch}{'.fits.fz' if args.compress else '.fits'}")
-    check_outputs([output], args.overwrite, inputs)
+    fixed_outputs = [output] + ([args.defects] if args.defects else [])
+    if args.defects:
+        _defect_format(args.defects)
+    check_outputs(fixed_outputs, args.overwrite, inputs)
+    if args.regions is not None and not os.path.isdir(args.regions):
+        raise BadInputError(f"--regions {args.regions}: not a directory")
     maps = CountMaps(args.counts)
     mask = EpochMask.from_maps(maps, args.epoch, **_mask_options(args))
+    # The region files are named after the CCDs with defects: checked now, still before any write.
+    regions = [path for _, path in _region_files(mask.defects, args.regions)] if args.regions else []
+    check_outputs([output, *fixed_outputs[1:], *regions], args.overwrite, inputs + [maps.path])
     mask.write_masks(output, compress=args.compress, masked_value=args.masked_value,
                      overwrite=args.overwrite, inputs=inputs)
+    if args.defects:
+        write_defects(mask.defects, args.defects, overwrite=args.overwrite, inputs=inputs + [maps.path])
+    if args.regions:
+        write_regions(mask.defects, args.regions, overwrite=args.overwrite)
     demo = " [SYNTHETIC DEMO DATA]" if mask.demo else ""
     print(f"{args.epoch}{demo}: {100 * mask.area_fraction:.2f}% of the live-CCD area and "
           f"{100 * mask.transient_fraction:.2f}% of the transients masked; wrote {output}",
@@ -3543,6 +5884,11 @@ def _run_epoch(args) -> int:
 
 
 def _run_filter(args) -> int:
+    if _several_inputs(args.input):  # see "Parallel runs (Dask)"
+        return _run_filter_many(args)
+    args.input = args.input[0]  # one table, as before
+    if args.jobs or args.scheduler:
+        log.info("%s: one input file is one task; filtering it here, without Dask", args.input)
     inputs = _run_inputs(args)
     stem, ext = os.path.basename(args.input), _suffix(os.path.basename(args.input))
     output = _output_name(args, f"{stem[: len(stem) - len(ext)]}_filtered{ext}")
@@ -3661,7 +6007,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     modes = parser.add_mutually_exclusive_group(required=True)
     for add_arguments in (_add_mask_arguments, _add_gather_arguments, _add_plot_arguments,
-                          _add_moved_modes):
+                          _add_moved_modes, _add_parallel_arguments):
         add_arguments(parser, modes)
     return parser
 

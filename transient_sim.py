@@ -50,7 +50,8 @@ log = logging.getLogger("transient_sim")  # also when run as a script (__main__)
 # ---- Populations
 
 #: The sources of simulated events; the SOURCE column holds the index (code).
-SIM_SOURCES = ("astro", "edge", "hot_column", "hot_spot", "ccd31_amp", "ccd46_bulb", "ccd41_ampB")
+SIM_SOURCES = ("astro", "edge", "hot_column", "hot_spot", "ccd31_amp", "ccd46_bulb", "ccd41_ampB",
+               "faint_column", "glow")
 _SRC = {name: code for code, name in enumerate(SIM_SOURCES)}
 #: Fraction of all exposure numbers of an epoch that were DES exposures
 #: (about 80,000 DES exposures among the 412,959 expnums of the 14 epochs).
@@ -214,6 +215,47 @@ def _camera_defects(seed, n_columns, n_spots, edge_fraction, edge_width, ratio_r
     return {"columns": columns, "spots": spots, "edges": edges}
 
 
+def _camera_extras(seed, n_faint_columns, n_glows, fade, n_defects):
+    """The richer mix (off by default; its own random streams, so the default
+    populations draw exactly what they drew before):
+
+    - faint columns: Poisson(``n_faint_columns``) per CCD, 1 pixel wide,
+      0.3x-1.5x the background, 300-4096 pixels long anywhere on the CCD;
+    - glows across the amplifier boundary: Poisson(``n_glows``) on the whole
+      camera, Gaussian (sigma 100-300 px) centred within 150 px of x = 1024.5,
+      peak 0.5x-5x;
+    - fading: each defect (of every kind above and of the default ones) lives
+      from a start to an end epoch (in epoch-table order) with a two-epoch ramp
+      in and out.
+    """
+    rng = np.random.default_rng([seed, 7919, 1])
+    n_col = rng.poisson(n_faint_columns, N_CCD) if n_faint_columns else np.zeros(N_CCD, int)
+    ccd = np.repeat(np.arange(1, N_CCD + 1), n_col)
+    length = rng.uniform(300.0, CCD_NY, ccd.size)
+    faint = dict(ccdnum=ccd, x0=rng.integers(1, CCD_NX, ccd.size) - 0.5, length=length,
+                 y0=0.5 + rng.uniform(0, 1, ccd.size) * (CCD_NY - length),
+                 ratio=np.exp(rng.uniform(np.log(0.3), np.log(1.5), ccd.size)))
+    n = rng.poisson(n_glows) if n_glows else 0
+    glows = dict(ccdnum=rng.integers(1, N_CCD + 1, n), xc=CCD_NX / 2 + 0.5 + rng.uniform(-150, 150, n),
+                 yc=rng.uniform(300, CCD_NY - 300, n), sigma=rng.uniform(100, 300, n),
+                 peak=np.exp(rng.uniform(np.log(0.5), np.log(5.0), n)))
+    lives = None
+    if fade:
+        life = np.random.default_rng([seed, 7919, 2])
+        total = n_defects + ccd.size + n
+        start = life.uniform(-4.0, 14.0, total)
+        lives = (start, start + life.uniform(2.0, 12.0, total))
+    return {"faint": faint, "glows": glows, "lives": lives}
+
+
+def _fade(lives, offset, size, epoch_index):
+    """Amplitude factors (0..1) of ``size`` defects from ``offset`` in the lives list."""
+    if lives is None:
+        return np.ones(size)
+    start, end = (a[offset:offset + size] for a in lives)
+    return np.clip((epoch_index - start) / 2, 0, 1) * np.clip((end - epoch_index) / 2, 0, 1)
+
+
 def _column_segments(x0, width, length, bottom, gaps, gap_seed):
     """The (y0, y1) segments of one hot column (the gaps cut out)."""
     y0, y1 = (0.5, 0.5 + length) if bottom else (CCD_NY + 0.5 - length, CCD_NY + 0.5)
@@ -232,15 +274,18 @@ def _column_segments(x0, width, length, bottom, gaps, gap_seed):
     return segments
 
 
-def _epoch_components(camera, rng, bg_density, min_expnum, active_fraction):
+def _epoch_components(camera, rng, bg_density, min_expnum, active_fraction, epoch_index=0, extras_rng=None):
     """The defect components of one epoch, with its amplitudes."""
     comps = _Components()
     bg_cell = bg_density * _CELL_NX_PX * _CELL_NY_PX  # mean background per full cell
+    extras = camera.get("extras") or {"faint": None, "glows": None, "lives": None}
+    lives = extras["lives"]
+    n_cols, n_spots = camera["columns"]["ccdnum"].size, camera["spots"]["ccdnum"].size
     # Persistent defects flicker: each is active in an epoch with probability
     # active_fraction and its amplitude varies by about 30% between epochs.
     cols = camera["columns"]
     on = rng.random(cols["ccdnum"].size) < active_fraction
-    jitter = rng.lognormal(0.0, 0.3, cols["ccdnum"].size)
+    jitter = rng.lognormal(0.0, 0.3, cols["ccdnum"].size) * _fade(lives, 0, n_cols, epoch_index)
     for i in np.flatnonzero(on):
         ccd = int(cols["ccdnum"][i])
         # Per full cell: excess = ratio * background; a w px column fills w/8 of a cell's width.
@@ -251,7 +296,7 @@ def _epoch_components(camera, rng, bg_density, min_expnum, active_fraction):
             comps.rect("hot_column", ccd, x0, x0 + cols["width"][i], y0, y1, density)
     spots = camera["spots"]
     on = rng.random(spots["ccdnum"].size) < active_fraction
-    jitter = rng.lognormal(0.0, 0.3, spots["ccdnum"].size)
+    jitter = rng.lognormal(0.0, 0.3, spots["ccdnum"].size) * _fade(lives, n_cols, n_spots, epoch_index)
     for i in np.flatnonzero(on):
         ccd = int(spots["ccdnum"][i])
         sigma = spots["sigma"][i]
@@ -260,8 +305,9 @@ def _epoch_components(camera, rng, bg_density, min_expnum, active_fraction):
         total = spots["ratio"][i] * jitter[i] * bg_cell[ccd - 1] * n_cells
         comps.gauss("hot_spot", ccd, spots["xc"][i], spots["yc"][i], sigma, total)
     edges = camera["edges"]
-    on = rng.random(edges["ccdnum"].size) < active_fraction
-    jitter = rng.lognormal(0.0, 0.3, edges["ccdnum"].size)
+    n_edges = edges["ccdnum"].size
+    on = rng.random(n_edges) < active_fraction
+    jitter = rng.lognormal(0.0, 0.3, n_edges) * _fade(lives, n_cols + n_spots, n_edges, epoch_index)
     for i in np.flatnonzero(on):
         ccd = int(edges["ccdnum"][i])
         width = edges["width"][i]
@@ -290,6 +336,24 @@ def _epoch_components(camera, rng, bg_density, min_expnum, active_fraction):
     for y0, y1, ratio in zip(band_edges[:-1], band_edges[1:], np.geomspace(0.5, 8.0, 4)):
         comps.rect("ccd41_ampB", ccd, *SIM_AMPB["x_range"], y0, y1, ratio * bg_density[ccd - 1],
                    min_expnum=SIM_AMPB["min_expnum"])
+    faint, glows = extras["faint"], extras["glows"]
+    if faint is not None and faint["ccdnum"].size:
+        offset = n_cols + n_spots + n_edges
+        amplitude = extras_rng.lognormal(0.0, 0.3, faint["ccdnum"].size) * _fade(
+            lives, offset, faint["ccdnum"].size, epoch_index)
+        for i in np.flatnonzero(extras_rng.random(faint["ccdnum"].size) < active_fraction):
+            ccd = int(faint["ccdnum"][i])
+            density = faint["ratio"][i] * amplitude[i] * bg_cell[ccd - 1] / _CELL_NY_PX  # 1 px wide
+            comps.rect("faint_column", ccd, faint["x0"][i], faint["x0"][i] + 1.0, faint["y0"][i],
+                       faint["y0"][i] + faint["length"][i], density)
+    if glows is not None and glows["ccdnum"].size:
+        offset = n_cols + n_spots + n_edges + (0 if faint is None else faint["ccdnum"].size)
+        amplitude = extras_rng.lognormal(0.0, 0.3, glows["ccdnum"].size) * _fade(
+            lives, offset, glows["ccdnum"].size, epoch_index)
+        for i in range(glows["ccdnum"].size):
+            ccd, sigma = int(glows["ccdnum"][i]), glows["sigma"][i]
+            peak = glows["peak"][i] * amplitude[i] * bg_density[ccd - 1]
+            comps.gauss("glow", ccd, glows["xc"][i], glows["yc"][i], sigma, peak * 2 * np.pi * sigma**2)
     return comps
 
 
@@ -305,7 +369,7 @@ def _linear_sample(u01, gradient):
 
 
 def _simulate_epoch(row, rng, camera, *, background, n_exposures, rate_scatter, epoch_scatter,
-                    gradient, active_fraction, position_dtype):
+                    gradient, active_fraction, position_dtype, epoch_index=0, extras_rng=None):
     """Events and truth of one epoch: (dict of columns, background cube, excess cube, n_exp)."""
     minexp, maxexp = int(row["MINEXPNUM"]), int(row["MAXEXPNUM"])
     n_range = maxexp - minexp + 1
@@ -339,7 +403,7 @@ def _simulate_epoch(row, rng, camera, *, background, n_exposures, rate_scatter, 
         (CCD_NY + 1) / 2 + (CCD_NY / 2) * _linear_sample(rng.random(ccd_of.size), gy[ccd_of - 1]),
         np.zeros(ccd_of.size, np.int64),
     )]
-    comps = _epoch_components(camera, rng, bg_density, minexp, active_fraction)
+    comps = _epoch_components(camera, rng, bg_density, minexp, active_fraction, epoch_index, extras_rng)
 
     def active_fraction_of(min_expnum):
         return np.count_nonzero(expnums >= min_expnum) / expnums.size
@@ -420,12 +484,16 @@ def _sim_rows(epochs, epoch_table):
 
 def _iter_simulation(epochs, *, seed, background, n_exposures, epoch_table, rate_scatter,
                      epoch_scatter, gradient, n_columns, n_spots, edge_fraction, edge_width,
-                     ratio_range, active_fraction, position_dtype):
+                     ratio_range, active_fraction, position_dtype, n_faint_columns=0.0, n_glows=0.0,
+                     fade=False):
     """Yield (name, columns, background, excess, n_exposures) epoch by epoch."""
     _check_simulation(seed, background)
     if not 0 < ratio_range[0] <= ratio_range[1]:
         raise BadInputError(f"ratio_range={ratio_range}: must be 0 < low <= high")
     camera = _camera_defects(seed, n_columns, n_spots, edge_fraction, edge_width, ratio_range)
+    if n_faint_columns or n_glows or fade:
+        n_defects = sum(camera[kind]["ccdnum"].size for kind in ("columns", "spots", "edges"))
+        camera["extras"] = _camera_extras(seed, n_faint_columns, n_glows, fade, n_defects)
     for index, row in _sim_rows(epochs, epoch_table):
         # One stream per (seed, epoch): an epoch's events do not depend on the
         # other epochs requested.
@@ -433,7 +501,8 @@ def _iter_simulation(epochs, *, seed, background, n_exposures, epoch_table, rate
         columns, bg, excess, n_exp = _simulate_epoch(
             row, rng, camera, background=background, n_exposures=n_exposures,
             rate_scatter=rate_scatter, epoch_scatter=epoch_scatter, gradient=gradient,
-            active_fraction=active_fraction, position_dtype=position_dtype)
+            active_fraction=active_fraction, position_dtype=position_dtype, epoch_index=index,
+            extras_rng=np.random.default_rng([seed, index, 1]))
         yield str(row["NAME"]), columns, bg, excess, n_exp
 
 
@@ -466,7 +535,8 @@ def simulate(epochs=("Y2E1",), *, seed: int = 0, background: float = 3.0, n_expo
              epoch_table=None, rate_scatter: float = 0.15, epoch_scatter: float = 0.1,
              gradient: float = 0.2, n_columns: float = 1.5, n_spots: float = 1.0,
              edge_fraction: float = 0.3, edge_width=(5.0, 15.0), ratio_range=(0.3, 30.0),
-             active_fraction: float = 0.85, position_dtype=np.float32):
+             active_fraction: float = 0.85, position_dtype=np.float32, n_faint_columns: float = 0.0,
+             n_glows: float = 0.0, fade: bool = False):
     """Simulate a DES transient catalog for chosen epochs, and its truth per cell.
 
     Populations (``SOURCE`` code in brackets, see `SIM_SOURCES`):
@@ -495,6 +565,19 @@ def simulate(epochs=("Y2E1",), *, seed: int = 0, background: float = 3.0, n_expo
       (`SIM_DEAD_NIGHTS`) lose every event of those exposures (expnums are taken
       linear in time across an epoch's nights).
 
+    A richer mix, off by default (off, the catalog is the default one bit for
+    bit; on, its defects are drawn from their own random streams, so the
+    default defects keep their places and amplitudes, though their events are
+    drawn anew):
+
+    - faint columns [7 "faint_column"]: Poisson(``n_faint_columns``) per CCD,
+      1 pixel wide, 0.3x-1.5x the background, 300-4096 px long anywhere;
+    - glows across the amplifier boundary [8 "glow"]: Poisson(``n_glows``) on
+      the camera, Gaussian (sigma 100-300 px) within 150 px of x = 1024.5,
+      peak 0.5x-5x;
+    - ``fade``: every column, spot, edge and extra defect lives from a start to
+      an end epoch (epoch-table order) with a two-epoch ramp in and out.
+
     The ratio of each column, spot and edge is log-uniform in ``ratio_range``
     (0.3x to 30x by default).  The defects belong to the camera (the same for
     every epoch of one seed); each is active in an epoch with probability
@@ -517,7 +600,7 @@ def simulate(epochs=("Y2E1",), *, seed: int = 0, background: float = 3.0, n_expo
     epoch_table : str or astropy.table.Table, optional
         Default: the shipped DES table.
     rate_scatter, epoch_scatter, gradient, n_columns, n_spots, edge_fraction,
-    edge_width, ratio_range, active_fraction
+    edge_width, ratio_range, active_fraction, n_faint_columns, n_glows, fade
         Population parameters (above).
     position_dtype : numpy dtype
         Of XWIN_IMAGE / YWIN_IMAGE (float32 halves the memory; float64 works).
@@ -550,7 +633,7 @@ def simulate(epochs=("Y2E1",), *, seed: int = 0, background: float = 3.0, n_expo
             epoch_table=epoch_table, rate_scatter=rate_scatter, epoch_scatter=epoch_scatter,
             gradient=gradient, n_columns=n_columns, n_spots=n_spots, edge_fraction=edge_fraction,
             edge_width=edge_width, ratio_range=ratio_range, active_fraction=active_fraction,
-            position_dtype=position_dtype):
+            position_dtype=position_dtype, n_faint_columns=n_faint_columns, n_glows=n_glows, fade=fade):
         blocks.append(columns)
         truth.epochs.append(name)
         truth.background[name], truth.excess[name], truth.n_exposures[name] = bg, excess, n_exp

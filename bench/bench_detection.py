@@ -1,23 +1,30 @@
 #!/usr/bin/env python
-"""How well the default masking rule finds simulated defects.
+"""How well the DES rule and the multiscale method find simulated defects.
 
-    python bench/bench_detection.py                       # Y2E1, Y4E2, Y6, seed 7
-    python bench/bench_detection.py --epochs Y1E1 Y6 --seed 3 --background 5
+    python bench/bench_detection.py                          # Y2E1, Y4E2, Y6, seed 7, background 3
+    python bench/bench_detection.py --seed 11 --background 10
+    python bench/bench_detection.py --seed 23 --rich         # the richer mix of defects
 
-Simulates the epochs (`transient_sim.simulate`), gathers the catalog into DES
-count maps (`gather_arrays`), builds each epoch's mask with the default rule
-(`EpochMask`: fp_rate 1e-4, floor 2 x median, no extra binning) and scores it
-against the simulation truth:
+Simulates the epochs (`transient_sim.simulate`; ``--rich`` adds faint 1-pixel
+columns, glows across the amplifier boundary and fading defects), gathers the
+catalog into DES count maps (`gather_arrays`), builds each epoch's masks with
+both methods (`EpochMask`, fp_rate 1e-4, no extra binning) and scores them
+against the simulation truth, side by side:
 
 - completeness: the fraction of defect cells masked, in bins of the cell's
   expected excess over its expected background.  A defect cell is a cell whose
   expected defect excess is at least 0.1 x its background.  The right half of
-  CCD 31 (masked entirely by the rule) and dead CCDs are left out;
+  CCD 31 (masked entirely by both) and dead CCDs are left out;
 - false positives: the fraction of clean interior cells masked (no defect
   excess above 0.001 x background, more than 2 cells from the CCD edges, live
   CCDs, not the right half of CCD 31);
-- the fraction of defect events (SOURCE != astro) that fall in masked cells,
-  and of astrophysical events (the cost).
+- masked area (live CCDs but CCD 31's right half) and its ratio to the area of
+  the true defect cells;
+- the share of defect events (SOURCE != astro) that fall in masked cells, and
+  of astrophysical events (the cost);
+- the time to build one epoch's mask: the CPU time of the slowest epoch (the
+  cost on one core, whatever else the machine runs) and the wall time of the
+  fastest.
 """
 import argparse
 import os
@@ -30,12 +37,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import transient_masks as tm  # noqa: E402
 import transient_sim as ts  # noqa: E402
 
-RATIO_BINS = [0, 0.5, 1, 2, 3, 5, 10, np.inf]
+RATIO_BINS = [0.1, 0.5, 1, 2, 3, 5, 10, np.inf]
 
 
 def score_epoch(epoch, catalog, truth, counts, **mask_options):
-    """Per-epoch scores: (ratios of defect cells, masked flags, fp cells, fp masked, events)."""
+    """Per-epoch scores of one method's mask."""
+    start, cpu = time.perf_counter(), time.process_time()
     mask = tm.EpochMask(counts, epoch=epoch, **mask_options)
+    seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
     background, excess = truth.background[epoch], truth.excess[epoch]
     live = background.sum(axis=(1, 2)) > 0
     usable = np.broadcast_to(live[:, None, None], background.shape).copy()
@@ -54,26 +63,50 @@ def score_epoch(epoch, catalog, truth, counts, **mask_options):
     return {
         "ratio": ratio[defect], "found": mask.mask[defect],
         "n_clean": int(clean.sum()), "n_fp": int((mask.mask & clean).sum()),
+        "area": int((mask.mask & usable).sum()), "true_area": int(defect.sum()), "usable": int(usable.sum()),
         "defect_events": int(is_defect.sum()), "defect_masked": int((masked & is_defect).sum()),
         "astro_events": int((~is_defect).sum()), "astro_masked": int((masked & ~is_defect).sum()),
-        "area": mask.area_fraction,
+        "seconds": seconds, "cpu_seconds": cpu_seconds,
     }
 
 
-def table(scores):
+def summary(scores):
+    """Totals over epochs: completeness per bin and the global figures."""
     ratio = np.concatenate([s["ratio"] for s in scores])
     found = np.concatenate([s["found"] for s in scores])
-    lines = ["| excess / background | defect cells | masked | completeness |",
-             "|---|---:|---:|---:|"]
+    total = {key: sum(s[key] for s in scores) for key in scores[0] if key not in ("ratio", "found")}
+    bins = []
     for lo, hi in zip(RATIO_BINS[:-1], RATIO_BINS[1:]):
         inside = (ratio >= lo) & (ratio < hi)
-        if lo == 0:
-            inside &= ratio >= 0.1
-        label = f"> {lo:g}" if np.isinf(hi) else f"{max(lo, 0.1) if lo == 0 else lo:g} - {hi:g}"
-        n = int(inside.sum())
-        n_found = int(found[inside].sum())
-        share = f"{100 * n_found / n:.1f}%" if n else "-"
-        lines.append(f"| {label} | {n} | {n_found} | {share} |")
+        bins.append((int(inside.sum()), float(found[inside].mean()) if inside.any() else np.nan))
+    total["bins"] = bins
+    total["best_seconds"] = min(s["seconds"] for s in scores)
+    total["worst_cpu"] = max(s["cpu_seconds"] for s in scores)
+    return total
+
+
+def table(results):
+    """Markdown table: a row per excess bin and per global figure, a column per method."""
+    names = list(results)
+    lines = ["| excess / background | defect cells | " + " | ".join(names) + " |",
+             "|---|---:|" + "---:|" * len(names)]
+    first = results[names[0]]
+    for k, (lo, hi) in enumerate(zip(RATIO_BINS[:-1], RATIO_BINS[1:])):
+        label = f"> {lo:g}" if np.isinf(hi) else f"{lo:g} - {hi:g}"
+        cells = " | ".join(f"{100 * results[n]['bins'][k][1]:.1f}%" if first["bins"][k][0] else "-"
+                           for n in names)
+        lines.append(f"| {label} | {first['bins'][k][0]} | {cells} |")
+
+    def row(label, fmt):
+        lines.append(f"| {label} | | " + " | ".join(fmt(results[n]) for n in names) + " |")
+
+    row("clean cells masked (false positives)", lambda r: f"{r['n_fp'] / r['n_clean']:.2e} ({r['n_fp']})")
+    row("masked area (x true defect area)",
+        lambda r: f"{100 * r['area'] / r['usable']:.2f}% (x{r['area'] / r['true_area']:.2f})")
+    row("defect transients removed", lambda r: f"{100 * r['defect_masked'] / r['defect_events']:.2f}%")
+    row("astrophysical transients lost", lambda r: f"{100 * r['astro_masked'] / r['astro_events']:.2f}%")
+    row("time per epoch: CPU (slowest epoch) / wall (fastest)",
+        lambda r: f"{r['worst_cpu']:.2f} s / {r['best_seconds']:.2f} s")
     return "\n".join(lines)
 
 
@@ -83,32 +116,28 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--background", type=float, default=3.0,
                         help="mean astrophysical transients per cell per epoch (default 3)")
+    parser.add_argument("--rich", action="store_true",
+                        help="add the richer mix: faint 1-px columns (1 per CCD), 4 glows across the "
+                             "amplifier boundary, defects fading in and out")
     parser.add_argument("--fp_rate", type=float, default=tm.DEFAULT_FP_RATE)
     parser.add_argument("--floor", choices=tm.FLOORS, default=tm.DEFAULT_FLOOR)
+    parser.add_argument("--methods", nargs="+", choices=tm.METHODS, default=list(tm.METHODS))
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
-    catalog, truth = ts.simulate(args.epochs, seed=args.seed, background=args.background)
+    rich = dict(n_faint_columns=1.0, n_glows=4.0, fade=True) if args.rich else {}
+    catalog, truth = ts.simulate(args.epochs, seed=args.seed, background=args.background, **rich)
     result = tm.gather_arrays(catalog["EXPNUM"], catalog["CCDNUM"], catalog["XWIN_IMAGE"],
                               catalog["YWIN_IMAGE"])
-    scores = [score_epoch(epoch, catalog, truth, result.counts[epoch], fp_rate=args.fp_rate,
-                          floor=args.floor) for epoch in truth.epochs]
+    results = {}
+    for method in args.methods:
+        scores = [score_epoch(epoch, catalog, truth, result.counts[epoch], fp_rate=args.fp_rate,
+                              floor=args.floor, method=method) for epoch in truth.epochs]
+        results["DES rule" if method == "des" else "multiscale"] = summary(scores)
     print(f"{len(catalog)} simulated transients in {', '.join(args.epochs)} (seed {args.seed}, "
-          f"background {args.background:g} per cell per epoch); rule: fp_rate {args.fp_rate:g}, "
-          f"floor 2 x {args.floor}, no extra binning ({time.perf_counter() - start:.0f} s)\n")
-    print(table(scores))
-    n_clean = sum(s["n_clean"] for s in scores)
-    n_fp = sum(s["n_fp"] for s in scores)
-    defect = sum(s["defect_events"] for s in scores)
-    defect_masked = sum(s["defect_masked"] for s in scores)
-    astro = sum(s["astro_events"] for s in scores)
-    astro_masked = sum(s["astro_masked"] for s in scores)
-    print(f"\nfalse positives: {n_fp} of {n_clean} clean interior cells masked "
-          f"({n_fp / n_clean:.2e}; the rule aims at fp_rate {args.fp_rate:g} per cell)")
-    print(f"defect events removed: {defect_masked} of {defect} ({100 * defect_masked / defect:.1f}%)")
-    print(f"astrophysical events removed: {astro_masked} of {astro} ({100 * astro_masked / astro:.2f}%)")
-    print("masked area per epoch: " + ", ".join(
-        f"{epoch} {100 * s['area']:.2f}%" for epoch, s in zip(truth.epochs, scores)))
+          f"background {args.background:g} per cell per epoch{', richer mix' if args.rich else ''}); "
+          f"fp_rate {args.fp_rate:g}, no extra binning ({time.perf_counter() - start:.0f} s)\n")
+    print(table(results))
     return 0
 
 

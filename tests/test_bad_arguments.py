@@ -496,3 +496,30 @@ def test_yes_no_arguments_are_booleans(mask, masks, tmp_path, value):
 def test_numpy_booleans_and_0_1_are_yes_no(tmp_path):
     tm.check_output(str(tmp_path / "new.fits"), np.False_)
     tm.check_output(str(tmp_path / "new.fits"), 1)
+
+
+# ---- Many inputs (filter_files, expand_inputs; the Dask runs are tested in test_parallel.py)
+
+
+@pytest.mark.parametrize("inputs, match", [
+    (5, "inputs=5"), ({"a.fits"}, "inputs="), ([], "no input file given"), ([None], "inputs="),
+    ([""], "inputs="), (["nothing*.fits"], "no file matches"),
+])
+def test_expand_inputs_arguments(inputs, match, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    raises(match, tm.expand_inputs, inputs)
+
+
+@pytest.mark.parametrize("keywords, match", [
+    ({"chunk_rows": 0}, "chunk_rows=0"), ({"chunk_rows": "10"}, "chunk_rows="),
+    ({"drop_bad": "yes"}, "drop_bad="), ({"client": "tcp://host:8786"}, "client="),
+])
+def test_filter_files_arguments(masks, tmp_path, keywords, match):
+    source = tmp_path / "events.fits"
+    _events().write(source)
+    raises(match, tm.filter_files, [str(source)], str(tmp_path / "out"), masks, **keywords)
+    raises("masks=", tm.filter_files, [str(source)], str(tmp_path / "out"), None)
+    raises("output_dir=", tm.filter_files, [str(source)], 5, masks)
+    raises("inputs=", tm.filter_files, 5, str(tmp_path / "out"), masks)
+    raises("client=", tm.gather_data, [str(source)], client=5)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["events.fits"]

@@ -18,7 +18,16 @@ def _start_and_signal(tmp_path, argv, signum):
     process = subprocess.Popen([sys.executable, SCRIPT, *argv], cwd=tmp_path, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
-    while not any(name.startswith(".") and ".tmp" in name for name in os.listdir(tmp_path)):
+    def writing():  # the temporary output exists and has data in it
+        for name in os.listdir(tmp_path):
+            try:
+                if name.startswith(".") and ".tmp" in name and os.path.getsize(tmp_path / name):
+                    return True
+            except FileNotFoundError:  # renamed into place meanwhile
+                pass
+        return False
+
+    while not writing():
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             pytest.fail(f"no temporary output appeared: {process.communicate()}")

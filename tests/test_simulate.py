@@ -40,7 +40,8 @@ def test_columns_ranges_and_order(sim):
     x, y = catalog["XWIN_IMAGE"], catalog["YWIN_IMAGE"]
     assert ((x >= 0.5) & (x < 2048.5) & (y >= 0.5) & (y < 4096.5)).all()
     assert ((catalog["CCDNUM"] >= 1) & (catalog["CCDNUM"] <= 62)).all()
-    assert set(np.unique(catalog["SOURCE"])) == set(range(len(ts.SIM_SOURCES)))
+    # the default populations (the richer mix, faint_column and glow, is off by default)
+    assert set(np.unique(catalog["SOURCE"])) == set(range(ts.SIM_SOURCES.index("faint_column")))
     assert (np.diff(catalog["EXPNUM"]) >= 0).all()  # ordered by exposure, like DES catalogs
     # Positions are continuous, not pixel centres.
     assert np.mean(x != np.round(x)) > 0.99
@@ -203,3 +204,26 @@ def test_shipped_demo_maps():
     assert counts.shape == (62, 256, 256) and counts[60].sum() == 0 and counts[1].sum() == 0
     mask = tm.EpochMask.from_maps(maps, "Y2E1")
     assert 0.005 < mask.area_fraction < 0.2
+
+
+def test_richer_mix_keeps_the_default_populations():
+    """Faint columns, glows across the amplifier boundary and fading defects are drawn
+    from their own random streams: off, the catalog is the default one bit for bit;
+    on, the default defects keep their places and amplitudes."""
+    plain, plain_truth = ts.simulate(["Y2E1", "Y6"], seed=4, background=0.3)
+    rich, rich_truth = ts.simulate(["Y2E1", "Y6"], seed=4, background=0.3, n_faint_columns=1.0,
+                                   n_glows=5, fade=False)
+    off, _ = ts.simulate(["Y2E1", "Y6"], seed=4, background=0.3, n_faint_columns=0.0, n_glows=0.0)
+    for name in ("EXPNUM", "CCDNUM", "XWIN_IMAGE", "YWIN_IMAGE", "SOURCE"):
+        assert np.array_equal(off[name], plain[name])
+    default = rich["SOURCE"] < ts.SIM_SOURCES.index("faint_column")
+    for code in range(1, ts.SIM_SOURCES.index("faint_column")):
+        n_rich, n_plain = (rich["SOURCE"][default] == code).sum(), (plain["SOURCE"] == code).sum()
+        assert abs(n_rich - n_plain) <= 5 * np.sqrt(n_plain) + 5
+    assert (rich["SOURCE"] == CODE["faint_column"]).sum() > 0 and (rich["SOURCE"] == CODE["glow"]).sum() > 0
+    glow = rich[rich["SOURCE"] == CODE["glow"]]
+    assert abs(np.median(glow["XWIN_IMAGE"]) - 1024.5) < 300  # across the amplifier boundary
+    # fading changes amplitudes across epochs, not the astrophysical background
+    faded, faded_truth = ts.simulate(["Y2E1", "Y6"], seed=4, background=0.3, fade=True)
+    assert np.array_equal(faded_truth.background["Y6"], plain_truth.background["Y6"])
+    assert not np.array_equal(faded_truth.excess["Y6"], plain_truth.excess["Y6"])
