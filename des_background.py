@@ -1598,10 +1598,10 @@ def _failed(files, exc, *, catch=True) -> SEResult:
     if not catch:
         raise exc
     if isinstance(exc, (tm.BadInputError, MappingError)):
-        return SEResult(files, status="failed", message=str(exc))
+        return SEResult(files, status="failed", message=tm._one_line(exc))
     log.debug("%s: unexpected failure", files.label, exc_info=exc)
-    return SEResult(files, status="failed", message=f"unexpected failure: {type(exc).__name__}: {exc}",
-                    unexpected=True)
+    return SEResult(files, status="failed", unexpected=True,
+                    message=f"unexpected failure: {type(exc).__name__}: {tm._one_line(exc)}")
 
 
 def _run_task(task: _Task, coadd: Coadd, catch: bool = True) -> SEResult:
@@ -1644,44 +1644,26 @@ def _prepare(images, coadds, transient_masks, ignore, grid_step, catch=True):
     return plan
 
 
-def _progress_bar(total):
-    """A tqdm progress bar on stderr, or None without tqdm."""
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, file=sys.stderr, unit="image", desc="SE images", leave=False)
-
-
 def _run_tasks(plan, coadds, client=None, progress=False, catch=True):
     """Yield the `SEResult` of every item of ``plan``: here, or on the workers of ``client``."""
     if client is None:
-        bar = _progress_bar(len(plan)) if progress else None
-        try:
-            for item in plan:
-                yield item if isinstance(item, SEResult) else _run_task(item, coadds[item.files.coadd()], catch)
-                if bar is not None:
-                    bar.update(1)
-        finally:
-            if bar is not None:
-                bar.close()
+        for item in tm._progress(plan, progress, "image"):
+            yield item if isinstance(item, SEResult) else _run_task(item, coadds[item.files.coadd()], catch)
         return
     from distributed import as_completed
-    from distributed import progress as dask_progress
 
     tasks = [item for item in plan if isinstance(item, _Task)]
     yield from (item for item in plan if isinstance(item, SEResult))
     if not tasks:
         return
-    shared = {key: client.scatter(coadd, broadcast=True) for key, coadd in coadds.items()}
+    shared = {key: tm._share(client, coadd, "coadd") for key, coadd in coadds.items()}
     futures = {}
     for task in tasks:
         task.keep_pixels = False  # the pixels stay on the worker; the outputs are in files
         futures[client.submit(_run_task, task, shared[task.files.coadd()], pure=False)] = task
     try:
         if progress:
-            with contextlib.redirect_stdout(sys.stderr):  # Dask draws its bar on stdout
-                dask_progress(list(futures))
+            tm._progress_bar(list(futures))
         for future in as_completed(list(futures)):
             try:
                 yield future.result()
@@ -1996,11 +1978,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "output directory; for one SE image, beside its output as NAME_summary.ecsv)")
     group.add_argument("--overwrite", action="store_true",
                        help="replace existing outputs (an input is never written over)")
-    group = parser.add_argument_group("running")
-    group.add_argument("--jobs", type=tm._positive_int, metavar="N",
-                       help="run several SE images in parallel on N worker processes (Dask)")
-    group.add_argument("--quiet", action="store_true",
-                       help="no progress bar and no report, only warnings and errors")
+    group = tm._add_parallel_arguments(parser)  # --jobs, --scheduler, --quiet, as for transient_masks
+    group.title = "several SE images in parallel, on Dask (one SE image always runs in this process)"
+    group.description = "--quiet also leaves out the report: only warnings and errors are printed"
     tm._add_mask_options(parser)
     return parser
 
@@ -2107,11 +2087,11 @@ def _run_background(args) -> int:
     paths, created, results = [], None, []
     with contextlib.ExitStack() as stack:
         client = None
-        if args.jobs and not single:
+        if (args.jobs or args.scheduler) and not single:
             # What a killed worker may leave is removed once the cluster is down
             # (callbacks run last in, first out).
             stack.callback(lambda: _remove_temporaries(path for _, path in paths))
-            client = stack.enter_context(tm.dask_client(args.jobs))
+            client = stack.enter_context(tm._parallel_client(args))
             # The workers import what they need while this process prepares.
             warming = [client.submit(_warm_up, pure=False, workers=[worker])
                        for worker in client.scheduler_info()["workers"]]
@@ -2133,7 +2113,7 @@ def _run_background(args) -> int:
                     task.inputs, task.keep_pixels = tuple(inputs), single  # many: let each image go
             created = _make_directory(directory)
             _check_outputs(paths, overwrite=args.overwrite, inputs=inputs)
-            show = not args.quiet and sys.stderr.isatty()
+            show = tm._show_progress(args)
             if client is not None:
                 # Done importing before the coadd (its WCS) is sent: a worker unpickles data in
                 # another thread, and two threads must not import astropy.wcs at once.

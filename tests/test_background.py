@@ -614,16 +614,17 @@ def test_from_python_one_call_yields_every_image(tile, monkeypatch):
 
 def test_progress_bar_on_stderr_only(tile, monkeypatch, capsys):
     pytest.importorskip("tqdm")
+    monkeypatch.setattr(tm, "_PROGRESS_DELAY", 0.0)  # (shown only after 2 s otherwise)
     tmp_path, paths = tile
     results = list(bg.iter_good_background(bg.PizzaInfo(paths["info"]).images("0-1"), progress=True))
     out, err = capsys.readouterr()
-    assert len(results) == 2 and out == "" and "SE images" in err and "/2 " in err
+    assert len(results) == 2 and out == "" and "image" in err and "/2 " in err
     # the command shows it only on a terminal, and never with --quiet
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     args = ["--info", paths["info"], "--se_index", "0-1", "--no_transient_cut"]
     assert bg.main([*args, "-o", "shown/"]) == 0
-    assert "SE images" in capsys.readouterr().err
+    assert "/2 " in capsys.readouterr().err
     assert bg.main([*args, "-o", "quiet/", "--quiet"]) == 0
     assert capsys.readouterr() == ("", "")
 
@@ -922,6 +923,8 @@ BAD_INPUTS = [
     ("se_index without info", None, [*EXPLICIT, "--se_index", "1"], "--se_index needs --info"),
     ("images missing", None, EXPLICIT[:4], "missing --se_bmask, --coadd_weight, --coadd_bmask, --coadd_seg"),
     ("jobs zero", None, [*EXPLICIT, "--jobs", "0"], "0: must be a positive integer"),
+    ("jobs and scheduler", None, [*ALL, "--jobs", "2", "--scheduler", "tcp://127.0.0.1:1"],
+     "--jobs and --scheduler: give one or the other"),
     # outputs
     ("-o a picture name", None, [*EXPLICIT, "-o", "good.png"], "-o good.png: the output image is FITS"),
     ("--png not a picture", None, [*EXPLICIT, "--png", "good.bmp"], "--png good.bmp: not a picture format"),
@@ -979,6 +982,46 @@ def test_bad_input_is_one_line_exit_2(files, monkeypatch, capsys, setup, args, m
 
 def test_there_are_enough_bad_inputs():
     assert len(BAD_INPUTS) >= 30
+
+
+# ---- The README
+
+
+def readme_commands():
+    """The des_background.py commands of the README's good-background section, one string each."""
+    with open(os.path.join(os.path.dirname(DATA), os.pardir, "README.md")) as stream:
+        readme = stream.read()
+    section = readme[readme.index("## Good background pixels"):readme.index("### What it writes")]
+    block = section[section.index("```sh"):]
+    block = block[: block.index("```", 5)].replace("\\\n", " ")
+    return [line.strip() for line in block.splitlines() if line.strip().startswith("./des_background.py")]
+
+
+def test_readme_examples_work_as_written(tmp_path, monkeypatch, capsys):
+    """The README's commands, run in the example tile the README tells how to write."""
+    import shlex
+
+    commands = readme_commands()
+    assert len(commands) == 4 and any("--jobs" in command for command in commands)
+    monkeypatch.chdir(tmp_path)
+    bg.write_example_tile(".", n_images=4, se_shape=(256, 128))
+    write_count_maps("y6a1_transient_maps.fits.gz", {"Y6": hot_maps(np.random.default_rng(4), ccdnum=57)})
+    for command in commands:
+        if "--jobs" in command and importlib.util.find_spec("distributed") is None:
+            continue
+        assert bg.main(shlex.split(command)[1:]) == 0, command
+    capsys.readouterr()
+    assert sorted(os.listdir("goodbkg")) == sorted([f"D0079121{5 + i}_r_c{57 + i:02d}_goodbkg.fits" for i in range(4)]
+                                                   + ["DES2122+0001_r_goodbkg_summary.ecsv"])
+    assert sorted(os.listdir("some")) == sorted([f"D0079121{5 + i}_r_c{57 + i:02d}_goodbkg.{e}" for i in (0, 2, 3)
+                                                 for e in ("fits", "png")] + ["DES2122+0001_r_goodbkg_summary.ecsv"])
+    assert os.path.exists("D00791218_r_c60_goodbkg.fits") and os.path.exists("good.png")
+    explicit, from_info = fits.getdata("good.fits"), fits.getdata("goodbkg/D00791215_r_c57_goodbkg.fits")
+    assert fits.getheader("good.fits")["BGIGNORE"] == 3072
+    # the explicit form ignores SUSPECT and STREAK: it differs from the info run only at bmask pixels
+    differ = explicit != from_info
+    assert differ.any() and np.isin(from_info[differ], [3, 5]).all()
+    assert (explicit == bg.REASONS.index("TRANSIENT")).any()
 
 
 # ---- Signals
