@@ -1041,19 +1041,29 @@ def test_signal_leaves_no_temporary_file(tmp_path, jobs, signum, code, word):
     process = subprocess.Popen([sys.executable, script, "--info", "tile/DES2122+0001_r_pizza_info.yaml",
                                 "--se_index", "all", "-o", "out/", "--png", "--no_transient_cut", *jobs],
                                cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
     out = tmp_path / "out"
-    while not (out.is_dir() and any(".tmp" in name for name in os.listdir(out))):
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"no temporary output appeared: {process.communicate()}")
-        time.sleep(0.005)
-    process.send_signal(signum)
-    _, err = process.communicate(timeout=120)
+    try:
+        wait_until(lambda: bool(temporaries(out)), process)  # a picture is being drawn
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
     assert process.returncode == code, err
     assert err.strip().splitlines()[-1] == f"des_background: {word}; no output written", err
     if not jobs:  # (Dask's workers may log their lost connections as the cluster goes down)
         assert "Traceback" not in err
-    left = os.listdir(out) if out.exists() else []
-    assert not [name for name in left if name.startswith(".") or ".tmp" in name], left
-    assert not [name for name in left if name.endswith(".ecsv")]  # no summary of an interrupted run
+    assert not temporaries(out)
+    assert not list(out.glob("*.ecsv"))  # no summary of an interrupted run
+
+
+def temporaries(directory):
+    """The temporary files of atomic_output in ``directory``."""
+    return [path for path in directory.glob(".*") if ".tmp" in path.name] if directory.is_dir() else []
+
+
+def wait_until(condition, process, timeout=120):
+    """Poll ``condition`` until it holds; fail if ``process`` ends first or the time runs out."""
+    stop = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None and time.monotonic() < stop, process.communicate()
+        time.sleep(0.005)
