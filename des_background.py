@@ -880,7 +880,7 @@ class Coadd:
         Its celestial WCS (from the weight, else the bmask or seg header).
     """
 
-    def __init__(self, weight, bmask, seg):
+    def __init__(self, weight: "str | tuple", bmask: "str | tuple", seg: "str | tuple"):
         self.roles = dict(zip(COADD_ROLES, (_as_path_ext(value) for value in (weight, bmask, seg))))
         self._open = _OpenFiles(self.roles)
         try:
@@ -896,11 +896,11 @@ class Coadd:
             raise tm.BadInputError(f"{self.roles['coadd_weight'][0]}: no usable celestial WCS in the coadd "
                                    "weight, bmask or segmentation-map header")
 
-    def box(self, se_wcs, se_shape):
+    def box(self, se_wcs, se_shape) -> "tuple | None":
         """The part (y0, y1, x0, x1) of the coadd under an SE image, or None when off the coadd."""
         return _coadd_box(se_wcs, self.wcs, se_shape, self.shape)
 
-    def cutout(self, box):
+    def cutout(self, box) -> dict:
         """{role: array} of the three images in ``box`` = (y0, y1, x0, x1)."""
         arrays = {role: self._open.read(role, box) for role in COADD_ROLES}
         _check_integer(arrays["coadd_bmask"], *self.roles["coadd_bmask"], "--coadd_bmask")
@@ -1753,7 +1753,7 @@ def iter_good_background(images, *, transient_masks=None, ignore_bits=0, output_
             coadd.close()
 
 
-def summary_table(results, meta=None):
+def summary_table(results, meta: dict = None) -> "astropy.table.Table":
     """The summary table of a run: a row per SE image, in index order (an astropy Table).
 
     Columns: INDEX, LABEL, the SE_IMAGE/SE_WEIGHT/SE_BMASK files, OUTPUT and
