@@ -355,7 +355,9 @@ def _check_grid_shape(name: str, shape) -> tuple:
 
 def _check_cube(counts, name: str = "counts") -> np.ndarray:
     """A (62, ny, nx) cube of non-negative integer counts for the multiscale method."""
-    counts = _numeric_array(name, counts, "iu")
+    counts = _numeric_array(name, counts, "iufb")
+    if counts.dtype.kind not in "iu":
+        raise BadInputError(f"{name}: must be non-negative integers, not {counts.dtype} values")
     if counts.ndim != 3:
         raise BadInputError(f"{name}: {_describe_value(counts)}, expected shape ({N_CCD}, ny, nx)")
     _check_grid_shape(f"{name} shape", counts.shape)
