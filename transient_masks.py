@@ -1965,6 +1965,15 @@ def _camera_ratio(n, b, clip: float = 2.5) -> float:
     return value
 
 
+#: A background shape term is fitted only with this many counts per term, and
+#: a fitted log-slope beyond this (a factor e^10 across half a CCD) is a
+#: diverged fit: the lower-degree surface is kept instead.
+_MIN_COUNTS_PER_TERM = 50
+_MAX_LOG_SLOPE = 10.0
+#: An amplifier half is "much brighter" only at this significance.
+_BRIGHT_HALF_SIGMA = 5.0
+
+
 class AmpBackground:
     """Background model of a count cube: per CCD and amplifier half, robust to defects.
 
@@ -2066,7 +2075,10 @@ class AmpBackground:
                                   keepdims=True)
             mean_area = np.where(col_a > 0, col_a, 0).sum(-1, keepdims=True) / np.maximum(
                 (col_a > 0).sum(-1, keepdims=True), 1)
-            scatter = np.sqrt(np.maximum(median, 1e-3) / np.maximum(mean_area, 1e-3))
+            # Poisson scatter of a column's rate, at least that of one count in the
+            # column: in sparse maps (median 0) single counts are noise, not defects.
+            mean_area = np.maximum(mean_area, 1e-3)
+            scatter = np.sqrt(np.maximum(median, 1.0 / mean_area) / mean_area)
             keep = (col_a > 0) & (rate <= median + self.clip * scatter + 1e-12)
         block_n = np.where(keep, col_n, 0.0).sum(-1)
         block_a = np.where(keep, col_a, 0.0).sum(-1)
@@ -2087,7 +2099,7 @@ class AmpBackground:
                 coef = self._fit(terms, block_n[index, :, blocks].ravel(), block_a[index, :, blocks].ravel())
                 model[index, :, h * half:(h + 1) * half] = np.exp(cell_terms @ coef)
                 self.level[index, h] = float(np.exp(terms @ coef).mean())
-            low, high = self.level[index]
+            low, high = self._significant_levels(index, block_n, block_a, nb_x)
             if index + 1 == HALF_MASKED_CCD or not np.isfinite(high) or high > self.amp_ratio * low:
                 model[index, :, half:] = model[index, :, :half][:, ::-1]
                 self.bright_half[index] = 1 if index + 1 != HALF_MASKED_CCD else -1
@@ -2098,6 +2110,23 @@ class AmpBackground:
         self._edge_lines(counts, model, ~excluded, live, depth)
         model[~live] = 0.0
         return model
+
+    def _significant_levels(self, index, block_n, block_a, nb_x):
+        """The fitted levels of a CCD's halves, made equal unless they differ significantly.
+
+        A half counts as brighter only when its counts exceed ``amp_ratio``
+        times the other half's rate at 5 sigma: in a sparse map a few counts
+        more on one side are noise, not a bad amplifier.
+        """
+        levels = list(self.level[index])
+        n = [block_n[index, :, h * nb_x:(h + 1) * nb_x].sum() for h in (0, 1)]
+        a = [block_a[index, :, h * nb_x:(h + 1) * nb_x].sum() for h in (0, 1)]
+        for bright, dim in ((0, 1), (1, 0)):
+            if min(a) > 0 and levels[bright] > self.amp_ratio * levels[dim]:
+                expected = self.amp_ratio * n[dim] / a[dim] * a[bright]
+                if np.sqrt(2 * float(_excess_lr(n[bright], expected))) < _BRIGHT_HALF_SIGMA:
+                    levels[bright] = levels[dim]  # not significantly brighter: alike
+        return levels[0], levels[1]
 
     def _edge_lines(self, counts, model, use, live, depth):
         """Scale the outer ``depth`` lines of every CCD by their camera-wide factor."""
@@ -2126,35 +2155,58 @@ class AmpBackground:
                     model[:, ys, slice(key[2] * half, (key[2] + 1) * half)] *= factor
 
     def _fit(self, terms, n, a):
-        """Coefficients of ``n ~ Poisson(a exp(terms @ c))``, robust to outlying blocks."""
+        """Coefficients of ``n ~ Poisson(a exp(terms @ c))``, robust to outlying blocks.
+
+        The degree grows from a constant while there are counts enough for
+        its terms (`_MIN_COUNTS_PER_TERM`) and the fit stays finite (a sparse
+        half, mostly empty blocks, keeps the constant).
+        """
         valid = a > 0
         rate = np.where(valid, n / np.where(valid, a, 1.0), 0.0)
         n_all = terms.shape[1]
         coef = np.zeros(n_all)
-        coef[0] = np.log(max(float(np.median(rate[valid])), 1e-6))
+        start = float(np.median(rate[valid]))
+        if not start > 0:  # sparse: most blocks empty, start from the mean rate
+            start = float(n[valid].sum() / a[valid].sum())
+        coef[0] = np.log(max(start, 1e-6))
         ok = valid.copy()
         for degree in range(self.degree + 1):
             k = (degree + 1) * (degree + 2) // 2
+            if degree and n[ok].sum() < _MIN_COUNTS_PER_TERM * k:
+                break  # too few counts to fit this shape: keep the lower degree
             t, c = terms[:, :k], coef[:k].copy()
-            for _ in range(3):
-                for _ in range(4):  # Poisson IRLS (log link)
-                    eta = t @ c
-                    mu = a * np.exp(eta)
-                    w = np.where(ok, mu, 0.0)
-                    z = eta + np.where(ok, (n - mu) / np.maximum(mu, 1e-12), 0.0)
-                    c = np.linalg.solve((t * w[:, None]).T @ t + 1e-9 * np.eye(k), (t * w[:, None]).T @ z)
-                mu = a * np.exp(t @ c)
-                rel = np.where(valid, n / np.maximum(mu, 1e-12) - 1, 0.0)
-                scale = 1 / np.sqrt(np.maximum(mu, 1e-9))
-                if degree < self.degree and ok.any():  # lower degrees: allow for the unfitted shape
-                    scale = np.maximum(scale, 1.4826 * float(np.median(np.abs(rel[ok]))))
-                new = valid & (rel < self.clip * scale) & (rel > -2 * self.clip * scale)
-                if new.sum() < k + 2 or (new == ok).all():
-                    break
-                ok = new
+            with np.errstate(over="ignore", invalid="ignore"):
+                for _ in range(3):
+                    for _ in range(4):  # Poisson IRLS (log link)
+                        eta = t @ c
+                        mu = a * np.exp(eta)
+                        w = np.where(ok, mu, 0.0)
+                        z = eta + np.where(ok, (n - mu) / np.maximum(mu, 1e-12), 0.0)
+                        c = np.linalg.solve((t * w[:, None]).T @ t + 1e-9 * np.eye(k), (t * w[:, None]).T @ z)
+                    if not _sane_log_surface(c):
+                        break
+                    mu = a * np.exp(t @ c)
+                    rel = np.where(valid, n / np.maximum(mu, 1e-12) - 1, 0.0)
+                    # Poisson scale of a block's relative excess; below one count
+                    # expected, that of one count (a single count is not an outlier).
+                    mu_floor = np.maximum(mu, 1e-9)
+                    scale = np.maximum(1 / np.sqrt(mu_floor), 1 / mu_floor)
+                    if degree < self.degree and ok.any():  # lower degrees: allow for the unfitted shape
+                        scale = np.maximum(scale, 1.4826 * float(np.median(np.abs(rel[ok]))))
+                    new = valid & (rel < self.clip * scale) & (rel > -2 * self.clip * scale)
+                    if new.sum() < k + 2 or (new == ok).all():
+                        break
+                    ok = new
+            if not _sane_log_surface(c):
+                break  # the fit diverged (sparse or pathological counts): keep the lower degree
             coef = np.zeros(n_all)
             coef[:k] = c
         return coef
+
+
+def _sane_log_surface(coef) -> bool:
+    """Whether fitted log-surface coefficients are finite and their slopes plausible."""
+    return bool(np.isfinite(coef).all() and np.abs(coef[1:]).max(initial=0.0) < _MAX_LOG_SLOPE)
 
 
 class Defect:
