@@ -292,11 +292,111 @@ def _same_shape(**arrays) -> tuple:
     return next(iter(shapes.values()), ())
 
 
+def _broadcast_shape(**arrays) -> tuple:
+    """The shape arrays broadcast to (an error naming them if they do not)."""
+    try:
+        return np.broadcast_shapes(*(array.shape for array in arrays.values()))
+    except ValueError:
+        listed = ", ".join(f"{name} {array.shape}" for name, array in arrays.items())
+        raise BadInputError(f"arrays of shapes that do not broadcast: {listed}") from None
+
+
 def _ccdnum_array(ccdnum) -> np.ndarray:
     """CCDNUM values as integers (kept in their integer dtype, for speed); floats that
     are not whole numbers (5.5, NaN, inf) become 0, no CCD."""
     values = _numeric_array("ccdnum", ccdnum)
     return _whole_int64("ccdnum", values, bad=0) if values.dtype.kind == "f" else values
+
+
+def _check_probability(name: str, value) -> float:
+    """A probability strictly between 0 and 1 (a tail probability)."""
+    try:
+        number = _check_real(name, value)
+    except BadInputError:
+        number = None
+    if number is None or not 0 < number < 1:
+        raise BadInputError(f"{name}={_describe_value(value)}: must be between 0 and 1")
+    return number
+
+
+def _check_at_least(name: str, value, lo: float = 0.0, strict: bool = False) -> float:
+    """A finite number >= ``lo`` (> ``lo`` if ``strict``)."""
+    number = _check_real(name, value)
+    if number < lo or (strict and number == lo):
+        raise BadInputError(f"{name}={number!r}: must be {'greater than' if strict else 'at least'} {lo:g}")
+    return number
+
+
+def _check_int_tuple(name: str, value, length: int = None, lo: int = 1) -> tuple:
+    """A tuple of integers >= ``lo`` (of ``length`` items if given)."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__") or (
+            isinstance(value, np.ndarray) and value.ndim != 1):
+        raise BadInputError(f"{name}={_describe_value(value)}: must be a tuple of integers")
+    items = list(value)
+    if length is not None and len(items) != length:
+        raise BadInputError(f"{name}={_describe_value(value)}: must be {length} integers")
+    for item in items:
+        if isinstance(item, (bool, np.bool_)) or not isinstance(item, (int, np.integer, float, np.floating)) or (
+                isinstance(item, (float, np.floating)) and not (np.isfinite(item) and item == int(item))):
+            raise BadInputError(f"{name}={_describe_value(value)}: must be a tuple of integers")
+        if item < lo:
+            raise BadInputError(f"{name}={_describe_value(value)}: each must be at least {lo}")
+    return tuple(int(item) for item in items)
+
+
+def _check_grid_shape(name: str, shape) -> tuple:
+    """A count-cube shape (62, ny, nx) for the multiscale method."""
+    shape = _check_int_tuple(name, shape, 3, lo=1)
+    if shape[0] != N_CCD or shape[2] < 2 or CCD_NY % shape[1] or CCD_NX % shape[2]:
+        raise BadInputError(f"{name}={shape}: must be ({N_CCD}, ny, nx), a cell grid dividing a CCD "
+                            f"(two amplifier halves: nx >= 2)")
+    return shape
+
+
+def _check_cube(counts, name: str = "counts") -> np.ndarray:
+    """A (62, ny, nx) cube of non-negative integer counts for the multiscale method."""
+    counts = _numeric_array(name, counts, "iufb")
+    if counts.dtype.kind not in "iu":
+        raise BadInputError(f"{name}: must be non-negative integers, not {counts.dtype} values")
+    if counts.ndim != 3:
+        raise BadInputError(f"{name}: {_describe_value(counts)}, expected shape ({N_CCD}, ny, nx)")
+    _check_grid_shape(f"{name} shape", counts.shape)
+    if counts.dtype.kind == "i" and counts.min() < 0:
+        raise BadInputError(f"{name}: negative counts ({int(counts.min())})")
+    return counts
+
+
+def _check_cells(name: str, value, shape, kinds: str = "b") -> np.ndarray:
+    """A per-cell array of ``shape`` (booleans for ``kinds="b"``, else finite non-negative numbers)."""
+    array = _numeric_array(name, value, kinds)
+    if array.shape != tuple(shape):
+        raise BadInputError(f"{name}: {_describe_value(array)}, expected shape {tuple(shape)}")
+    if array.dtype.kind == "f" and array.size and not (np.isfinite(array).all() and array.min() >= 0):
+        raise BadInputError(f"{name}: must be finite and non-negative")
+    return array
+
+
+def _check_live(live) -> np.ndarray:
+    """The live CCDs: booleans (or 0/1), one per CCD."""
+    live = _numeric_array("live", live, "biu")
+    if live.shape != (N_CCD,):
+        raise BadInputError(f"live: {_describe_value(live)}, expected shape ({N_CCD},)")
+    return live.astype(bool, copy=False)
+
+
+def _check_search(counts, background, excluded, tail, live) -> tuple:
+    """The arguments of a detector's ``detect``: cube, model, writable bool mask, tail, live CCDs."""
+    counts = _check_cube(counts)
+    background = _numeric_array("background", background)  # not checked finite: see multiscale_mask
+    if background.shape != counts.shape:
+        raise BadInputError(f"background: {_describe_value(background)}, expected shape {counts.shape}")
+    if not isinstance(excluded, np.ndarray) or excluded.dtype != bool or not excluded.flags.writeable:
+        raise BadInputError(f"excluded={_describe_value(excluded)}: must be a writable numpy bool array "
+                            f"(the detector masks its finds in it)")
+    _check_cells("excluded", excluded, counts.shape)
+    if not isinstance(tail, PoissonTail):
+        raise BadInputError(f"tail={_describe_value(tail)}: must be a PoissonTail")
+    return counts, background, excluded, tail, _check_live(live)
 
 
 # ---- Files and data
@@ -1356,7 +1456,7 @@ class EpochMask:
         for index in np.flatnonzero(self.live):
             level = np.median(self.background[index][~known[index]])
             n = np.arange(1, 4 * int(level) + 60)
-            self.threshold[index] = float(n[np.argmax(tail.significant(n, np.full(n.size, level)))] - 1)
+            self.threshold[index] = float(n[np.argmax(tail._significant(n, np.full(n.size, level)))] - 1)
 
     # -- statistics
 
@@ -1662,9 +1762,7 @@ class PoissonTail:
     EXACT = 4000
 
     def __init__(self, p: float):
-        if not 0 < p < 1:
-            raise BadInputError(f"tail probability {p}: must be between 0 and 1")
-        self.p = float(p)
+        self.p = _check_probability("p", p)
         self._table = np.array([-np.inf])  # n = 0 is never significant
 
     def _extend(self, n_max: int):
@@ -1679,8 +1777,18 @@ class PoissonTail:
         bmax[~exact] = big * (1 - 1 / (9 * big) + ndtri(self.p) / (3 * np.sqrt(big))) ** 3
         self._table = np.concatenate([self._table, bmax])
 
+    @staticmethod
+    def _check_counts(n) -> np.ndarray:
+        n = _numeric_array("n", n)
+        if n.dtype.kind == "f" and n.size and not np.isfinite(n).all():
+            raise BadInputError("n: must be finite")
+        return n
+
     def bmax(self, n) -> np.ndarray:
         """The largest background at which ``n`` counts are significant (-inf for n <= 0)."""
+        return self._bmax(self._check_counts(n))
+
+    def _bmax(self, n) -> np.ndarray:
         n = np.asarray(n)
         if n.dtype.kind not in "iu" or (n.size and n.min() < 0):
             n = np.clip(n, 0, None).astype(np.intp)
@@ -1690,10 +1798,24 @@ class PoissonTail:
 
     def significant(self, n, b) -> np.ndarray:
         """Whether each window (counts ``n``, integers; background ``b``) is significant."""
-        return np.asarray(b) <= self.bmax(n)
+        n, b = self._check_counts(n), _numeric_array("b", b)
+        if b.dtype.kind == "f" and b.size and not np.isfinite(b).all():
+            raise BadInputError("b: must be finite")
+        _broadcast_shape(n=n, b=b)
+        return self._significant(n, b)
+
+    def _significant(self, n, b) -> np.ndarray:
+        return np.asarray(b) <= self._bmax(n)
 
     def significant1(self, n, b) -> bool:
         """`significant` for one window (no array overhead)."""
+        for name, value in (("n", n), ("b", b)):
+            if isinstance(value, (bool, np.bool_)) or not isinstance(
+                    value, (int, float, np.integer, np.floating)) or not np.isfinite(value):
+                raise BadInputError(f"{name}={_describe_value(value)}: must be a finite number")
+        return self._significant1(n, b)
+
+    def _significant1(self, n, b) -> bool:
         n = int(round(float(n)))
         if n <= 0:
             return False
@@ -1713,8 +1835,11 @@ def lr_significance(n, b):
     >>> round(float(lr_significance(30, 10.0)), 2)
     5.09
     """
-    n = np.asarray(n, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
+    n, b = _float_array("n", n), _float_array("b", b)
+    for name, value in (("n", n), ("b", b)):
+        if value.size and not (np.isfinite(value).all() and value.min() >= 0):
+            raise BadInputError(f"{name}: must be finite and non-negative")
+    _broadcast_shape(n=n, b=b)
     return np.sign(n - b) * np.sqrt(2 * _excess_lr(n, b, deficit=True))
 
 
@@ -1760,25 +1885,41 @@ class SignificanceRule:
     """
 
     def __init__(self, fp_rate: float = DEFAULT_FP_RATE, families: int = 1, margin: float = 30.0):
-        if not 0 < fp_rate < 1:
-            raise BadInputError(f"fp_rate={fp_rate}: must be between 0 and 1")
-        if families < 1 or not margin > 0:
-            raise BadInputError(f"families={families}, margin={margin}: must be positive")
-        self.fp_rate, self.families, self.margin = float(fp_rate), int(families), float(margin)
+        self.fp_rate = _check_fp_rate(fp_rate)
+        self.families = _check_int("families", families, lo=1)
+        self.margin = _check_at_least("margin", margin, 0.0, strict=True)
         self._tails = {}
 
     @classmethod
     def for_detectors(cls, detectors, shape, fp_rate=DEFAULT_FP_RATE, margin=30.0) -> "SignificanceRule":
         """The rule for these detectors on a (62, ny, nx) grid (families counted once)."""
+        detectors = _check_detectors(detectors)
+        shape = _check_grid_shape("shape", shape)
         families = {family for detector in detectors for family in detector.families(shape)}
         return cls(fp_rate, max(len(families), 1), margin)
 
     def tail(self, detector) -> PoissonTail:
         """The per-window test of a detector's windows."""
+        _check_detectors([detector], "detector")
         p = self.fp_rate / (self.families * detector.coverage * self.margin)
         if p not in self._tails:
             self._tails[p] = PoissonTail(p)
         return self._tails[p]
+
+
+def _check_detectors(detectors, name: str = "detectors") -> list:
+    """A list of detectors: objects with ``families``, ``detect`` and a positive ``coverage``."""
+    if isinstance(detectors, (str, bytes)) or not hasattr(detectors, "__iter__"):
+        raise BadInputError(f"{name}={_describe_value(detectors)}: must be a list of detectors")
+    detectors = list(detectors)
+    for detector in detectors:
+        coverage = getattr(detector, "coverage", None)
+        if not (callable(getattr(detector, "families", None)) and callable(getattr(detector, "detect", None))
+                and isinstance(coverage, (int, float, np.integer, np.floating))
+                and not isinstance(coverage, (bool, np.bool_)) and np.isfinite(coverage) and coverage > 0):
+            raise BadInputError(f"{name}: {_describe_value(detector)} is not a detector "
+                                f"(families, detect and a positive coverage)")
+    return detectors
 
 
 def _cell_areas(ny: int, nx: int):
@@ -1822,6 +1963,15 @@ def _camera_ratio(n, b, clip: float = 2.5) -> float:
             break
         keep = new
     return value
+
+
+#: A background shape term is fitted only with this many counts per term, and
+#: a fitted log-slope beyond this (a factor e^10 across half a CCD) is a
+#: diverged fit: the lower-degree surface is kept instead.
+_MIN_COUNTS_PER_TERM = 50
+_MAX_LOG_SLOPE = 10.0
+#: An amplifier half is "much brighter" only at this significance.
+_BRIGHT_HALF_SIGMA = 5.0
 
 
 class AmpBackground:
@@ -1881,10 +2031,13 @@ class AmpBackground:
 
     def __init__(self, degree: int = 2, blocks: int = 16, edge_depth: int = 3,
                  amp_ratio: float = 1.5, clip: float = 3.0):
-        if degree not in (0, 1, 2, 3):
-            raise BadInputError(f"degree={degree}: must be 0, 1, 2 or 3")
-        self.degree, self.blocks, self.edge_depth = int(degree), int(blocks), int(edge_depth)
-        self.amp_ratio, self.clip = float(amp_ratio), float(clip)
+        self.degree = _check_int("degree", degree, 0, 3)
+        self.blocks = _check_int("blocks", blocks, 1, CCD_NY)
+        if self.blocks & (self.blocks - 1):  # the blocks must tile a power-of-two grid
+            raise BadInputError(f"blocks={self.blocks}: must be a power of 2")
+        self.edge_depth = _check_int("edge_depth", edge_depth, lo=0)
+        self.amp_ratio = _check_at_least("amp_ratio", amp_ratio, 1.0)
+        self.clip = _check_at_least("clip", clip, 0.0, strict=True)
 
     def model(self, counts, excluded=None, live=None) -> np.ndarray:
         """Expected counts per cell, shape of ``counts``; 0 on dead CCDs.
@@ -1892,12 +2045,16 @@ class AmpBackground:
         ``excluded`` (bool, same shape) marks cells to ignore (known defects,
         CCD 31's right half); ``live`` (bool, (62,)) the CCDs with transients.
         """
-        counts = np.asarray(counts)
+        counts = _check_cube(counts)
         n_ccd, ny, nx = counts.shape
         if excluded is None:
             excluded = np.zeros(counts.shape, bool)
+        else:
+            excluded = _check_cells("excluded", excluded, counts.shape, "biu").astype(bool, copy=False)
         if live is None:
             live = counts.reshape(n_ccd, -1).sum(axis=1) > 0
+        else:
+            live = _check_live(live)
         half = nx // 2
         area_y, area_x = _cell_areas(ny, nx)
         area = area_y[:, None] * area_x[None, :]
@@ -1918,7 +2075,10 @@ class AmpBackground:
                                   keepdims=True)
             mean_area = np.where(col_a > 0, col_a, 0).sum(-1, keepdims=True) / np.maximum(
                 (col_a > 0).sum(-1, keepdims=True), 1)
-            scatter = np.sqrt(np.maximum(median, 1e-3) / np.maximum(mean_area, 1e-3))
+            # Poisson scatter of a column's rate, at least that of one count in the
+            # column: in sparse maps (median 0) single counts are noise, not defects.
+            mean_area = np.maximum(mean_area, 1e-3)
+            scatter = np.sqrt(np.maximum(median, 1.0 / mean_area) / mean_area)
             keep = (col_a > 0) & (rate <= median + self.clip * scatter + 1e-12)
         block_n = np.where(keep, col_n, 0.0).sum(-1)
         block_a = np.where(keep, col_a, 0.0).sum(-1)
@@ -1939,7 +2099,7 @@ class AmpBackground:
                 coef = self._fit(terms, block_n[index, :, blocks].ravel(), block_a[index, :, blocks].ravel())
                 model[index, :, h * half:(h + 1) * half] = np.exp(cell_terms @ coef)
                 self.level[index, h] = float(np.exp(terms @ coef).mean())
-            low, high = self.level[index]
+            low, high = self._significant_levels(index, block_n, block_a, nb_x)
             if index + 1 == HALF_MASKED_CCD or not np.isfinite(high) or high > self.amp_ratio * low:
                 model[index, :, half:] = model[index, :, :half][:, ::-1]
                 self.bright_half[index] = 1 if index + 1 != HALF_MASKED_CCD else -1
@@ -1950,6 +2110,23 @@ class AmpBackground:
         self._edge_lines(counts, model, ~excluded, live, depth)
         model[~live] = 0.0
         return model
+
+    def _significant_levels(self, index, block_n, block_a, nb_x):
+        """The fitted levels of a CCD's halves, made equal unless they differ significantly.
+
+        A half counts as brighter only when its counts exceed ``amp_ratio``
+        times the other half's rate at 5 sigma: in a sparse map a few counts
+        more on one side are noise, not a bad amplifier.
+        """
+        levels = list(self.level[index])
+        n = [block_n[index, :, h * nb_x:(h + 1) * nb_x].sum() for h in (0, 1)]
+        a = [block_a[index, :, h * nb_x:(h + 1) * nb_x].sum() for h in (0, 1)]
+        for bright, dim in ((0, 1), (1, 0)):
+            if min(a) > 0 and levels[bright] > self.amp_ratio * levels[dim]:
+                expected = self.amp_ratio * n[dim] / a[dim] * a[bright]
+                if np.sqrt(2 * float(_excess_lr(n[bright], expected))) < _BRIGHT_HALF_SIGMA:
+                    levels[bright] = levels[dim]  # not significantly brighter: alike
+        return levels[0], levels[1]
 
     def _edge_lines(self, counts, model, use, live, depth):
         """Scale the outer ``depth`` lines of every CCD by their camera-wide factor."""
@@ -1978,35 +2155,58 @@ class AmpBackground:
                     model[:, ys, slice(key[2] * half, (key[2] + 1) * half)] *= factor
 
     def _fit(self, terms, n, a):
-        """Coefficients of ``n ~ Poisson(a exp(terms @ c))``, robust to outlying blocks."""
+        """Coefficients of ``n ~ Poisson(a exp(terms @ c))``, robust to outlying blocks.
+
+        The degree grows from a constant while there are counts enough for
+        its terms (`_MIN_COUNTS_PER_TERM`) and the fit stays finite (a sparse
+        half, mostly empty blocks, keeps the constant).
+        """
         valid = a > 0
         rate = np.where(valid, n / np.where(valid, a, 1.0), 0.0)
         n_all = terms.shape[1]
         coef = np.zeros(n_all)
-        coef[0] = np.log(max(float(np.median(rate[valid])), 1e-6))
+        start = float(np.median(rate[valid]))
+        if not start > 0:  # sparse: most blocks empty, start from the mean rate
+            start = float(n[valid].sum() / a[valid].sum())
+        coef[0] = np.log(max(start, 1e-6))
         ok = valid.copy()
         for degree in range(self.degree + 1):
             k = (degree + 1) * (degree + 2) // 2
+            if degree and n[ok].sum() < _MIN_COUNTS_PER_TERM * k:
+                break  # too few counts to fit this shape: keep the lower degree
             t, c = terms[:, :k], coef[:k].copy()
-            for _ in range(3):
-                for _ in range(4):  # Poisson IRLS (log link)
-                    eta = t @ c
-                    mu = a * np.exp(eta)
-                    w = np.where(ok, mu, 0.0)
-                    z = eta + np.where(ok, (n - mu) / np.maximum(mu, 1e-12), 0.0)
-                    c = np.linalg.solve((t * w[:, None]).T @ t + 1e-9 * np.eye(k), (t * w[:, None]).T @ z)
-                mu = a * np.exp(t @ c)
-                rel = np.where(valid, n / np.maximum(mu, 1e-12) - 1, 0.0)
-                scale = 1 / np.sqrt(np.maximum(mu, 1e-9))
-                if degree < self.degree and ok.any():  # lower degrees: allow for the unfitted shape
-                    scale = np.maximum(scale, 1.4826 * float(np.median(np.abs(rel[ok]))))
-                new = valid & (rel < self.clip * scale) & (rel > -2 * self.clip * scale)
-                if new.sum() < k + 2 or (new == ok).all():
-                    break
-                ok = new
+            with np.errstate(over="ignore", invalid="ignore"):
+                for _ in range(3):
+                    for _ in range(4):  # Poisson IRLS (log link)
+                        eta = t @ c
+                        mu = a * np.exp(eta)
+                        w = np.where(ok, mu, 0.0)
+                        z = eta + np.where(ok, (n - mu) / np.maximum(mu, 1e-12), 0.0)
+                        c = np.linalg.solve((t * w[:, None]).T @ t + 1e-9 * np.eye(k), (t * w[:, None]).T @ z)
+                    if not _sane_log_surface(c):
+                        break
+                    mu = a * np.exp(t @ c)
+                    rel = np.where(valid, n / np.maximum(mu, 1e-12) - 1, 0.0)
+                    # Poisson scale of a block's relative excess; below one count
+                    # expected, that of one count (a single count is not an outlier).
+                    mu_floor = np.maximum(mu, 1e-9)
+                    scale = np.maximum(1 / np.sqrt(mu_floor), 1 / mu_floor)
+                    if degree < self.degree and ok.any():  # lower degrees: allow for the unfitted shape
+                        scale = np.maximum(scale, 1.4826 * float(np.median(np.abs(rel[ok]))))
+                    new = valid & (rel < self.clip * scale) & (rel > -2 * self.clip * scale)
+                    if new.sum() < k + 2 or (new == ok).all():
+                        break
+                    ok = new
+            if not _sane_log_surface(c):
+                break  # the fit diverged (sparse or pathological counts): keep the lower degree
             coef = np.zeros(n_all)
             coef[:k] = c
         return coef
+
+
+def _sane_log_surface(coef) -> bool:
+    """Whether fitted log-surface coefficients are finite and their slopes plausible."""
+    return bool(np.isfinite(coef).all() and np.abs(coef[1:]).max(initial=0.0) < _MAX_LOG_SLOPE)
 
 
 class Defect:
@@ -2020,9 +2220,15 @@ class Defect:
     __slots__ = ("ccdnum", "kind", "y0", "y1", "x0", "x1", "cells", "counts", "background")
 
     def __init__(self, ccdnum, kind, y0, y1, x0, x1, cells, counts, background):
-        self.ccdnum, self.kind = int(ccdnum), kind
-        self.y0, self.y1, self.x0, self.x1 = int(y0), int(y1), int(x0), int(x1)
-        self.cells, self.counts, self.background = int(cells), float(counts), float(background)
+        self.ccdnum = _check_int("ccdnum", ccdnum, 1, N_CCD)
+        if not isinstance(kind, str) or kind not in DEFECT_KINDS:
+            raise BadInputError(f"kind={_describe_value(kind)}: must be one of {', '.join(DEFECT_KINDS)}")
+        self.kind = kind
+        self.y0, self.x0 = _check_int("y0", y0, lo=0), _check_int("x0", x0, lo=0)
+        self.y1, self.x1 = _check_int("y1", y1, lo=self.y0), _check_int("x1", x1, lo=self.x0)
+        self.cells = _check_int("cells", cells, lo=0)
+        self.counts = _check_at_least("counts", counts)
+        self.background = _check_at_least("background", background)
 
     @property
     def significance(self) -> float:
@@ -2086,6 +2292,23 @@ def fit_segment(counts, background, ratio: float, lo: int = 0, hi: int = None, n
     >>> fit_segment(n, b, 2.0)[:2]
     (20, 60)
     """
+    counts = _numeric_array("counts", counts)
+    background = _numeric_array("background", background)
+    if counts.ndim != 1 or not counts.size:
+        raise BadInputError(f"counts: {_describe_value(counts)}, must be a non-empty 1-d profile")
+    for name, value in (("counts", counts), ("background", background)):
+        if not (np.isfinite(value).all() and value.min() >= 0):
+            raise BadInputError(f"{name}: must be finite and non-negative")
+    if background.shape != counts.shape:
+        raise BadInputError(f"background: {_describe_value(background)}, expected shape {counts.shape}")
+    ratio = _check_at_least("ratio", ratio, 0.0, strict=True)
+    lo = _check_int("lo", lo, 0, counts.size)
+    hi = counts.size if hi is None else _check_int("hi", hi, lo, counts.size)
+    return _fit_segment(counts, background, ratio, lo, hi, _check_int("n_iter", n_iter, lo=0),
+                        _check_at_least("penalty", penalty))
+
+
+def _fit_segment(counts, background, ratio, lo=0, hi=None, n_iter=10, penalty=0.0):
     hi = counts.size if hi is None else hi
     n = np.asarray(counts[lo:hi], dtype=np.float64)
     b = np.asarray(background[lo:hi], dtype=np.float64)
@@ -2173,14 +2396,18 @@ class LineDetector:
     def __init__(self, col_widths=(1, 2), row_widths=(1,), min_length: int = 4, gap_p: float = 0.1,
                  piece_p: float = 1e-4, max_rounds: int = 4, end_penalty: float = 0.25,
                  neighbour_p: float = 1e-4, max_neighbours: int = 2):
-        self.end_penalty = float(end_penalty)
-        self.neighbour_tail, self.max_neighbours = PoissonTail(neighbour_p), int(max_neighbours)
-        self.widths = {"y": tuple(col_widths), "x": tuple(row_widths)}
-        self.min_length, self.gap_p, self.max_rounds = int(min_length), float(gap_p), int(max_rounds)
-        self.piece_tail = PoissonTail(piece_p)
+        self.end_penalty = _check_at_least("end_penalty", end_penalty)
+        self.neighbour_tail = PoissonTail(_check_probability("neighbour_p", neighbour_p))
+        self.max_neighbours = _check_int("max_neighbours", max_neighbours, lo=0)
+        self.widths = {"y": _check_int_tuple("col_widths", col_widths), "x": _check_int_tuple("row_widths", row_widths)}
+        self.min_length = _check_int("min_length", min_length, lo=1)
+        self.gap_p = _check_probability("gap_p", gap_p)
+        self.max_rounds = _check_int("max_rounds", max_rounds, lo=1)
+        self.piece_tail = PoissonTail(_check_probability("piece_p", piece_p))
 
     def lengths(self, size: int) -> list:
         """Window lengths (cells) along a line of ``size`` cells."""
+        size = _check_int("size", size, lo=0)
         lengths, length = [], self.min_length
         while length <= size:
             lengths.append(length)
@@ -2188,12 +2415,14 @@ class LineDetector:
         return lengths
 
     def families(self, shape) -> list:
+        shape = _check_grid_shape("shape", shape)
         return [("line", axis, width, length)
                 for axis, size in (("y", shape[1]), ("x", shape[2]))
                 for width in self.widths[axis] for length in self.lengths(size)]
 
     def detect(self, counts, background, excluded, tail, live) -> list:
         """Find, mask (in ``excluded``) and return the line segments."""
+        counts, background, excluded, tail, live = _check_search(counts, background, excluded, tail, live)
         views = {"y": (counts, background, excluded),
                  "x": tuple(a.transpose(0, 2, 1) for a in (counts, background, excluded))}
         found = []
@@ -2222,7 +2451,7 @@ class LineDetector:
                 use = ~ex[ccd, start:start + length, x:x + width]
                 total_n = np.where(use, n[ccd, start:start + length, x:x + width], 0).sum()
                 total_b = np.where(use, b[ccd, start:start + length, x:x + width], 0.0).sum()
-                if not tail.significant1(total_n, total_b):  # another line took its cells
+                if not tail._significant1(total_n, total_b):  # another line took its cells
                     deferred.add(ccd)
                     continue
                 new = self._fit(n, b, ex, ccd, x, width, total_n / total_b, start, length)
@@ -2257,7 +2486,7 @@ class LineDetector:
             else:
                 N = cn[:, starts + length] - cn[:, starts]
                 B = cb[:, starts + length] - cb[:, starts]
-            hit = tail.significant(N, B)
+            hit = tail._significant(N, B)
             if not hit.any():
                 continue
             i, s, x = np.nonzero(hit)
@@ -2274,12 +2503,12 @@ class LineDetector:
         line_n = np.where(use, n[ccd, :, x:x + width], 0).astype(np.int64)
         line_b = np.where(use, b[ccd, :, x:x + width], 0.0)
         prof_n, prof_b = line_n.sum(1), line_b.sum(1)
-        s, e, ratio_fit, _ = fit_segment(prof_n, prof_b, ratio, penalty=self.end_penalty)
+        s, e, ratio_fit, _ = _fit_segment(prof_n, prof_b, ratio, penalty=self.end_penalty)
         if e <= s or min(e, start + length) <= max(s, start):  # keep hold of the window's excess
             s, e, ratio_fit = start, start + length, ratio
         found = []
         for s0, e0 in self._split(prof_n, prof_b, s, e, ratio_fit):
-            if (s0, e0) != (s, e) and not self.piece_tail.significant1(prof_n[s0:e0].sum(), prof_b[s0:e0].sum()):
+            if (s0, e0) != (s, e) and not self.piece_tail._significant1(prof_n[s0:e0].sum(), prof_b[s0:e0].sum()):
                 continue
             parts = [(0, s0, e0)] if width == 1 else self._columns(line_n, line_b, s0, e0)
             for k, a, z in parts:
@@ -2309,11 +2538,11 @@ class LineDetector:
                 free = ~ex[ccd, a:z, side]
                 col_n = np.where(free, n[ccd, a:z, side], 0).astype(np.int64)
                 col_b = np.where(free, b[ccd, a:z, side], 0.0)
-                if not free.any() or not self.neighbour_tail.significant1(col_n.sum(), col_b.sum()):
+                if not free.any() or not self.neighbour_tail._significant1(col_n.sum(), col_b.sum()):
                     continue
-                a2, z2, _, _ = fit_segment(col_n, col_b, max(col_n.sum() / max(col_b.sum(), 1e-12), 1.0),
+                a2, z2, _, _ = _fit_segment(col_n, col_b, max(col_n.sum() / max(col_b.sum(), 1e-12), 1.0),
                                            penalty=self.end_penalty)
-                if z2 <= a2 or not self.neighbour_tail.significant1(col_n[a2:z2].sum(), col_b[a2:z2].sum()):
+                if z2 <= a2 or not self.neighbour_tail._significant1(col_n[a2:z2].sum(), col_b[a2:z2].sum()):
                     continue
                 ex[ccd, a + a2:a + z2, side] = True
                 entry = (side, a + a2, a + z2, int(free[a2:z2].sum()), col_n[a2:z2].sum(), col_b[a2:z2].sum())
@@ -2327,9 +2556,9 @@ class LineDetector:
         ratio = line_n[s0:e0].sum() / max(line_b[s0:e0].sum(), 1e-12)
         parts = []
         for k in range(line_n.shape[1]):
-            a, z, r, _ = fit_segment(line_n[:, k], line_b[:, k], ratio, s0, e0, penalty=self.end_penalty)
+            a, z, r, _ = _fit_segment(line_n[:, k], line_b[:, k], ratio, s0, e0, penalty=self.end_penalty)
             for a2, z2 in (self._split(line_n[:, k], line_b[:, k], a, z, r) if z > a else []):
-                if self.piece_tail.significant1(line_n[a2:z2, k].sum(), line_b[a2:z2, k].sum()):
+                if self.piece_tail._significant1(line_n[a2:z2, k].sum(), line_b[a2:z2, k].sum()):
                     parts.append((k, a2, z2))
         return parts or [(k, s0, e0) for k in range(line_n.shape[1])]
 
@@ -2345,7 +2574,7 @@ class LineDetector:
         pieces = []
         for lo, hi in ((s, s + 1 + g0), (s + 1 + g1, e)):
             if hi > lo:
-                a, z, r, _ = fit_segment(prof_n, prof_b, ratio, lo, hi, penalty=self.end_penalty)
+                a, z, r, _ = _fit_segment(prof_n, prof_b, ratio, lo, hi, penalty=self.end_penalty)
                 if z > a:
                     pieces += self._split(prof_n, prof_b, a, z, r)
         return pieces
@@ -2368,7 +2597,7 @@ def _grow_rings(n, b, ex, box, tail, max_rings):
         if not ring.any():
             break
         ring_n, ring_b = n[gy0:gy1, gx0:gx1][ring].sum(), b[gy0:gy1, gx0:gx1][ring].sum()
-        if not tail.significant1(ring_n, ring_b):
+        if not tail._significant1(ring_n, ring_b):
             break
         ex[gy0:gy1, gx0:gx1] = True
         added_n += ring_n
@@ -2393,12 +2622,15 @@ class CellDetector:
     coverage = 1
 
     def families(self, shape) -> list:
+        _check_grid_shape("shape", shape)
         return [("cell",)]
 
     def detect(self, counts, background, excluded, tail, live) -> list:
         from scipy import ndimage
 
-        hit = ~excluded & tail.significant(np.where(excluded, 0, counts), np.where(excluded, 0.0, background))
+        counts, background, excluded, tail, live = _check_search(counts, background, excluded, tail, live)
+
+        hit = ~excluded & tail._significant(np.where(excluded, 0, counts), np.where(excluded, 0.0, background))
         found = []
         for index in np.flatnonzero(hit.reshape(hit.shape[0], -1).any(axis=1)):
             labels, _ = ndimage.label(hit[index], structure=np.ones((3, 3)))
@@ -2445,12 +2677,19 @@ class BoxDetector:
 
     def __init__(self, min_shape=(1, 1), min_fit=(1, 1), trim: float = 0.0, trim_p: float = 1e-3,
                  ring_p: float = 3e-3, max_rings: int = 4, max_rounds: int = 6):
-        self.min_shape, self.min_fit = tuple(min_shape), tuple(min_fit)
-        self.trim, self.trim_tail = float(trim), PoissonTail(trim_p)
-        self.ring_tail, self.max_rings, self.max_rounds = PoissonTail(ring_p), int(max_rings), int(max_rounds)
+        self.min_shape = _check_int_tuple("min_shape", min_shape, 2)
+        self.min_fit = _check_int_tuple("min_fit", min_fit, 2)
+        self.trim = _check_at_least("trim", trim)
+        if self.trim >= 0.5:
+            raise BadInputError(f"trim={self.trim!r}: must be less than 0.5 (a fraction from each side)")
+        self.trim_tail = PoissonTail(_check_probability("trim_p", trim_p))
+        self.ring_tail = PoissonTail(_check_probability("ring_p", ring_p))
+        self.max_rings = _check_int("max_rings", max_rings, lo=0)
+        self.max_rounds = _check_int("max_rounds", max_rounds, lo=1)
 
     def shapes(self, shape) -> list:
         """Window shapes (cells along y, x) on a (62, ny, nx) grid."""
+        shape = _check_grid_shape("shape", shape)
         ny, half = shape[1], shape[2] // 2
         shapes, hy = [(1, 2), (2, 1), (2, 2)], 2
         while hy <= ny and 2 * hy <= half:
@@ -2463,6 +2702,7 @@ class BoxDetector:
         return [("box",) + s for s in self.shapes(shape)]
 
     def detect(self, counts, background, excluded, tail, live) -> list:
+        counts, background, excluded, tail, live = _check_search(counts, background, excluded, tail, live)
         half = counts.shape[2] // 2
         shapes = self.shapes(counts.shape)
         found = []
@@ -2519,7 +2759,7 @@ class BoxDetector:
                 ry, rx = hy // sy, hx // sx
                 N = S[:, ry:, rx:] - S[:, :-ry, rx:] - S[:, ry:, :-rx] + S[:, :-ry, :-rx]
                 B = T[:, ry:, rx:] - T[:, :-ry, rx:] - T[:, ry:, :-rx] + T[:, :-ry, :-rx]
-                hit = tail.significant(N, B)
+                hit = tail._significant(N, B)
                 if hit.any():
                     i, y, x = np.nonzero(hit)
                     lr = _excess_lr(N[i, y, x], B[i, y, x])
@@ -2533,7 +2773,7 @@ class BoxDetector:
         for _, y0, y1, x0, x1 in sorted(seeds):
             if any(y0 < r[1] and r[0] < y1 and x0 < r[3] and r[2] < x1 for r in rejected):
                 continue
-            if not tail.significant1(self._box(S, y0, y1, x0, x1), self._box(T, y0, y1, x0, x1)):
+            if not tail._significant1(self._box(S, y0, y1, x0, x1), self._box(T, y0, y1, x0, x1)):
                 continue  # an earlier box took its excess
             fy0, fy1, fx0, fx1 = self._fit_box(S, T, y0, y1, x0, x1)
             if (fy1 - fy0 < self.min_fit[0] or fx1 - fx0 < self.min_fit[1]
@@ -2558,7 +2798,7 @@ class BoxDetector:
         rows, cols = np.ones(n.shape[0], bool), np.ones(n.shape[1], bool)
         rows[np.argsort(n.sum(1) - b.sum(1))[n.shape[0] - int(np.ceil(self.trim * n.shape[0])):]] = False
         cols[np.argsort(n.sum(0) - b.sum(0))[n.shape[1] - int(np.ceil(self.trim * n.shape[1])):]] = False
-        return self.trim_tail.significant1(n[rows][:, cols].sum(), b[rows][:, cols].sum())
+        return self.trim_tail._significant1(n[rows][:, cols].sum(), b[rows][:, cols].sum())
 
     def _fit_box(self, S, T, y0, y1, x0, x1):
         """Move each edge, within a window's size, to the maximum likelihood ratio."""
@@ -2608,6 +2848,17 @@ class MultiscaleResult:
     """What `multiscale_mask` returns: ``mask``, ``background`` (the model) and ``defects``."""
 
     def __init__(self, mask, background, defects):
+        mask = _numeric_array("mask", mask, "b")
+        if mask.ndim != 3:
+            raise BadInputError(f"mask: {_describe_value(mask)}, expected shape ({N_CCD}, ny, nx)")
+        background = _numeric_array("background", background)
+        if background.shape != mask.shape:
+            raise BadInputError(f"background: {_describe_value(background)}, expected shape {mask.shape}")
+        if isinstance(defects, (str, bytes)) or not hasattr(defects, "__iter__"):
+            raise BadInputError(f"defects={_describe_value(defects)}: must be a list of Defect")
+        defects = list(defects)
+        if not all(isinstance(d, Defect) for d in defects):
+            raise BadInputError("defects: must be a list of Defect")
         self.mask, self.background, self.defects = mask, background, defects
 
 
@@ -2659,16 +2910,27 @@ def multiscale_mask(counts, *, fp_rate: float = DEFAULT_FP_RATE, live=None, know
     >>> int(result.mask.sum()) <= 90
     True
     """
-    counts = np.asarray(counts)
-    if counts.size and counts.max() < 2 ** 31:  # half the memory traffic of int64
+    counts = _check_cube(counts)
+    fp_rate = _check_fp_rate(fp_rate)
+    margin = _check_at_least("margin", margin, 0.0, strict=True)
+    ring_p = _check_probability("ring_p", ring_p)
+    max_rings = _check_int("max_rings", max_rings, lo=0)
+    compact = _check_int_tuple("compact", compact, 2, lo=0)
+    if background is not None and not callable(getattr(background, "model", None)):
+        raise BadInputError(f"background={_describe_value(background)}: must be a background estimator "
+                            f"(with a model method)")
+    detectors = default_detectors() if detectors is None else _check_detectors(detectors)
+    if counts.max() < 2 ** 31:  # half the memory traffic of int64
         counts = counts.astype(np.int32, copy=False)
     n_ccd, ny, nx = counts.shape
-    live = counts.reshape(n_ccd, -1).sum(axis=1) > 0 if live is None else np.asarray(live, bool)
-    excluded = np.zeros(counts.shape, bool) if known is None else np.array(known, bool)
+    live = counts.reshape(n_ccd, -1).sum(axis=1) > 0 if live is None else _check_live(live)
+    excluded = (np.zeros(counts.shape, bool) if known is None
+                else np.array(_check_cells("known", known, counts.shape, "biu"), bool))
     excluded[~live] = True
     estimator = background if background is not None else AmpBackground()
     model = estimator.model(counts, excluded, live)
-    detectors = default_detectors() if detectors is None else list(detectors)
+    if not isinstance(model, np.ndarray) or model.shape != counts.shape:
+        raise BadInputError(f"background: its model is {_describe_value(model)}, expected shape {counts.shape}")
     rule = SignificanceRule.for_detectors(detectors, counts.shape, fp_rate, margin)
     defects = []
     for detector in detectors:
@@ -2774,6 +3036,25 @@ def _defect_table(epoch_mask):
     return table
 
 
+_DEFECT_COLUMNS = ("CCDNUM", "KIND", "X0", "X1", "Y0", "Y1")
+
+
+def _check_defect_table(table, name: str = "table", needed=()):
+    """A defect table: an astropy Table with the ``needed`` columns."""
+    from astropy.table import Table
+
+    if not isinstance(table, Table):
+        raise BadInputError(f"{name}={_describe_value(table)}: must be a defect table (an astropy Table)")
+    missing = [column for column in needed if column not in table.colnames]
+    if missing:
+        raise BadInputError(f"{name}: not a defect table, no column {', '.join(missing)}")
+    if "CCDNUM" in needed and len(table):
+        ccdnum = np.asarray(table["CCDNUM"])
+        if ccdnum.dtype.kind not in "iu" or ccdnum.min() < 1 or ccdnum.max() > N_CCD:
+            raise BadInputError(f"{name}: CCDNUM must be integers in 1..{N_CCD}")
+    return table
+
+
 def _defect_format(path: str) -> str:
     """astropy format of a defect-table file, from its suffix (ECSV or FITS)."""
     name = path.lower()
@@ -2797,6 +3078,8 @@ def write_defects(table, path: str, *, overwrite: bool = False, inputs=()) -> st
     >>> write_defects(mask.defects, "y6_defects.ecsv")
     'y6_defects.ecsv'
     """
+    _check_defect_table(table)
+    path = _check_path("path", path)
     table_format = _defect_format(path)
     with atomic_output(path, overwrite=overwrite, inputs=inputs) as tmp:
         if table_format == "fits" and path.lower().endswith(".gz"):
@@ -2841,6 +3124,9 @@ def write_regions(table, directory: str, *, overwrite: bool = False) -> list:
     """
     from regions import PixCoord, RectanglePixelRegion, Regions
 
+    _check_defect_table(table, needed=_DEFECT_COLUMNS + ("SIGNIFICANCE",))
+    directory = _check_path("directory", directory)
+    overwrite = _check_flag("overwrite", overwrite)
     if not os.path.isdir(directory):
         raise BadInputError(f"--regions {directory}: not a directory")
     written = []
@@ -2917,12 +3203,22 @@ def defect_history(source, *, epochs=None, fp_rate: float = DEFAULT_FP_RATE, x_b
     """
     from astropy.table import Table, vstack
 
+    tolerance = _check_int("tolerance", tolerance, lo=0)
     if isinstance(source, CountMaps):
-        names = list(source.epochs) if epochs is None else list(epochs)
+        _check_options(fp_rate, x_bin, y_bin, floor)
+        _check_method(method)
+        if epochs is not None and (isinstance(epochs, str) or not hasattr(epochs, "__iter__")):
+            raise BadInputError(f"epochs={_describe_value(epochs)}: must be a list of epoch names")
+        names = list(source.epochs) if epochs is None else [_check_str("epochs", e) for e in epochs]
         tables = [EpochMask.from_maps(source, epoch, fp_rate=fp_rate, x_bin=x_bin, y_bin=y_bin, floor=floor,
                                       method=method).defects for epoch in names]
     else:
-        tables = [item.defects if isinstance(item, EpochMask) else item for item in source]
+        if isinstance(source, (str, bytes, os.PathLike)) or not hasattr(source, "__iter__"):
+            raise BadInputError(f"source={_describe_value(source)}: must be CountMaps, or a list of EpochMask "
+                                f"or defect tables")
+        tables = [item.defects if isinstance(item, EpochMask) else
+                  _check_defect_table(item, "source", _DEFECT_COLUMNS + ("EPOCH", "CELLS", "SIGNIFICANCE"))
+                  for item in source]
     tables = [t for t in tables if len(t)]
     columns = ["CCDNUM", "DETPOS", "KIND", "X0", "X1", "Y0", "Y1", "N_EPOCHS", "EPOCHS", "FIRST", "LAST",
                "CELLS_MAX", "SIGNIFICANCE_MAX"]
@@ -5328,8 +5624,14 @@ def plot_methods(first, second, ccdnum: int, *, figure=None):
     from matplotlib.colors import ListedColormap
     from matplotlib.figure import Figure
 
-    if not 1 <= int(ccdnum) <= N_CCD:
-        raise BadInputError(f"ccdnum {ccdnum}: must be 1..{N_CCD}")
+    for name, value in (("first", first), ("second", second)):
+        try:
+            _check_epoch_mask(value)
+        except BadInputError:
+            raise BadInputError(f"{name}={_describe_value(value)}: must be an EpochMask") from None
+    ccdnum = _check_int("ccdnum", ccdnum, 1, N_CCD)
+    if figure is not None and not isinstance(figure, Figure):
+        raise BadInputError(f"figure={_describe_value(figure)}: must be a matplotlib Figure")
     if first.counts.shape != second.counts.shape:
         raise BadInputError("plot_methods: the two masks must have the same cell grid")
     index = int(ccdnum) - 1

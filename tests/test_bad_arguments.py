@@ -462,6 +462,279 @@ def test_dask_client_arguments(keywords, match):
             pass
 
 
+# ---- The multiscale method
+
+
+def _search(**changes):
+    """Valid arguments of a detector's detect (a 32 x 32 cell grid), with some replaced."""
+    counts = np.full((62, 32, 32), 3, dtype=np.int64)
+    arguments = {"counts": counts, "background": np.full(counts.shape, 3.0),
+                 "excluded": np.zeros(counts.shape, bool), "tail": tm.PoissonTail(1e-6),
+                 "live": np.ones(62, bool)}
+    arguments.update(changes)
+    return arguments
+
+
+@pytest.mark.parametrize("p", [0, 1, -0.5, 1.5, np.nan, np.inf, "1e-4", None, [1e-4], True])
+def test_poisson_tail_probability(p):
+    raises("p=", tm.PoissonTail, p)
+
+
+@pytest.mark.parametrize("n, b, match", [
+    (["a"], [3.0], "n.*must be numbers"), ([np.nan], [3.0], "n: must be finite"),
+    ([np.inf], [3.0], "n: must be finite"), ([3], ["3"], "b.*must be numbers"), ([3], [np.nan], "b: must be finite"),
+    ([3, 4, 5], [3.0, 3.0], "do not broadcast"), (None, [3.0], "n.*must be numbers"),
+])
+def test_poisson_tail_windows(n, b, match):
+    tail = tm.PoissonTail(1e-4)
+    if match.startswith("n:"):
+        raises(match, tail.bmax, n)
+    raises(match, tail.significant, n, b)
+
+
+@pytest.mark.parametrize("n, b, match", [("12", 3.0, "n="), (np.nan, 3.0, "n="), (12, np.inf, "b="),
+                                         (12, None, "b="), ([12], 3.0, "n="), (True, 3.0, "n=")])
+def test_poisson_tail_one_window(n, b, match):
+    raises(match, tm.PoissonTail(1e-4).significant1, n, b)
+
+
+@pytest.mark.parametrize("n, b, match", [
+    ("30", 10.0, "n.*must be numbers"), (30, None, "b.*must be numbers"), (np.nan, 10.0, "n: must be finite"),
+    (30, np.inf, "b: must be finite"), (-1, 10.0, "n: must be finite and non-negative"),
+    ([1, 2, 3], [1.0, 2.0], "do not broadcast"), ([[1], [2, 3]], 1.0, "not an array of numbers"),
+])
+def test_lr_significance_arguments(n, b, match):
+    raises(match, tm.lr_significance, n, b)
+
+
+@pytest.mark.parametrize("keywords, match", [
+    ({"fp_rate": 0}, "fp_rate="), ({"fp_rate": np.nan}, "fp_rate="), ({"fp_rate": "1e-4"}, "fp_rate="),
+    ({"families": 0}, "families="), ({"families": 2.5}, "families="), ({"families": None}, "families="),
+    ({"margin": 0}, "margin="), ({"margin": -1}, "margin="), ({"margin": np.inf}, "margin="),
+    ({"margin": "30"}, "margin="),
+])
+def test_significance_rule_arguments(keywords, match):
+    raises(match, tm.SignificanceRule, **keywords)
+
+
+def test_significance_rule_detectors_and_shape():
+    rule = tm.SignificanceRule()
+    raises("detector", rule.tail, "LineDetector")
+    raises("detector", rule.tail, None)
+    raises("detectors=", tm.SignificanceRule.for_detectors, tm.LineDetector(), (62, 32, 32))
+    raises("detectors: .* is not a detector", tm.SignificanceRule.for_detectors, [1, 2], (62, 32, 32))
+    for shape in [(62, 32), (61, 32, 32), (62, 0, 32), (62, 30, 32), "shape", None, (62, 32.5, 32)]:
+        raises("shape=", tm.SignificanceRule.for_detectors, tm.default_detectors(), shape)
+
+
+@pytest.mark.parametrize("keywords, match", [
+    ({"degree": 4}, "degree="), ({"degree": -1}, "degree="), ({"degree": 1.5}, "degree="),
+    ({"degree": "2"}, "degree="), ({"blocks": 0}, "blocks="), ({"blocks": 12}, "power of 2"),
+    ({"blocks": np.nan}, "blocks="), ({"edge_depth": -1}, "edge_depth="), ({"edge_depth": None}, "edge_depth="),
+    ({"amp_ratio": 0.5}, "amp_ratio="), ({"amp_ratio": np.inf}, "amp_ratio="), ({"clip": 0}, "clip="),
+    ({"clip": "3"}, "clip="),
+])
+def test_amp_background_arguments(keywords, match):
+    raises(match, tm.AmpBackground, **keywords)
+
+
+@pytest.mark.parametrize("arguments, match", [
+    ((np.ones((62, 32, 32)),), "counts: must be non-negative integers"),
+    ((np.full((62, 32, 32), "1"),), "counts.*must be numbers"),
+    ((np.ones((62, 32, 32), bool),), "counts: must be non-negative integers"),
+    ((np.ones((62, 32), int),), "expected shape"),
+    ((np.ones((61, 32, 32), int),), "counts shape="), ((np.ones((62, 0, 32), int),), "counts shape="),
+    ((np.ones((62, 32, 1), int),), "counts shape="), ((np.full((62, 32, 32), -1),), "negative"),
+    ((None,), "counts.*must be numbers"),
+    ((np.ones((62, 32, 32), int), np.zeros((62, 32, 16), bool)), "excluded: .*expected shape"),
+    ((np.ones((62, 32, 32), int), np.full((62, 32, 32), "a")), "excluded.*must be numbers"),
+    ((np.ones((62, 32, 32), int), None, np.ones(61, bool)), "live: .*expected shape"),
+    ((np.ones((62, 32, 32), int), None, "all"), "live="),
+])
+def test_amp_background_model_arguments(arguments, match):
+    raises(match, tm.AmpBackground().model, *arguments)
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"ccdnum": 0}, "ccdnum="), ({"ccdnum": 63}, "ccdnum="), ({"ccdnum": "5"}, "ccdnum="),
+    ({"kind": "hot"}, "kind="), ({"kind": None}, "kind="), ({"y0": -1}, "y0="), ({"y1": 1}, "y1="),
+    ({"x0": 2.5}, "x0="), ({"x1": np.nan}, "x1="), ({"cells": -3}, "cells="), ({"counts": np.nan}, "counts="),
+    ({"counts": -1}, "counts="), ({"background": "3"}, "background="), ({"background": np.inf}, "background="),
+])
+def test_defect_arguments(changes, match):
+    arguments = dict(ccdnum=5, kind="column", y0=2, y1=10, x0=4, x1=5, cells=8, counts=40, background=24.0)
+    arguments.update(changes)
+    raises(match, tm.Defect, **arguments)
+
+
+@pytest.mark.parametrize("args, keywords, match", [
+    ((np.full(10, 3), np.full(10, 1.0), 2.0), {"lo": -1}, "lo="), ((np.full(10, 3), np.full(10, 1.0), 2.0),
+                                                                   {"lo": 11}, "lo="),
+    ((np.full(10, 3), np.full(10, 1.0), 2.0), {"lo": 5, "hi": 4}, "hi="),
+    ((np.full(10, 3), np.full(10, 1.0), 2.0), {"hi": 2.5}, "hi="),
+    ((np.full(10, 3), np.full(10, 1.0), 2.0), {"n_iter": -1}, "n_iter="),
+    ((np.full(10, 3), np.full(10, 1.0), 2.0), {"penalty": np.nan}, "penalty="),
+    ((np.full(10, 3), np.full(10, 1.0), 2.0), {"penalty": -1}, "penalty="),
+    ((np.full(10, 3), np.full(10, 1.0), np.nan), {}, "ratio="), ((np.full(10, 3), np.full(10, 1.0), 0), {}, "ratio="),
+    ((np.full(10, 3), np.full(10, 1.0), "2"), {}, "ratio="),
+    ((np.full(10, 3), np.full(9, 1.0), 2.0), {}, "background: .*expected shape"),
+    ((np.full((2, 5), 3), np.full((2, 5), 1.0), 2.0), {}, "1-d"),
+    ((np.array([], int), np.array([]), 2.0), {}, "1-d"),
+    ((np.full(10, "3"), np.full(10, 1.0), 2.0), {}, "counts.*must be numbers"),
+    ((np.full(10, 3), np.full(10, np.nan), 2.0), {}, "background: must be finite"),
+    (([3, -1, 3], [1.0, 1.0, 1.0], 2.0), {}, "counts: must be finite and non-negative"),
+    (("abc", [1.0], 2.0), {}, "counts="),
+])
+def test_fit_segment_arguments(args, keywords, match):
+    raises(match, tm.fit_segment, *args, **keywords)
+
+
+@pytest.mark.parametrize("keywords, match", [
+    ({"col_widths": 1}, "col_widths="), ({"col_widths": (0,)}, "col_widths="), ({"row_widths": "1"}, "row_widths="),
+    ({"row_widths": (1.5,)}, "row_widths="), ({"min_length": 0}, "min_length="), ({"min_length": None}, "min_length="),
+    ({"gap_p": 0}, "gap_p="), ({"gap_p": np.nan}, "gap_p="), ({"piece_p": 2}, "piece_p="),
+    ({"max_rounds": 0}, "max_rounds="), ({"end_penalty": -0.1}, "end_penalty="),
+    ({"end_penalty": np.inf}, "end_penalty="), ({"neighbour_p": "1e-4"}, "neighbour_p="),
+    ({"max_neighbours": -1}, "max_neighbours="),
+])
+def test_line_detector_arguments(keywords, match):
+    raises(match, tm.LineDetector, **keywords)
+
+
+@pytest.mark.parametrize("keywords, match", [
+    ({"min_shape": (8,)}, "min_shape="), ({"min_shape": (0, 1)}, "min_shape="), ({"min_shape": 8}, "min_shape="),
+    ({"min_fit": ("a", 4)}, "min_fit="), ({"trim": -0.1}, "trim="), ({"trim": 0.5}, "trim="),
+    ({"trim": np.nan}, "trim="), ({"trim_p": 0}, "trim_p="), ({"ring_p": 1}, "ring_p="),
+    ({"ring_p": None}, "ring_p="), ({"max_rings": -1}, "max_rings="), ({"max_rounds": 0}, "max_rounds="),
+])
+def test_box_detector_arguments(keywords, match):
+    raises(match, tm.BoxDetector, **keywords)
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"counts": np.ones((62, 32, 32))}, "counts: must be non-negative integers"),
+    ({"counts": None}, "counts.*must be numbers"),
+    ({"counts": np.ones((62, 32, 16), int)}, "background: .*expected shape"),
+    ({"counts": np.full((62, 32, 32), -2)}, "negative"), ({"counts": np.ones((62, 32), int)}, "expected shape"),
+    ({"background": np.ones((62, 32, 16))}, "background: .*expected shape"),
+    ({"background": np.full((62, 32, 32), "3")}, "background.*must be numbers"),
+    ({"excluded": np.zeros((62, 32, 32), int)}, "excluded=.*bool"), ({"excluded": None}, "excluded="),
+    ({"excluded": np.zeros((62, 32, 16), bool)}, "excluded: .*expected shape"),
+    ({"tail": 1e-6}, "tail="), ({"live": np.ones(61, bool)}, "live: .*expected shape"),
+    ({"live": "yes"}, "live="),
+])
+@pytest.mark.parametrize("detector", [tm.LineDetector(), tm.CellDetector(), tm.BoxDetector()],
+                         ids=["line", "cell", "box"])
+def test_detect_arguments(detector, changes, match):
+    raises(match, detector.detect, **_search(**changes))
+
+
+def test_detector_shapes_and_lengths():
+    for shape in [(62, 32), (60, 32, 32), (62, 32, 0), (62, 3, 32), "grid", None]:
+        for detector in (tm.LineDetector(), tm.CellDetector(), tm.BoxDetector()):
+            raises("shape=", detector.families, shape)
+        raises("shape=", tm.BoxDetector().shapes, shape)
+    for size in (-1, 2.5, "64", None, np.nan):
+        raises("size=", tm.LineDetector().lengths, size)
+    assert [type(d).__name__ for d in tm.default_detectors()] == ["BoxDetector", "LineDetector", "CellDetector",
+                                                                  "BoxDetector"]
+
+
+def test_multiscale_result_arguments():
+    mask, background = np.zeros((62, 32, 32), bool), np.zeros((62, 32, 32))
+    raises("mask.*must be numbers", tm.MultiscaleResult, mask.astype(int), background, [])
+    raises("mask: .*expected shape", tm.MultiscaleResult, mask[0], background[0], [])
+    raises("background: .*expected shape", tm.MultiscaleResult, mask, background[:, :16], [])
+    raises("defects=", tm.MultiscaleResult, mask, background, None)
+    raises("defects: must be a list of Defect", tm.MultiscaleResult, mask, background, ["a"])
+
+
+@pytest.mark.parametrize("counts, keywords, match", [
+    (np.ones((62, 32, 32)), {}, "counts: must be non-negative integers"),
+    (np.ones((62, 32, 32), bool), {}, "counts: must be non-negative integers"),
+    (np.full((62, 32, 32), "3"), {}, "counts: must be"), (None, {}, "counts: must be"),
+    ([], {}, "must be non-negative integers"), (np.array([], int), {}, "expected shape"),
+    (np.ones((62, 32, 0), int), {}, "counts shape="), (np.ones((62, 32), int), {}, "expected shape"),
+    (np.full((62, 32, 32), -1), {}, "negative"), ([[[1, 2], [3]]] * 62, {}, "not an array of numbers"),
+    (None, {"fp_rate": np.nan}, "counts"),
+    (np.ones((62, 32, 32), int), {"fp_rate": np.nan}, "fp_rate="),
+    (np.ones((62, 32, 32), int), {"fp_rate": 1.5}, "fp_rate="),
+    (np.ones((62, 32, 32), int), {"fp_rate": "1e-4"}, "fp_rate="),
+    (np.ones((62, 32, 32), int), {"live": np.ones(61, bool)}, "live: .*expected shape"),
+    (np.ones((62, 32, 32), int), {"live": ["a"] * 62}, "live.*must be numbers"),
+    (np.ones((62, 32, 32), int), {"known": np.ones((62, 32, 16), bool)}, "known: .*expected shape"),
+    (np.ones((62, 32, 32), int), {"known": "CCD 31"}, "known="),
+    (np.ones((62, 32, 32), int), {"background": "amp"}, "background="),
+    (np.ones((62, 32, 32), int), {"detectors": tm.LineDetector()}, "detectors="),
+    (np.ones((62, 32, 32), int), {"detectors": [None]}, "not a detector"),
+    (np.ones((62, 32, 32), int), {"margin": 0}, "margin="),
+    (np.ones((62, 32, 32), int), {"margin": np.inf}, "margin="),
+    (np.ones((62, 32, 32), int), {"ring_p": 0}, "ring_p="),
+    (np.ones((62, 32, 32), int), {"max_rings": -1}, "max_rings="),
+    (np.ones((62, 32, 32), int), {"max_rings": 1.5}, "max_rings="),
+    (np.ones((62, 32, 32), int), {"compact": 8}, "compact="),
+    (np.ones((62, 32, 32), int), {"compact": (8, 16, 2)}, "compact="),
+    (np.ones((62, 32, 32), int), {"compact": (8, np.nan)}, "compact="),
+])
+def test_multiscale_mask_arguments(counts, keywords, match):
+    raises(match, tm.multiscale_mask, counts, **keywords)
+
+
+def test_multiscale_mask_background_model_of_the_wrong_shape():
+    class Flat:
+        def model(self, counts, excluded, live):
+            return np.ones(3)
+    raises("background: its model", tm.multiscale_mask, np.ones((62, 32, 32), int), background=Flat())
+
+
+def test_defect_table_writers(tmp_path):
+    counts = np.random.default_rng(0).poisson(3, (62, 64, 64))
+    table = tm.EpochMask(counts, epoch="Y6", method="multiscale").defects
+    raises("table=", tm.write_defects, {"CCDNUM": [5]}, str(tmp_path / "d.ecsv"))
+    raises("table=", tm.write_defects, None, str(tmp_path / "d.ecsv"))
+    raises("path=", tm.write_defects, table, 5)
+    raises("path=", tm.write_defects, table, "")
+    raises("ECSV", tm.write_defects, table, str(tmp_path / "d.txt"))
+    raises("overwrite=", tm.write_defects, table, str(tmp_path / "d.ecsv"), overwrite="no")
+    raises("inputs=", tm.write_defects, table, str(tmp_path / "d.ecsv"), inputs=5)
+    raises("table=", tm.write_regions, "table", str(tmp_path))
+    raises("no column X0", tm.write_regions, table[["CCDNUM", "KIND"]], str(tmp_path))
+    bad = table.copy()
+    bad["CCDNUM"][0] = 99
+    raises("CCDNUM must be integers in 1..62", tm.write_regions, bad, str(tmp_path))
+    raises("directory=", tm.write_regions, table, None)
+    raises("directory=", tm.write_regions, table, ["."])
+    raises("not a directory", tm.write_regions, table, str(tmp_path / "none"))
+    raises("overwrite=", tm.write_regions, table, str(tmp_path), overwrite=None)
+
+
+def test_defect_history_arguments(masks):
+    maps = tm.CountMaps(tm.data_path(tm.DEMO_COUNTS_FILENAME))
+    raises("source=", tm.defect_history, "demo_transient_maps.fits.gz")
+    raises("source=", tm.defect_history, 5)
+    raises("source=", tm.defect_history, [None])
+    raises("source: not a defect table", tm.defect_history, [Table()])
+    raises("tolerance=", tm.defect_history, [], tolerance=-1)
+    raises("tolerance=", tm.defect_history, [], tolerance=1.5)
+    raises("tolerance=", tm.defect_history, [], tolerance="1")
+    raises("epochs=", tm.defect_history, maps, epochs="Y6")
+    raises("epochs=", tm.defect_history, maps, epochs=[6])
+    raises("fp_rate=", tm.defect_history, maps, fp_rate=np.nan)
+    raises("x_bin=", tm.defect_history, maps, x_bin=0)
+    raises("floor=", tm.defect_history, maps, floor="mode")
+    raises("method", tm.defect_history, maps, method="best")
+
+
+def test_plot_methods_arguments(mask):
+    raises("first=", tm.plot_methods, None, mask, 5)
+    raises("second=", tm.plot_methods, mask, "multiscale", 5)
+    for ccdnum in (0, 63, 5.5, "5", None, np.nan, True):
+        raises("ccdnum=", tm.plot_methods, mask, mask, ccdnum)
+    raises("figure=", tm.plot_methods, mask, mask, 5, figure="fig")
+    small = tm.EpochMask(np.full((62, 128, 128), 5), epoch="Y2E1")
+    raises("same cell grid", tm.plot_methods, mask, small, 5)
+
+
 def test_every_public_callable_is_covered_here():
     """A new public function gets its bad-argument tests here too."""
     import inspect

@@ -351,3 +351,16 @@ def test_plots_name_the_method_and_compare_side_by_side(tmp_path):
     assert tm.main(["--plot", "Y2E1", "--counts", maps, "--plot_dir", str(tmp_path), "--compare", "10",
                     "46", "--method", "multiscale"]) == 0
     assert (tmp_path / "Y2E1_methods.pdf").exists()
+
+
+@pytest.mark.parametrize("mean", [0.0005, 0.01, 0.1])
+def test_sparse_maps_mask_only_the_defect(mean):
+    """Maps with far fewer transients than cells (short epochs): the background
+    fit must not collapse, so single counts are noise, not defects."""
+    cube = np.random.default_rng(1).poisson(mean, (tm.N_CCD, 256, 256))
+    cube[4, 10:60, 100] += 5
+    mask = tm.EpochMask(cube, method="multiscale")
+    assert mask.mask[4, 10:60, 100].all()
+    kinds = sorted(mask.defects["KIND"].tolist())
+    assert kinds == ["amp", "column"], kinds  # the column, and CCD 31's right half
+    assert np.isfinite(tm.AmpBackground().model(cube)).all()

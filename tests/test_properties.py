@@ -355,6 +355,24 @@ def test_pixel_mask_takes_anything(ccdnum):
     works_or_bad_input(_mask(4, 4).pixel_mask, ccdnum)
 
 
+small_cubes = st.one_of(
+    hnp.arrays(dtypes, st.sampled_from([(62, 32, 32), (62, 32, 16), (62, 0, 32), (62, 32), (61, 32, 32), ()]),
+               elements=None),
+    hnp.arrays(st.sampled_from([np.int64, np.int16, np.int8]), st.just((62, 32, 32)),
+               elements=st.integers(-1, 40)),
+    st.one_of(st.none(), st.text(max_size=2), st.lists(st.integers(0, 5), max_size=3)),
+)
+
+
+@settings(deadline=None, max_examples=25, suppress_health_check=list(HealthCheck))
+@given(counts=small_cubes, fp_rate=st.one_of(st.floats(), st.sampled_from([1e-4, 0.3])),
+       live=st.one_of(st.none(), any_array, hnp.arrays(dtypes, st.just((62,)))))
+def test_multiscale_takes_any_array(counts, fp_rate, live):
+    works_or_bad_input(tm.multiscale_mask, counts, fp_rate=fp_rate, live=live)
+    works_or_bad_input(tm.multiscale_mask, counts, known=live)
+    works_or_bad_input(tm.EpochMask, counts, method="multiscale", fp_rate=fp_rate)
+
+
 def test_reference_agrees_with_the_documented_edges():
     """The brute-force reference itself, on the README's examples."""
     assert ref_cell(7, 0.5, 0.5) == (6, 0, 0) and ref_cell(7, 9.0, 17.0) == (6, 1, 1)
