@@ -198,7 +198,7 @@ def bench_ccd(info, out_dir, repeats):
     print(f"  {'  sum (read, cut, write)':58s} {core:.3f} s")
     for name, (cpu, wall) in end.items():
         print(f"  end to end, des_background.main, {name + ':':53s} {cpu:.3f} s CPU ({wall:.2f} s wall)")
-    print(f"  target: < 1.5 s of one core for read, cut, write")
+    print("  target: < 1.5 s of one core for read, cut, write")
     drawing = stages["draw the picture (build)"] + stages["draw the picture (PNG)"]
     print(f"  the picture: reading the SE image {stages['read the SE image (picture only)']:.3f} s, drawing "
           f"{drawing:.3f} s (building {stages['draw the picture (build)']:.3f} s, PNG "

@@ -9,7 +9,6 @@ import pytest
 from astropy.table import Table
 
 import transient_masks as tm
-from conftest import poisson_cube
 
 
 @pytest.fixture(scope="module")

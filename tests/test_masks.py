@@ -1,7 +1,6 @@
 """Epoch table, count-map reading and the masking rule (EpochMask, TransientMasks)."""
 import gzip
 import os
-import shutil
 import subprocess
 import sys
 

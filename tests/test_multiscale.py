@@ -1,5 +1,4 @@
 """The multiscale method: background, detectors, false-positive rate, defect tables and CLI."""
-import os
 
 import numpy as np
 import pytest
