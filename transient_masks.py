@@ -6142,7 +6142,8 @@ def _run_inputs(args) -> list:
     """
     inputs = []
     if getattr(args, "input", None) is not None:
-        inputs.append(check_input(args.input, "event table"))
+        # filter_file reads a gzip table through once itself: not twice here
+        inputs.append(check_input(args.input, "event table", whole_gzip=False))
     if args.epochs_file is not None:
         read_epochs(args.epochs_file)
         inputs.append(args.epochs_file)
