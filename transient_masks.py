@@ -2321,10 +2321,12 @@ def _fit_segment(counts, background, ratio, lo=0, hi=None, n_iter=10, penalty=0.
         if e <= s:
             break
         total_n, total_b = n[s:e].sum(), b[s:e].sum()
+        if total_b <= 0:  # counts where no background is expected: no ratio to fit
+            break
         if value > best_value + 1e-9:
             best, best_value = (lo + s, lo + e, total_n / total_b, float(_excess_lr(total_n, total_b))), value
         # the ratio that maximises the (penalised) likelihood of this segment
-        new = (total_n / total_b + penalty) / (1.0 + penalty) if total_b > 0 else ratio
+        new = (total_n / total_b + penalty) / (1.0 + penalty)
         if new <= 1 or abs(new - ratio) <= 1e-4 * ratio:
             break
         ratio = new
