@@ -2091,12 +2091,6 @@ def _run_background(args) -> int:
             # What a killed worker may leave is removed once the cluster is down
             # (callbacks run last in, first out).
             stack.callback(lambda: _remove_temporaries(path for _, path in paths))
-            with contextlib.suppress(ImportError):  # (without Dask, _parallel_client says so)
-                import dask
-
-                # Dask's statistical profiler samples each worker's stack every 10 ms: about
-                # 7% of an SE image's time, for a profile nobody looks at in a command.
-                stack.enter_context(dask.config.set({"distributed.worker.profile.enabled": False}))
             client = stack.enter_context(tm._parallel_client(args))
             # The workers import what they need while this process prepares.
             warming = [client.submit(_warm_up, pure=False, workers=[worker])

@@ -3899,21 +3899,22 @@ class GatherResult:
 class _CountAccumulator:
     """Running per-epoch cell counts, binned chunk by chunk.
 
-    Counts are kept as the final uint16 maps (8 MB per epoch seen), each batch
-    added in int64 and saturated at 65535; the clipped cells are remembered.
+    Each epoch seen has flat uint32 counts (16 MB), incremented in place by
+    ``np.add.at``: no full-size temporary per batch (``np.bincount`` makes a
+    32 MB one), and a table small enough for the CPU cache to hold most of it
+    while two processes bin side by side.  `saturated` gives the uint16 maps,
+    clipped at 65535.  uint32 cannot wrap: an epoch whose count bound would
+    pass 2**32 - 1 is clipped at 65535 first (saturating addition is
+    associative, so the result is the same), and the cells clipped remembered.
     """
 
     def __init__(self, n_epochs):
         self.n_epochs = n_epochs
-        self.totals = {}  # epoch index -> flat (62 * 65536,) uint16 counts
-        self.clipped = {}  # epoch index -> bool flags of the cells clipped at 65535
-        self.peak = {}  # epoch index -> an upper bound of its largest count
+        self.totals = {}  # epoch index -> flat (62 * 65536,) uint32 counts
+        self.clipped = {}  # epoch index -> bool flags of the cells clipped at 65535 so far
+        self.bound = {}  # epoch index -> an upper bound of its largest count
         self.n_events = np.zeros(n_epochs, dtype=np.int64)
         self.n_read = self.n_bad = self.n_no_epoch = 0
-        # Cells waiting to be binned, per epoch: binning many small groups one
-        # bincount each would cost a full-size count array per group.
-        self.pending = {}
-        self.n_pending = 0
 
     def add(self, epoch_idx, ccdnum, x, y):
         """Bin one chunk of events (arrays of equal length; see `bin_events`)."""
@@ -3923,7 +3924,7 @@ class _CountAccumulator:
         if not n_rows:
             return
         # Cell indices in cache-sized blocks; -1 marks bad rows and rows in no epoch.
-        flat = np.empty(n_rows, dtype=np.int32)  # 62 x 65536 cells fit
+        flat = np.empty(n_rows, dtype=np.intp)  # np.add.at indexes with intp
         for start in range(0, n_rows, _BIN_BLOCK):
             stop = start + _BIN_BLOCK
             block_flat, good = _cell_index(ccdnum[start:stop], x[start:stop], y[start:stop])
@@ -3955,54 +3956,47 @@ class _CountAccumulator:
         for index, cells in groups:
             if cells.size and cells.min() < 0:
                 cells = cells[cells >= 0]
-            if cells.size:
-                self.pending.setdefault(index, []).append(cells)
-                self.n_pending += cells.size
-        if self.n_pending > _PENDING_EVENTS:
-            # Bin the biggest backlogs first: few bincount calls, bounded memory.
-            for index in sorted(self.pending, key=lambda i: -sum(c.size for c in self.pending[i])):
-                self._bin(index)
-                if self.n_pending <= _PENDING_EVENTS // 2:
-                    break
+            for start in range(0, cells.size, _ADD_BATCH):
+                self._bin(index, cells[start:start + _ADD_BATCH])
 
-    def _bin(self, index):
-        """Add the pending cells of one epoch to its counts, saturating at 65535."""
-        pieces = self.pending.pop(index)
-        cells = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
-        self.n_pending -= cells.size
-        self.n_events[index] += cells.size
+    def _bin(self, index, cells):
+        """Add the cells of one epoch's events to its counts."""
+        if not cells.size:
+            return
         total = self.totals.get(index)
         if total is None:
-            total = self.totals[index] = np.zeros(N_CCD * _MAP_CELLS, dtype=np.uint16)
-        binned = np.bincount(cells, minlength=total.size)
-        # The sum cannot pass 65535 while the two maxima add up to less: then
-        # one in-place add does (the common case, by far).
-        peak = self.peak.get(index, 0) + int(binned.max())
-        if peak <= _UINT16_MAX:
-            np.add(total, binned, out=total, casting="unsafe")
-            self.peak[index] = peak
-            return
-        binned += total
-        over = binned > _UINT16_MAX
-        self.peak[index] = _UINT16_MAX
+            total = self.totals[index] = np.zeros(N_CCD * _MAP_CELLS, dtype=np.uint32)
+        if self.bound.get(index, 0) + cells.size > _UINT32_MAX:
+            self._clip(index)
+        np.add.at(total, cells, np.uint32(1))  # a uint32 one: numpy's fast path
+        self.bound[index] = self.bound.get(index, 0) + cells.size
+        self.n_events[index] += cells.size
+
+    def _clip(self, index):
+        """Clip one epoch's counts at 65535, remembering the cells clipped."""
+        total = self.totals[index]
+        over = total > _UINT16_MAX
         if over.any():
             if index in self.clipped:
                 self.clipped[index] |= over
             else:
                 self.clipped[index] = over
-            np.minimum(binned, _UINT16_MAX, out=binned)
-        total[...] = binned
+            np.minimum(total, _UINT16_MAX, out=total)
+        self.bound[index] = min(self.bound[index], _UINT16_MAX)
 
-    def flush(self):
-        """Bin everything pending."""
-        for index in list(self.pending):
-            self._bin(index)
+    def saturated(self, index) -> tuple:
+        """(flat uint16 counts clipped at 65535, bool flags of the clipped cells or None) of an epoch."""
+        if self.bound[index] > _UINT16_MAX:
+            self._clip(index)
+        return self.totals[index].astype(np.uint16), self.clipped.get(index)
 
 
 #: Events whose cells are computed at a time (fits the CPU cache).
 _BIN_BLOCK = 1 << 18
-#: Cells kept waiting before binning (32 MB of int32).
-_PENDING_EVENTS = 1 << 23
+#: Events added to the counts by one ``np.add.at`` call (any size works; this
+#: bounds how far past 2**32 - 1 the count bound of an epoch can be checked).
+_ADD_BATCH = 1 << 24
+_UINT32_MAX = np.iinfo(np.uint32).max
 
 
 class _EpochLookup:
@@ -4139,9 +4133,8 @@ def bin_events(epoch_idx, ccdnum, x, y, n_epochs: int) -> np.ndarray:
                             f"({N_CCD * _MAP_CELLS * 8 / 2**20:.0f} MB each)") from None
     accumulator = _CountAccumulator(n_epochs)
     accumulator.add(epoch_idx, ccdnum, x, y)
-    accumulator.flush()
-    for index, total in accumulator.totals.items():
-        counts[index] = total.reshape(N_CCD, MAP_NY, MAP_NX)
+    for index in accumulator.totals:
+        counts[index] = accumulator.saturated(index)[0].reshape(N_CCD, MAP_NY, MAP_NX)
     return counts
 
 
@@ -4216,15 +4209,15 @@ def _log_rows_read(path, n_read, n_bad):
 
 def _finish_gather(accumulator, table) -> GatherResult:
     """The accumulated uint16 maps and row counts; warns about clipped cells."""
-    accumulator.flush()
     result = GatherResult()
     result.n_read, result.n_bad, result.n_no_epoch = (
         accumulator.n_read, accumulator.n_bad, accumulator.n_no_epoch)
     result.n_binned = int(accumulator.n_events.sum())
     for index in sorted(accumulator.totals):
         name = str(table["NAME"][index])
-        result.counts[name] = accumulator.totals.pop(index).reshape(N_CCD, MAP_NY, MAP_NX)
-        clipped = accumulator.clipped.pop(index, None)
+        counts, clipped = accumulator.saturated(index)
+        del accumulator.totals[index]  # one epoch's uint32 counts at a time
+        result.counts[name] = counts.reshape(N_CCD, MAP_NY, MAP_NX)
         n_over = 0 if clipped is None else int(clipped.sum())
         if n_over:
             ccds = np.flatnonzero(clipped.reshape(N_CCD, -1).any(axis=1)) + 1
@@ -4689,16 +4682,16 @@ class _CountPartial:
     @classmethod
     def of(cls, accumulator, number, name, cards=()):
         """The partial of one partition binned into ``accumulator``."""
-        accumulator.flush()
         part = cls()
         part.n_read, part.n_bad, part.n_no_epoch = accumulator.n_read, accumulator.n_bad, accumulator.n_no_epoch
-        for index, total in accumulator.totals.items():
+        for index in accumulator.totals:
+            total, clipped = accumulator.saturated(index)
             total = total.reshape(N_CCD, _MAP_CELLS)
             ccds = np.flatnonzero(total.any(axis=1))
             part.blocks[index] = (ccds, total[ccds])
             part.n_events[index] = int(accumulator.n_events[index])
-            if index in accumulator.clipped:
-                part.clipped[index] = np.flatnonzero(accumulator.clipped[index])
+            if clipped is not None:
+                part.clipped[index] = np.flatnonzero(clipped)
         part.files = [(number, name, accumulator.n_read, accumulator.n_bad)]
         part.cards = [(number, list(cards))] if cards else []
         return part
@@ -4736,13 +4729,14 @@ class _CountPartial:
         return total
 
     def accumulator(self, n_epochs) -> "_CountAccumulator":
-        """These counts as a flushed `_CountAccumulator`, for `_finish_gather`."""
+        """These counts as a `_CountAccumulator`, for `_finish_gather`."""
         accumulator = _CountAccumulator(n_epochs)
         accumulator.n_read, accumulator.n_bad, accumulator.n_no_epoch = self.n_read, self.n_bad, self.n_no_epoch
         for index, (ccds, block) in self.blocks.items():
-            total = np.zeros((N_CCD, _MAP_CELLS), dtype=np.uint16)
+            total = np.zeros((N_CCD, _MAP_CELLS), dtype=np.uint32)
             total[ccds] = block
             accumulator.totals[index] = total.reshape(-1)
+            accumulator.bound[index] = _UINT16_MAX
             accumulator.n_events[index] = self.n_events[index]
             if index in self.clipped:
                 flags = np.zeros(N_CCD * _MAP_CELLS, dtype=bool)
@@ -4782,7 +4776,7 @@ def _gather_frame_partition(frame, number, lookup, n_epochs, names, chunk_rows):
 
 
 def _gather_dask(catalogs, client, lookup, n_epochs, names, chunk_rows, table_format, progress):
-    """`gather_data` on Dask: (the flushed `_CountAccumulator` of every partition, SIM cards)."""
+    """`gather_data` on Dask: (the `_CountAccumulator` of every partition summed, SIM cards)."""
     import dask
     import dask.bag
 
@@ -5165,8 +5159,11 @@ def dask_client(jobs: int = None, scheduler: str = None):
     # run 2-3x slower.  These workers keep glibc's default (one thread each still).
     environ = {key: value for key, value in dask.config.get("distributed.nanny.pre-spawn-environ").items()
                if key != "MALLOC_TRIM_THRESHOLD_"}
+    # Dask's statistical profiler samples each worker's stack every 10 ms: 5-7% of
+    # the time of binning or of an SE image, for a profile nobody looks at here.
     # No dashboard; its HTTP server (metrics) on a free local port, never a busy 8787.
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}), \
+    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ,
+                          "distributed.worker.profile.enabled": False}), \
             LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
                          scheduler_kwargs={"dashboard": False}) as cluster, Client(cluster) as client:
         yield client

@@ -101,10 +101,10 @@ def test_epoch_lookup_matches_epoch_index(rng):
     assert (expected >= 0).any() and (expected < 0).any()
 
 
-@pytest.mark.parametrize("pending", [tm._PENDING_EVENTS, 2500])
-def test_unsorted_mixed_epochs_equal_sorted(rng, monkeypatch, pending):
-    """Also with a small backlog, so epochs are binned in many partial batches."""
-    monkeypatch.setattr(tm, "_PENDING_EVENTS", pending)
+@pytest.mark.parametrize("batch", [tm._ADD_BATCH, 2500])
+def test_unsorted_mixed_epochs_equal_sorted(rng, monkeypatch, batch):
+    """Also with small batches, so epochs are binned in many partial batches."""
+    monkeypatch.setattr(tm, "_ADD_BATCH", batch)
     catalog = random_catalog(rng, 20000, epochs=list(EPOCHS["NAME"]))
     mixed = tm.gather_arrays(*(catalog[c] for c in catalog.colnames), chunk_rows=3000)
     catalog.sort("EXPNUM")
@@ -153,8 +153,8 @@ def test_saturation_across_batches(caplog):
     accumulator = tm._CountAccumulator(2)
     for n in (65000, 600):
         accumulator.add(np.ones(n, int), np.full(n, 3), np.full(n, 5.0), np.full(n, 5.0))
-        accumulator.flush()
-    assert accumulator.totals[1][2 * 65536] == 65535 and 1 in accumulator.clipped
+    counts, clipped = accumulator.saturated(1)
+    assert counts[2 * 65536] == 65535 and np.flatnonzero(clipped).tolist() == [2 * 65536]
     accumulator.add(np.ones(2, int), np.array([4, 3]), np.full(2, 5.0), np.full(2, 5.0))
     with caplog.at_level(logging.WARNING, logger="transient_masks"):
         result = tm._finish_gather(accumulator, EPOCHS[:2])
@@ -290,3 +290,26 @@ def test_cli_gather_bad_column_exit_2_no_output(tmp_path, rng, capsys):
     assert len(err.strip().splitlines()) == 1 and "XPOS" in err and "cat.fits" in err
     assert not output.exists()
     assert not [name for name in os.listdir(tmp_path) if name != "cat.fits"]
+
+
+def test_counts_clip_before_uint32_could_wrap(monkeypatch, rng):
+    """With a tiny uint32 limit the counts are clipped early and often: the result
+    is still min(count, 65535), and the clipped cells are exactly those past it."""
+    monkeypatch.setattr(tm, "_UINT32_MAX", 70000)
+    monkeypatch.setattr(tm, "_ADD_BATCH", 3000)
+    n_hot, n_warm = 90000, 65535
+    ccdnum = np.r_[np.full(n_hot, 7), np.full(n_warm, 8), rng.integers(1, 63, 5000)]
+    order = rng.permutation(ccdnum.size)
+    x = np.r_[np.full(n_hot + n_warm, 50.0), rng.uniform(0.5, 2048.5, 5000)][order]
+    y = np.r_[np.full(n_hot + n_warm, 60.0), rng.uniform(0.5, 4096.5, 5000)][order]
+    epoch_idx = np.zeros(ccdnum.size, dtype=np.int64)
+    accumulator = tm._CountAccumulator(1)
+    for start in range(0, ccdnum.size, 7000):
+        stop = start + 7000
+        accumulator.add(epoch_idx[start:stop], ccdnum[order][start:stop], x[start:stop], y[start:stop])
+    counts, clipped = accumulator.saturated(0)
+    flat, good = tm._cell_index(ccdnum[order], x, y)
+    assert good.all()
+    expected = np.bincount(flat, minlength=62 * 65536)  # the true counts, not clipped
+    np.testing.assert_array_equal(counts, np.minimum(expected, 65535))
+    np.testing.assert_array_equal(np.flatnonzero(clipped), np.flatnonzero(expected > 65535))
