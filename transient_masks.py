@@ -4539,17 +4539,20 @@ def _run_gather(args) -> int:
 # - Filtering: each partition is written by `filter_file` (a DataFrame
 #   partition: by pyarrow, as Parquet) into a temporary sibling of the output
 #   directory, which is renamed into place at the end (`_atomic_directory`).
-# - Gathering: each file is binned by `_gather_file` into its own
-#   `_CountAccumulator`, turned into a `_CountPartial` that keeps only the
-#   (epoch, CCD) blocks the file touched (uint16 counts saturated at 65535,
-#   and the cells that passed 65535), and the partials are summed by Dask's
-#   tree reduction (`dask.bag.Bag.reduction`).  Saturating addition of counts
+# - Gathering: each task bins a few consecutive files (`_file_tasks`) by
+#   `_gather_file` into its own `_CountAccumulator`, turned into a
+#   `_CountPartial` that keeps only the (epoch, CCD) blocks they touched
+#   (uint16 counts saturated at 65535, and the cells that passed 65535), and
+#   the partials are summed by Dask's tree reduction (`dask.bag.Bag.reduction`).  Saturating addition of counts
 #   >= 0 is associative, so the maps, the clipped cells and every row count
 #   are those of the single-process path, bit for bit.
 
 _GLOB_CHARS = frozenset("*?[")
 #: Partials summed at a time by the tree reduction of gathered counts.
 _SPLIT_EVERY = 8
+#: Gathering tasks per worker thread (each bins its share of the files; fewer,
+#: larger tasks move fewer partials, more balance uneven files better).
+_FILE_TASKS_PER_THREAD = 2
 #: Seconds a run must last before a progress bar appears.
 _PROGRESS_DELAY = 2.0
 
@@ -4680,8 +4683,13 @@ class _CountPartial:
         self.cards = []  # (partition number, SIM* header cards) of the first file with some
 
     @classmethod
-    def of(cls, accumulator, number, name, cards=()):
-        """The partial of one partition binned into ``accumulator``."""
+    def of(cls, accumulator, files, cards=()):
+        """The partial of a partition binned into ``accumulator``.
+
+        ``files``: (partition number, name, rows read, bad rows) of what it
+        read; ``cards``: (partition number, SIM* header cards) of the first
+        file with some, or empty.
+        """
         part = cls()
         part.n_read, part.n_bad, part.n_no_epoch = accumulator.n_read, accumulator.n_bad, accumulator.n_no_epoch
         for index in accumulator.totals:
@@ -4692,8 +4700,8 @@ class _CountPartial:
             part.n_events[index] = int(accumulator.n_events[index])
             if clipped is not None:
                 part.clipped[index] = np.flatnonzero(clipped)
-        part.files = [(number, name, accumulator.n_read, accumulator.n_bad)]
-        part.cards = [(number, list(cards))] if cards else []
+        part.files = list(files)
+        part.cards = list(cards)[:1]
         return part
 
     @classmethod
@@ -4760,11 +4768,17 @@ def _frame_columns(frame, names):
     return columns
 
 
-def _gather_partition(number, path, lookup, n_epochs, names, chunk_rows, table_format):
-    """Dask task: the partial counts of one catalog file (a bag partition of one item)."""
+def _gather_partition(items, lookup, n_epochs, names, chunk_rows, table_format):
+    """Dask task: the partial counts of some catalog files, ``(number, path)`` items (a bag partition of one)."""
     accumulator = _CountAccumulator(n_epochs)
-    cards = _gather_file(accumulator, lookup, path, names, chunk_rows, table_format)
-    return [_CountPartial.of(accumulator, number, path, cards)]
+    files, cards = [], []
+    for number, path in items:
+        n_read, n_bad = accumulator.n_read, accumulator.n_bad
+        file_cards = _gather_file(accumulator, lookup, path, names, chunk_rows, table_format)
+        files.append((number, path, accumulator.n_read - n_read, accumulator.n_bad - n_bad))
+        if file_cards and not cards:
+            cards = [(number, file_cards)]
+    return [_CountPartial.of(accumulator, files, cards)]
 
 
 def _gather_frame_partition(frame, number, lookup, n_epochs, names, chunk_rows):
@@ -4772,7 +4786,17 @@ def _gather_frame_partition(frame, number, lookup, n_epochs, names, chunk_rows):
     accumulator = _CountAccumulator(n_epochs)
     source = f"DataFrame partition {number}"
     _add_events(accumulator, lookup, _frame_columns(frame, names), names, source, chunk_rows)
-    return [_CountPartial.of(accumulator, number, source)]
+    return [_CountPartial.of(accumulator, [(number, source, accumulator.n_read, accumulator.n_bad)])]
+
+
+def _file_tasks(client, n_files) -> int:
+    """Gathering tasks for ``n_files`` files: `_FILE_TASKS_PER_THREAD` per worker thread.
+
+    Each task bins its files into one accumulator, so the tree reduction
+    moves one partial (up to 8 MB per epoch) per task, not per file.
+    """
+    threads = sum(client.nthreads().values()) if client is not None else (os.cpu_count() or 1)
+    return max(1, min(n_files, _FILE_TASKS_PER_THREAD * max(threads, 1)))
 
 
 def _gather_dask(catalogs, client, lookup, n_epochs, names, chunk_rows, table_format, progress):
@@ -4786,16 +4810,17 @@ def _gather_dask(catalogs, client, lookup, n_epochs, names, chunk_rows, table_fo
         names = resolve_columns(list(catalogs.columns), *names, source="DataFrame")
         parts = [dask.delayed(_gather_frame_partition)(frame, number, shared, n_epochs, names, chunk_rows)
                  for number, frame in enumerate(catalogs.to_delayed())]
-    else:
-        parts = [dask.delayed(_gather_partition)(number, path, shared, n_epochs, names, chunk_rows,
-                                                 table_format)
-                 for number, path in enumerate(catalogs)]
+    else:  # consecutive files together, in their order
+        groups = np.array_split(np.arange(len(catalogs)), _file_tasks(client, len(catalogs)))
+        parts = [dask.delayed(_gather_partition)([(int(number), catalogs[number]) for number in group],
+                                                 shared, n_epochs, names, chunk_rows, table_format)
+                 for group in groups]
     total = dask.bag.from_delayed(parts).reduction(_CountPartial.merge, _CountPartial.merge,
                                                    split_every=_SPLIT_EVERY)
-    partial = _compute(client, total, progress)
-    for _, name, n_read, n_bad in partial.files:
+    partial_counts = _compute(client, total, progress)
+    for _, name, n_read, n_bad in partial_counts.files:
         _log_rows_read(name, n_read, n_bad)
-    return partial.accumulator(n_epochs), (partial.cards[0][1] if partial.cards else [])
+    return partial_counts.accumulator(n_epochs), (partial_counts.cards[0][1] if partial_counts.cards else [])
 
 
 def _add_filter_counts(total: FilterCounts, part: FilterCounts) -> None:

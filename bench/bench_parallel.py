@@ -69,10 +69,10 @@ if __name__ == "__main__":
             masks.mask_for(epoch)
     start = time.perf_counter()
     with tm.dask_client(jobs) if jobs else __import__("contextlib").nullcontext() as client:
-        if client:  # the imports a worker does once, before its first task
-            client.run(warm_up, task, data)
-        else:
-            warm_up(task, data)
+        warm_up(task, data)  # this process reads the epoch table and writes the output in every case
+        if client:  # in each worker's task thread (glibc gives each thread its own heap)
+            client.gather([client.submit(warm_up, task, data, pure=False, workers=[worker])
+                           for worker in client.scheduler_info()["workers"]])
         startup = time.perf_counter() - start
         stream = __import__("distributed").get_task_stream(client) if client else __import__("contextlib").nullcontext()
         start = time.perf_counter()

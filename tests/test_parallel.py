@@ -4,6 +4,7 @@ One module-scoped `LocalCluster` of 2 single-threaded worker processes serves
 every test that needs workers; the data are small and made here.
 """
 import glob
+import logging
 import os
 import re
 import subprocess
@@ -11,6 +12,7 @@ import sys
 
 import numpy as np
 import pytest
+from astropy.io import fits
 from astropy.table import Table, vstack
 
 import transient_masks as tm
@@ -86,6 +88,27 @@ def test_gather_parquet_dataset_is_bit_identical(tmp_path, client, rng):
     assert (serial.n_read, serial.n_bad, serial.n_no_epoch) == (parallel.n_read, parallel.n_bad,
                                                                 parallel.n_no_epoch)
     assert (parallel.n_read, parallel.n_bad) == (11501, 15) and parallel.n_no_epoch >= 12
+    assert same_maps(tmp_path / "serial.fits", tmp_path / "parallel.fits")
+
+
+def test_tasks_of_several_files_log_each_file_in_order(tmp_path, client, rng, caplog):
+    """7 files on 2 threads make 4 tasks of 1-2 files: each file is still logged once, in
+    order, with its own rows and bad rows, and the SIM cards are the first file's."""
+    assert tm._file_tasks(client, 7) == 4 and tm._file_tasks(client, 3) == 3
+    tables = [events(rng, 100 * (i + 1), n_bad=i) for i in range(7)]
+    for i, table in enumerate(tables):
+        table.meta.update({"SIMSEED": 40 + i} if i in (2, 5) else {})
+    paths = write_parts(tmp_path / "in", tables, "fits")
+    with caplog.at_level(logging.INFO, logger="transient_masks"):
+        serial = tm.gather_data(paths, str(tmp_path / "serial.fits"))
+        lines = [r.getMessage() for r in caplog.records if "rows read" in r.getMessage()]
+        caplog.clear()
+        parallel = tm.gather_data(paths, str(tmp_path / "parallel.fits"), client=client)
+    assert [r.getMessage() for r in caplog.records if "rows read" in r.getMessage()] == lines
+    assert lines[3].startswith(f"{paths[3]}: 400 rows read, 3 bad rows") and len(lines) == 7
+    assert serial.summary() == parallel.summary()
+    with fits.open(tmp_path / "parallel.fits") as hdul:
+        assert hdul[1].header["SIMSEED"] == 42
     assert same_maps(tmp_path / "serial.fits", tmp_path / "parallel.fits")
 
 
@@ -322,7 +345,7 @@ def test_partials_sum_like_one_accumulator(partitions, split_every):
         accumulator = tm._CountAccumulator(3)
         accumulator.add(*arrays(cells))
         whole.add(*arrays(cells))
-        parts.append(tm._CountPartial.of(accumulator, number, f"p{number}"))
+        parts.append(tm._CountPartial.of(accumulator, [(number, f"p{number}", accumulator.n_read, 0)]))
     while len(parts) > 1:  # a tree, as Dask's reduction builds it
         parts = [tm._CountPartial.merge(parts[i:i + split_every]) for i in range(0, len(parts), split_every)]
     merged = parts[0].accumulator(3)
