@@ -5209,7 +5209,32 @@ def _parallel_client(args):
     """Context manager: the Dask client of --jobs / --scheduler, or None (a run in this process)."""
     if not (args.jobs or args.scheduler):
         return contextlib.nullcontext(None)
-    return dask_client(args.jobs, args.scheduler)
+    return _command_client(args.jobs, args.scheduler)
+
+
+@contextlib.contextmanager
+def _command_client(jobs, scheduler):
+    """`dask_client` for a command: Dask's own log lines stay off its stderr.
+
+    Dask logs what a cluster does at INFO and WARNING, and after an interrupt
+    its shutting-down workers and event loop print cancelled tasks and
+    asyncio tracebacks; a command reports its own outcome in one line, so
+    only Dask's errors are shown, here and on the workers of ``--jobs``.
+    """
+    with contextlib.ExitStack() as stack:
+        try:
+            import dask
+            import distributed  # noqa: F401  (sets its loggers' levels on import: before ours)
+        except ImportError:  # dask_client says which extra to install
+            pass
+        else:
+            environ = {**dask.config.get("distributed.nanny.pre-spawn-environ"), "DASK_LOGGING__DISTRIBUTED": "error"}
+            stack.enter_context(dask.config.set({"distributed.nanny.pre-spawn-environ": environ}))
+            for name, level in (("distributed", logging.ERROR), ("asyncio", logging.CRITICAL)):
+                logger = logging.getLogger(name)
+                stack.callback(logger.setLevel, logger.level)
+                logger.setLevel(level)
+        yield stack.enter_context(dask_client(jobs, scheduler))
 
 
 def _show_progress(args) -> bool:

@@ -284,6 +284,30 @@ def test_interrupt_leaves_no_output_directory(tmp_path, rng, masks, client, monk
     assert os.listdir(tmp_path) == ["in"]
 
 
+def test_sigterm_with_jobs_is_one_line_on_stderr(tmp_path, rng):
+    """SIGTERM while the workers of --jobs run: exit 143, the one line, nothing else
+    (no asyncio traceback, no cancelled-task warnings from the workers), no output."""
+    paths = write_parts(tmp_path / "in", [events(rng, 100) for _ in range(2)], "fits")
+    code = (
+        "import os, signal, threading, time, transient_masks as tm\n"
+        "start = tm.dask_client\n"
+        "def busy_client(*args, **kwargs):\n"  # every worker busy for a while when the signal comes
+        "    with start(*args, **kwargs) as client:\n"
+        "        sleeping = [client.submit(time.sleep, 30, pure=False, workers=[worker])\n"
+        "                    for worker in client.scheduler_info()['workers']]\n"
+        "        threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGTERM)).start()\n"
+        "        yield client\n"
+        "tm.dask_client = tm.contextlib.contextmanager(busy_client)\n"
+        f"raise SystemExit(tm.main(['--gather', *{paths!r}, '-o', {str(tmp_path / 'maps.fits')!r},"
+        " '--jobs', '2']))\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(tm.__file__)))
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": root})
+    assert run.returncode == 143, run.stderr
+    assert run.stderr.splitlines() == ["transient_masks: terminated; no output written"]
+    assert sorted(os.listdir(tmp_path)) == ["in"]
+
+
 def test_output_directory_rules(tmp_path, rng, masks):
     paths = write_parts(tmp_path / "in", [events(rng, 100) for _ in range(2)], "fits")
     with pytest.raises(tm.BadInputError, match="no file matches"):
