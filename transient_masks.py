@@ -5018,9 +5018,9 @@ def _remove_tree(path, attempts=10):
         try:
             shutil.rmtree(path)
             return
-        except FileNotFoundError:
-            return
-        except OSError:
+        except OSError:  # also FileNotFoundError: a file a worker renamed while the tree was read
+            if not os.path.lexists(path):
+                return
             time.sleep(0.1)
     log.warning("%s: could not remove this temporary directory", path)
 

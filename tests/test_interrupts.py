@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+import transient_masks as tm
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "transient_masks.py")
 
@@ -49,3 +51,26 @@ def test_signal_removes_temporary_files(tmp_path, signum, code, word):
     assert lines == [f"transient_masks: {word}; no output written"], err
     assert "Traceback" not in err
     assert os.listdir(tmp_path) == []
+
+
+def test_remove_tree_retries_when_a_file_vanishes_under_it(tmp_path, monkeypatch):
+    """A worker renaming its file while the tree is read makes rmtree raise FileNotFoundError
+    for that file, not for the tree: the directory must still go."""
+    import shutil
+
+    tree = tmp_path / ".out.tmp"
+    tree.mkdir()
+    (tree / "part.0.fits").write_bytes(b"x")
+    real_rmtree, calls = shutil.rmtree, []
+
+    def racing_rmtree(path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 1:
+            raise FileNotFoundError(2, "No such file or directory", str(tree / ".part.1.fits.tmp"))
+        return real_rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", racing_rmtree)
+    tm._remove_tree(str(tree))
+    assert len(calls) == 2 and not tree.exists()
+    tm._remove_tree(str(tree))  # already gone: nothing to do
+    assert len(calls) == 3
