@@ -4550,9 +4550,10 @@ def _run_gather(args) -> int:
 _GLOB_CHARS = frozenset("*?[")
 #: Partials summed at a time by the tree reduction of gathered counts.
 _SPLIT_EVERY = 8
-#: Gathering tasks per worker thread (each bins its share of the files; fewer,
-#: larger tasks move fewer partials, more balance uneven files better).
-_FILE_TASKS_PER_THREAD = 2
+#: Gathering tasks per worker thread (each bins its share of the files, by bytes;
+#: every task's partial costs a transfer and a merge: 1 is fastest, more
+#: tasks even out workers of unequal speed).
+_FILE_TASKS_PER_THREAD = 1
 #: Seconds a run must last before a progress bar appears.
 _PROGRESS_DELAY = 2.0
 
@@ -4670,14 +4671,15 @@ class _CountPartial:
     """Gathered counts of some partitions, kept small for the tree reduction.
 
     Only the (epoch, CCD) blocks the partitions touched are held: per epoch
-    index, the CCD indices and their (k, 65536) uint16 counts, saturated at
-    65535, and the flat cells whose count passed 65535.
+    index, the CCD indices and their (k, 65536) counts, saturated at 65535,
+    packed as one byte a cell (`_pack_block`: most cells of a partial hold a
+    few events), and the flat cells whose count passed 65535.
     """
 
     def __init__(self):
         self.n_read = self.n_bad = self.n_no_epoch = 0
         self.n_events = {}  # epoch index -> events binned
-        self.blocks = {}  # epoch index -> (CCD indices, (k, 65536) uint16 counts)
+        self.blocks = {}  # epoch index -> (CCD indices, packed counts: see _pack_block)
         self.clipped = {}  # epoch index -> flat cells whose count passed 65535
         self.files = []  # (partition number, name, rows read, bad rows), for the log
         self.cards = []  # (partition number, SIM* header cards) of the first file with some
@@ -4696,7 +4698,7 @@ class _CountPartial:
             total, clipped = accumulator.saturated(index)
             total = total.reshape(N_CCD, _MAP_CELLS)
             ccds = np.flatnonzero(total.any(axis=1))
-            part.blocks[index] = (ccds, total[ccds])
+            part.blocks[index] = (ccds, _pack_block(total[ccds]))
             part.n_events[index] = int(accumulator.n_events[index])
             if clipped is not None:
                 part.clipped[index] = np.flatnonzero(clipped)
@@ -4725,24 +4727,23 @@ class _CountPartial:
             counts = np.zeros((N_CCD, _MAP_CELLS), dtype=np.uint32)  # a sum of < 65537 uint16
             for part in parts:
                 if index in part.blocks:
-                    ccds, block = part.blocks[index]
-                    counts[ccds] += block
+                    _unpack_block(counts, *part.blocks[index])
             clipped = [part.clipped[index] for part in parts if index in part.clipped]
             over = np.flatnonzero(counts > _UINT16_MAX)  # counts is C-contiguous: flat cells
             if over.size or clipped:
                 total.clipped[index] = np.union1d(over, np.concatenate(clipped)) if clipped else over
                 np.minimum(counts, _UINT16_MAX, out=counts)
             ccds = np.flatnonzero(counts.any(axis=1))
-            total.blocks[index] = (ccds, counts[ccds].astype(np.uint16))
+            total.blocks[index] = (ccds, _pack_block(counts[ccds]))
         return total
 
     def accumulator(self, n_epochs) -> "_CountAccumulator":
         """These counts as a `_CountAccumulator`, for `_finish_gather`."""
         accumulator = _CountAccumulator(n_epochs)
         accumulator.n_read, accumulator.n_bad, accumulator.n_no_epoch = self.n_read, self.n_bad, self.n_no_epoch
-        for index, (ccds, block) in self.blocks.items():
+        for index, (ccds, packed) in self.blocks.items():
             total = np.zeros((N_CCD, _MAP_CELLS), dtype=np.uint32)
-            total[ccds] = block
+            _unpack_block(total, ccds, packed)
             accumulator.totals[index] = total.reshape(-1)
             accumulator.bound[index] = _UINT16_MAX
             accumulator.n_events[index] = self.n_events[index]
@@ -4751,6 +4752,24 @@ class _CountPartial:
                 flags[self.clipped[index]] = True
                 accumulator.clipped[index] = flags
         return accumulator
+
+
+def _pack_block(block) -> tuple:
+    """(k, 65536) counts <= 65535 as (uint8 counts clipped at 255, flat positions
+    and uint16 counts of the cells holding 255 or more): half the bytes of uint16
+    to move between workers, exactly."""
+    low = np.minimum(block, 255).astype(np.uint8)
+    high = np.flatnonzero(low == 255)
+    return low, high, block.reshape(-1)[high].astype(np.uint16)
+
+
+def _unpack_block(counts, ccds, packed) -> None:
+    """Add a `_pack_block` of CCDs ``ccds`` to (62, 65536) uint32 ``counts``."""
+    low, high, values = packed
+    counts[ccds] += low
+    if high.size:  # the rest of the cells that hold 255 or more
+        rows, cells = np.divmod(high, low.shape[1])
+        counts[ccds[rows], cells] += values.astype(np.uint32) - 255
 
 
 def _frame_columns(frame, names):
@@ -4799,6 +4818,18 @@ def _file_tasks(client, n_files) -> int:
     return max(1, min(n_files, _FILE_TASKS_PER_THREAD * max(threads, 1)))
 
 
+def _file_groups(paths, n_groups) -> list:
+    """At most ``n_groups`` runs of consecutive file indices holding about equal numbers of bytes."""
+    if n_groups >= len(paths):
+        return [np.array([index]) for index in range(len(paths))]
+    sizes = np.array([max(os.path.getsize(path), 1) for path in paths], dtype=np.float64)
+    ends = np.cumsum(sizes)
+    # A group ends at the file whose cumulative size first reaches each share.
+    cuts = np.searchsorted(ends, ends[-1] * np.arange(1, n_groups) / n_groups, side="left") + 1
+    cuts = np.unique(np.clip(cuts, 1, len(paths) - 1)) if len(paths) > 1 else np.array([], int)
+    return [group for group in np.split(np.arange(len(paths)), cuts) if group.size]
+
+
 def _gather_dask(catalogs, client, lookup, n_epochs, names, chunk_rows, table_format, progress):
     """`gather_data` on Dask: (the `_CountAccumulator` of every partition summed, SIM cards)."""
     import dask
@@ -4810,8 +4841,8 @@ def _gather_dask(catalogs, client, lookup, n_epochs, names, chunk_rows, table_fo
         names = resolve_columns(list(catalogs.columns), *names, source="DataFrame")
         parts = [dask.delayed(_gather_frame_partition)(frame, number, shared, n_epochs, names, chunk_rows)
                  for number, frame in enumerate(catalogs.to_delayed())]
-    else:  # consecutive files together, in their order
-        groups = np.array_split(np.arange(len(catalogs)), _file_tasks(client, len(catalogs)))
+    else:  # consecutive files together, in their order, about as many bytes in each task
+        groups = _file_groups(catalogs, _file_tasks(client, len(catalogs)))
         parts = [dask.delayed(_gather_partition)([(int(number), catalogs[number]) for number in group],
                                                  shared, n_epochs, names, chunk_rows, table_format)
                  for group in groups]

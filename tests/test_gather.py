@@ -313,3 +313,19 @@ def test_counts_clip_before_uint32_could_wrap(monkeypatch, rng):
     expected = np.bincount(flat, minlength=62 * 65536)  # the true counts, not clipped
     np.testing.assert_array_equal(counts, np.minimum(expected, 65535))
     np.testing.assert_array_equal(np.flatnonzero(clipped), np.flatnonzero(expected > 65535))
+
+
+def test_file_groups_follow_bytes_and_order(tmp_path):
+    """Consecutive runs of files with about equal bytes; one file a task when tasks suffice."""
+    sizes = [10, 10, 10, 10, 100, 1, 1, 1, 50, 10]
+    paths = []
+    for number, size in enumerate(sizes):
+        paths.append(str(tmp_path / f"part.{number}"))
+        with open(paths[-1], "wb") as stream:
+            stream.write(b"x" * size)
+    for n_groups in range(1, 13):
+        groups = tm._file_groups(paths, n_groups)
+        assert np.concatenate(groups).tolist() == list(range(len(sizes)))  # every file once, in order
+        assert 1 <= len(groups) <= min(n_groups, len(sizes))
+    assert [g.tolist() for g in tm._file_groups(paths, 2)] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
+    assert len(tm._file_groups(paths, 10)) == 10
