@@ -4812,7 +4812,7 @@ def _file_tasks(client, n_files) -> int:
     """Gathering tasks for ``n_files`` files: `_FILE_TASKS_PER_THREAD` per worker thread.
 
     Each task bins its files into one accumulator, so the tree reduction
-    moves one partial (up to 8 MB per epoch) per task, not per file.
+    moves one partial (up to 4 MB per epoch) per task, not per file.
     """
     threads = sum(client.nthreads().values()) if client is not None else (os.cpu_count() or 1)
     return max(1, min(n_files, _FILE_TASKS_PER_THREAD * max(threads, 1)))
