@@ -3901,11 +3901,11 @@ class _CountAccumulator:
 
     Each epoch seen has flat uint32 counts (16 MB), incremented in place by
     ``np.add.at``: no full-size temporary per batch (``np.bincount`` makes a
-    32 MB one), and a table small enough for the CPU cache to hold most of it
-    while two processes bin side by side.  `saturated` gives the uint16 maps,
-    clipped at 65535.  uint32 cannot wrap: an epoch whose count bound would
-    pass 2**32 - 1 is clipped at 65535 first (saturating addition is
-    associative, so the result is the same), and the cells clipped remembered.
+    32 MB one, which a fresh process also pays page faults for).  `saturated`
+    gives the uint16 maps, clipped at 65535.  uint32 cannot wrap: an epoch
+    whose count bound would pass 2**32 - 1 is clipped at 65535 first
+    (saturating addition is associative, so the result is the same), and the
+    cells clipped are remembered.
     """
 
     def __init__(self, n_epochs):
@@ -4539,13 +4539,14 @@ def _run_gather(args) -> int:
 # - Filtering: each partition is written by `filter_file` (a DataFrame
 #   partition: by pyarrow, as Parquet) into a temporary sibling of the output
 #   directory, which is renamed into place at the end (`_atomic_directory`).
-# - Gathering: each task bins a few consecutive files (`_file_tasks`) by
-#   `_gather_file` into its own `_CountAccumulator`, turned into a
-#   `_CountPartial` that keeps only the (epoch, CCD) blocks they touched
-#   (uint16 counts saturated at 65535, and the cells that passed 65535), and
-#   the partials are summed by Dask's tree reduction (`dask.bag.Bag.reduction`).  Saturating addition of counts
-#   >= 0 is associative, so the maps, the clipped cells and every row count
-#   are those of the single-process path, bit for bit.
+# - Gathering: each task bins a run of consecutive files (`_file_groups`, one
+#   task per worker thread) by `_gather_file` into its own `_CountAccumulator`,
+#   turned into a `_CountPartial` that keeps only the (epoch, CCD) blocks they
+#   touched (counts saturated at 65535, packed one byte a cell, and the cells
+#   that passed 65535); the partials are summed by Dask's tree reduction
+#   (`dask.bag.Bag.reduction`).  Saturating addition of counts >= 0 is
+#   associative, so the maps, the clipped cells and every row count are those
+#   of the single-process path, bit for bit.
 
 _GLOB_CHARS = frozenset("*?[")
 #: Partials summed at a time by the tree reduction of gathered counts.
@@ -4788,7 +4789,7 @@ def _frame_columns(frame, names):
 
 
 def _gather_partition(items, lookup, n_epochs, names, chunk_rows, table_format):
-    """Dask task: the partial counts of some catalog files, ``(number, path)`` items (a bag partition of one)."""
+    """Dask task: the partial counts of a run of catalog files, given as ``(number, path)`` items."""
     accumulator = _CountAccumulator(n_epochs)
     files, cards = [], []
     for number, path in items:
