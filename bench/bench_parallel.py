@@ -49,8 +49,8 @@ def warm_up(task, data):
     # binning (a fresh process's first-touch page faults of its heap, the file cache).
     import astropy.io.fits, astropy.table, pyarrow.parquet, transient_masks
     table = tm.read_epochs()
-    first = tm.expand_inputs(data)[0]
     if task == "gather":
+        first = tm.expand_inputs(data)[0]
         lookup = tm._EpochLookup(table["MINEXPNUM"], table["MAXEXPNUM"])
         accumulator = tm._CountAccumulator(len(table))
         tm._gather_file(accumulator, lookup, first, ("EXPNUM", "CCDNUM", "XWIN_IMAGE", "YWIN_IMAGE"),

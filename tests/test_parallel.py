@@ -293,7 +293,7 @@ def test_sigterm_with_jobs_is_one_line_on_stderr(tmp_path, rng):
         "start = tm.dask_client\n"
         "def busy_client(*args, **kwargs):\n"  # every worker busy for a while when the signal comes
         "    with start(*args, **kwargs) as client:\n"
-        "        sleeping = [client.submit(time.sleep, 30, pure=False, workers=[worker])\n"
+        "        sleeping = [client.submit(time.sleep, 30, pure=False, workers=[worker])  # held: not released\n"
         "                    for worker in client.scheduler_info()['workers']]\n"
         "        threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGTERM)).start()\n"
         "        yield client\n"
