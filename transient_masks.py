@@ -4544,12 +4544,14 @@ def _run_gather(args) -> int:
 #   turned into a `_CountPartial` that keeps only the (epoch, CCD) blocks they
 #   touched (counts saturated at 65535, packed one byte a cell, and the cells
 #   that passed 65535); the partials are summed by Dask's tree reduction
-#   (`dask.bag.Bag.reduction`).  Saturating addition of counts >= 0 is
-#   associative, so the maps, the clipped cells and every row count are those
-#   of the single-process path, bit for bit.
+#   (`dask.bag.Bag.reduction`) on the workers, in at most `_SPLIT_EVERY`
+#   trees whose roots are added up on the client.  Saturating addition of
+#   counts >= 0 is associative, so the maps, the clipped cells and every row
+#   count are those of the single-process path, bit for bit.
 
 _GLOB_CHARS = frozenset("*?[")
-#: Partials summed at a time by the tree reduction of gathered counts.
+#: Partials summed at a time by the tree reduction of gathered counts, and the
+#: most trees it makes (the client adds up their roots).
 _SPLIT_EVERY = 8
 #: Gathering tasks per worker thread (each bins its share of the files, by bytes;
 #: every task's partial costs a transfer and a merge: 1 is fastest, more
@@ -4738,21 +4740,23 @@ class _CountPartial:
             total.blocks[index] = (ccds, _pack_block(counts[ccds]))
         return total
 
-    def accumulator(self, n_epochs) -> "_CountAccumulator":
-        """These counts as a `_CountAccumulator`, for `_finish_gather`."""
-        accumulator = _CountAccumulator(n_epochs)
-        accumulator.n_read, accumulator.n_bad, accumulator.n_no_epoch = self.n_read, self.n_bad, self.n_no_epoch
+    def add_to(self, accumulator: "_CountAccumulator") -> None:
+        """Add these counts to ``accumulator`` (the root of the reduction, on the client)."""
+        accumulator.n_read += self.n_read
+        accumulator.n_bad += self.n_bad
+        accumulator.n_no_epoch += self.n_no_epoch
         for index, (ccds, packed) in self.blocks.items():
-            total = np.zeros((N_CCD, _MAP_CELLS), dtype=np.uint32)
-            _unpack_block(total, ccds, packed)
-            accumulator.totals[index] = total.reshape(-1)
-            accumulator.bound[index] = _UINT16_MAX
-            accumulator.n_events[index] = self.n_events[index]
+            if index not in accumulator.totals:
+                accumulator.totals[index] = np.zeros(N_CCD * _MAP_CELLS, dtype=np.uint32)
+                accumulator.bound[index] = 0
+            elif accumulator.bound[index] + _UINT16_MAX > _UINT32_MAX:
+                accumulator._clip(index)  # saturating addition: the same result, no wrap
+            _unpack_block(accumulator.totals[index].reshape(N_CCD, _MAP_CELLS), ccds, packed)
+            accumulator.bound[index] += _UINT16_MAX
+            accumulator.n_events[index] += self.n_events[index]
             if index in self.clipped:
-                flags = np.zeros(N_CCD * _MAP_CELLS, dtype=bool)
+                flags = accumulator.clipped.setdefault(index, np.zeros(N_CCD * _MAP_CELLS, dtype=bool))
                 flags[self.clipped[index]] = True
-                accumulator.clipped[index] = flags
-        return accumulator
 
 
 def _pack_block(block) -> tuple:
@@ -4847,12 +4851,23 @@ def _gather_dask(catalogs, client, lookup, n_epochs, names, chunk_rows, table_fo
         parts = [dask.delayed(_gather_partition)([(int(number), catalogs[number]) for number in group],
                                                  shared, n_epochs, names, chunk_rows, table_format)
                  for group in groups]
-    total = dask.bag.from_delayed(parts).reduction(_CountPartial.merge, _CountPartial.merge,
-                                                   split_every=_SPLIT_EVERY)
-    partial_counts = _compute(client, total, progress)
-    for _, name, n_read, n_bad in partial_counts.files:
+    # Dask's tree reduction sums the partials on the workers, in at most
+    # _SPLIT_EVERY trees; their roots come here, where the result goes anyway,
+    # and are added straight into the counts (one transfer, one merge and one
+    # pack and unpack fewer than a single root on a worker).
+    trees = [dask.bag.from_delayed([parts[i] for i in group]).reduction(
+        _CountPartial.merge, _CountPartial.merge, split_every=_SPLIT_EVERY)
+        for group in np.array_split(np.arange(len(parts)), min(_SPLIT_EVERY, len(parts)))]
+    accumulator = _CountAccumulator(n_epochs)
+    files, cards = [], []
+    for partial_counts in _compute(client, trees, progress):
+        partial_counts.add_to(accumulator)
+        files.extend(partial_counts.files)
+        cards.extend(partial_counts.cards)
+    for _, name, n_read, n_bad in sorted(files, key=lambda item: item[0]):
         _log_rows_read(name, n_read, n_bad)
-    return partial_counts.accumulator(n_epochs), (partial_counts.cards[0][1] if partial_counts.cards else [])
+    cards = sorted(cards, key=lambda item: item[0])
+    return accumulator, (cards[0][1] if cards else [])
 
 
 def _add_filter_counts(total: FilterCounts, part: FilterCounts) -> None:
@@ -5218,9 +5233,15 @@ def dask_client(jobs: int = None, scheduler: str = None):
                if key != "MALLOC_TRIM_THRESHOLD_"}
     # Dask's statistical profiler samples each worker's stack every 10 ms: 5-7% of
     # the time of binning or of an SE image, for a profile nobody looks at here.
+    # Its event-loop health checks (50 a second), system monitor (for the
+    # dashboard) and memory monitor (10 a second) cost an idle 2-worker cluster
+    # 8% of a core; less often, 1.5%.  Memory is still checked every second.
     # No dashboard; its HTTP server (metrics) on a free local port, never a busy 8787.
     with dask.config.set({"distributed.nanny.pre-spawn-environ": environ,
-                          "distributed.worker.profile.enabled": False}), \
+                          "distributed.worker.profile.enabled": False,
+                          "distributed.admin.tick.interval": "1s",
+                          "distributed.admin.system-monitor.interval": "2s",
+                          "distributed.worker.memory.monitor-interval": "1s"}), \
             LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
                          scheduler_kwargs={"dashboard": False}) as cluster, Client(cluster) as client:
         yield client

@@ -354,8 +354,8 @@ _CELLS = st.tuples(st.integers(0, 2), st.sampled_from([1, 31, 62]), st.integers(
 
 
 @settings(max_examples=25, deadline=None)
-@given(st.lists(st.lists(_CELLS, max_size=4), min_size=1, max_size=6), st.integers(2, 4))
-def test_partials_sum_like_one_accumulator(partitions, split_every):
+@given(st.lists(st.lists(_CELLS, max_size=4), min_size=1, max_size=6), st.integers(2, 4), st.integers(1, 3))
+def test_partials_sum_like_one_accumulator(partitions, split_every, n_roots):
     def arrays(cells):
         epoch = np.repeat([c[0] for c in cells], [c[4] for c in cells]).astype(np.int64)
         ccd = np.repeat([c[1] for c in cells], [c[4] for c in cells])
@@ -370,9 +370,11 @@ def test_partials_sum_like_one_accumulator(partitions, split_every):
         accumulator.add(*arrays(cells))
         whole.add(*arrays(cells))
         parts.append(tm._CountPartial.of(accumulator, [(number, f"p{number}", accumulator.n_read, 0)]))
-    while len(parts) > 1:  # a tree, as Dask's reduction builds it
+    while len(parts) > n_roots:  # trees, as Dask's reduction builds them, their roots added on the client
         parts = [tm._CountPartial.merge(parts[i:i + split_every]) for i in range(0, len(parts), split_every)]
-    merged = parts[0].accumulator(3)
+    merged = tm._CountAccumulator(3)
+    for part in parts:
+        part.add_to(merged)
     assert sorted(merged.totals) == sorted(whole.totals)
     for index in whole.totals:
         (merged_counts, merged_clipped), (counts, clipped) = merged.saturated(index), whole.saturated(index)
@@ -381,6 +383,24 @@ def test_partials_sum_like_one_accumulator(partitions, split_every):
         np.testing.assert_array_equal(no_clip if merged_clipped is None else merged_clipped,
                                       no_clip if clipped is None else clipped)
     np.testing.assert_array_equal(merged.n_events, whole.n_events)
+
+
+def test_partials_added_past_the_uint32_bound_saturate_and_flag(monkeypatch):
+    # With a tiny uint32 limit, adding a third partial must clip the counts first.
+    monkeypatch.setattr(tm, "_UINT32_MAX", 140000)
+    merged, parts = tm._CountAccumulator(1), []
+    for n in (40000, 40000, 40000, 3):
+        accumulator = tm._CountAccumulator(1)
+        accumulator.add(np.zeros(n, np.int64), np.full(n, 5), np.full(n, 9.0), np.full(n, 17.0))
+        parts.append(tm._CountPartial.of(accumulator, [(len(parts), "p", n, 0)]))
+    for part in parts:
+        part.add_to(merged)
+        assert merged.bound[0] <= tm._UINT32_MAX  # the counts could never wrap
+    assert merged.totals[0].max() < 140000
+    counts, clipped = merged.saturated(0)
+    cell = 4 * 65536 + 1 * 256 + 1  # CCD 5, y cell 1, x cell 1
+    assert counts[cell] == 65535 and clipped[cell] and clipped.sum() == 1
+    assert merged.n_events[0] == 120003 and merged.n_read == 120003
 
 
 def test_progress_bars_go_to_stderr(tmp_path, client, rng, monkeypatch, capsys):
