@@ -2609,6 +2609,119 @@ def _grow_rings(n, b, ex, box, tail, max_rings):
     return (y0, y1, x0, x1), added_n, added_b, added
 
 
+_INV_SQRT_2PI = 1.0 / np.sqrt(2.0 * np.pi)
+#: Natural log of the likelihood ratio (fitted blob against background alone)
+#: that the wing cells of a blob must reach to be masked.
+_WING_LOG_LR = 2.0
+
+
+def _fit_blob(counts, background, use, cell_px, start):
+    """Fit a circular Gaussian blob over a known background, by Poisson maximum likelihood.
+
+    ``counts``, ``background``: 2-d windows of cells ``cell_px`` = (pixels
+    along x, along y) wide; ``use``: the cells the fit sees.  The expected
+    count of cell (i, j) is ``background[i, j] + amplitude * fy[i] * fx[j]``,
+    ``fy``, ``fx`` the fractions of a Gaussian of width ``sigma`` pixels (the
+    same along x and y: a hot spot or a glow spreads its light evenly) centred
+    at (xc, yc) that fall in the cell's pixel ranges, counted from the
+    window's corner.  ``start``: (xc, yc, sigma, amplitude).  Returns the
+    fitted (xc, yc, sigma, amplitude) and the blob's expected counts per cell.
+    """
+    from scipy.optimize import minimize
+    from scipy.special import ndtr
+
+    counts = np.asarray(counts, dtype=np.float64)
+    ny, nx = counts.shape
+    x_edges, y_edges = np.arange(nx + 1) * float(cell_px[0]), np.arange(ny + 1) * float(cell_px[1])
+    width, height = x_edges[-1], y_edges[-1]
+    max_sigma = max(width, height) / 2
+
+    def fractions(params):
+        """Amplitude, the cell fractions along y and x and their derivatives by centre and log sigma."""
+        xc, yc, log_sigma, log_amplitude = params
+        sigma = np.exp(log_sigma)
+        zy, zx = (y_edges - yc) / sigma, (x_edges - xc) / sigma
+        gy, gx = np.exp(-0.5 * zy * zy) * _INV_SQRT_2PI, np.exp(-0.5 * zx * zx) * _INV_SQRT_2PI
+        return (np.exp(log_amplitude), np.diff(ndtr(zy)), np.diff(ndtr(zx)),
+                -np.diff(gy) / sigma, -np.diff(gx) / sigma, -np.diff(gy * zy), -np.diff(gx * zx))
+
+    def negative_log_likelihood(params):
+        amplitude, fy, fx, dfy_centre, dfx_centre, dfy_sigma, dfx_sigma = fractions(params)
+        blob = amplitude * np.outer(fy, fx)
+        expected = background + blob
+        weight = np.where(use, 1.0 - counts / expected, 0.0)
+        value = float(np.where(use, expected - counts * np.log(expected), 0.0).sum())
+        gradient = np.array([
+            amplitude * (weight * np.outer(fy, dfx_centre)).sum(),
+            amplitude * (weight * np.outer(dfy_centre, fx)).sum(),
+            amplitude * (weight * (np.outer(dfy_sigma, fx) + np.outer(fy, dfx_sigma))).sum(),
+            (weight * blob).sum()])
+        return value, gradient
+
+    xc, yc, sigma, amplitude = start
+    fit = minimize(negative_log_likelihood,
+                   [xc, yc, np.log(min(max(sigma, 1.0), max_sigma)), np.log(max(amplitude, 1.0))],
+                   jac=True, method="L-BFGS-B", options={"ftol": 1e-7, "gtol": 1e-2, "maxiter": 100},
+                   bounds=[(-width / 2, 1.5 * width), (-height / 2, 1.5 * height),
+                           (np.log(0.3), np.log(max_sigma)), (None, np.log(1e12))])
+    amplitude, fy, fx = fractions(fit.x)[:3]
+    xc, yc, log_sigma, _ = fit.x
+    return (float(xc), float(yc), float(np.exp(log_sigma)), float(amplitude)), amplitude * np.outer(fy, fx)
+
+
+def _grow_wings(n, b, ex, box, cell_px, wing_ratio):
+    """Add the cells around ``box`` where a Gaussian blob fitted to it predicts an
+    excess of at least ``wing_ratio`` times the background.
+
+    The blob is fitted (`_fit_blob`) to a window of the structure's size on
+    each side, on the box's cells and the unmasked cells around it.  Its wing
+    cells (unmasked, touching the box through one another) join when their
+    counts favour the blob over the background alone by a likelihood ratio of
+    at least exp(`_WING_LOG_LR`): a short column or a glowing edge, which a
+    round blob does not fit, predicts wings its sides do not show.  ``n, b,
+    ex``: 2-d arrays of one CCD or amplifier half.  Returns the bounding box
+    (y0, y1, x0, x1) and the counts, background and number of cells added
+    (masked in ``ex``).
+    """
+    from scipy import ndimage
+
+    ny, nx = n.shape
+    y0, y1, x0, x1 = box
+    pad = max(4, y1 - y0, x1 - x0)
+    wy0, wy1, wx0, wx1 = max(y0 - pad, 0), min(y1 + pad, ny), max(x0 - pad, 0), min(x1 + pad, nx)
+    counts, masked = n[wy0:wy1, wx0:wx1], ex[wy0:wy1, wx0:wx1]
+    background = np.maximum(b[wy0:wy1, wx0:wx1], 1e-6)  # a user's model may hold zeros
+    inside = np.zeros(counts.shape, dtype=bool)
+    inside[y0 - wy0:y1 - wy0, x0 - wx0:x1 - wx0] = True
+    excess = np.where(inside, counts - background, 0.0)
+    total = excess.sum()
+    if total <= 0:
+        return box, 0.0, 0.0, 0
+    # Start at the excess-weighted centre and spread of the structure's cells.
+    px_x, px_y = cell_px
+    x_mid, y_mid = (np.arange(wx1 - wx0) + 0.5) * px_x, (np.arange(wy1 - wy0) + 0.5) * px_y
+    profile_x, profile_y = excess.sum(axis=0), excess.sum(axis=1)
+    xc, yc = (x_mid * profile_x).sum() / total, (y_mid * profile_y).sum() / total
+    spread = ((x_mid - xc) ** 2 * profile_x).sum() / total + ((y_mid - yc) ** 2 * profile_y).sum() / total
+    sigma = max(np.sqrt(max(spread, 0.0) / 2), min(px_x, px_y) / 2)
+    (_, _, sigma, _), blob = _fit_blob(counts, background, inside | ~masked, cell_px, (xc, yc, sigma, total))
+    if sigma >= 0.95 * max(px_x * counts.shape[1], px_y * counts.shape[0]) / 2:
+        return box, 0.0, 0.0, 0  # as wide as the window allows: a plateau, not a blob
+    wing = (blob >= wing_ratio * background) & ~masked & ~inside
+    if wing.any():  # only wing cells connected to the box
+        wing = ndimage.binary_propagation(inside, mask=wing | inside, structure=np.ones((3, 3), bool)) & ~inside
+    if not wing.any():
+        return box, 0.0, 0.0, 0
+    wing_n, wing_b, wing_blob = counts[wing], background[wing], blob[wing]
+    if float((wing_n * np.log1p(wing_blob / wing_b) - wing_blob).sum()) < _WING_LOG_LR:
+        return box, 0.0, 0.0, 0
+    masked |= wing
+    rows, cols = np.nonzero(wing)
+    grown = (min(y0, wy0 + int(rows.min())), max(y1, wy0 + int(rows.max()) + 1),
+             min(x0, wx0 + int(cols.min())), max(x1, wx0 + int(cols.max()) + 1))
+    return grown, float(wing_n.sum()), float(wing_b.sum()), int(wing.sum())
+
+
 class CellDetector:
     """Single cells whose count is significant on its own; touching ones are grouped.
 
@@ -2866,7 +2979,7 @@ class MultiscaleResult:
 
 def multiscale_mask(counts, *, fp_rate: float = DEFAULT_FP_RATE, live=None, known=None,
                     background=None, detectors=None, margin: float = 30.0, ring_p: float = 3e-3,
-                    max_rings: int = 4, compact=(8, 16)) -> MultiscaleResult:
+                    max_rings: int = 4, compact=(8, 16), wing_ratio: float = 0.1) -> MultiscaleResult:
     """Mask the cells of the significant structures of a (62, ny, nx) count cube.
 
     The background estimator (default `AmpBackground`) models every live CCD;
@@ -2875,7 +2988,12 @@ def multiscale_mask(counts, *, fp_rate: float = DEFAULT_FP_RATE, live=None, know
     its per-window test.  Compact structures (at most ``compact`` cells along
     y and x: hot spots) then take in the rings of cells around them whose
     excess is significant at ``ring_p`` (a conditional test, a few per
-    structure).
+    structure).  Last, a round Gaussian blob is fitted to each compact
+    structure and each wide box (glows) within an amplifier half, and its
+    wings join: the cells where it predicts at least ``wing_ratio`` times the
+    background, when their counts favour the blob over the background alone
+    (`_grow_wings`).  Faint wings that no window test can see are masked
+    where the blob's bright core says they are.
 
     Parameters
     ----------
@@ -2894,6 +3012,9 @@ def multiscale_mask(counts, *, fp_rate: float = DEFAULT_FP_RATE, live=None, know
         See `SignificanceRule`.
     ring_p, max_rings, compact
         The growth of compact structures.
+    wing_ratio : float
+        The excess over the background, as a fraction of it, down to which
+        the wings of a fitted blob are masked (0: no wings).
 
     Returns
     -------
@@ -2918,6 +3039,7 @@ def multiscale_mask(counts, *, fp_rate: float = DEFAULT_FP_RATE, live=None, know
     ring_p = _check_probability("ring_p", ring_p)
     max_rings = _check_int("max_rings", max_rings, lo=0)
     compact = _check_int_tuple("compact", compact, 2, lo=0)
+    wing_ratio = _check_at_least("wing_ratio", wing_ratio, 0.0)
     if background is not None and not callable(getattr(background, "model", None)):
         raise BadInputError(f"background={_describe_value(background)}: must be a background estimator "
                             f"(with a model method)")
@@ -2937,18 +3059,25 @@ def multiscale_mask(counts, *, fp_rate: float = DEFAULT_FP_RATE, live=None, know
     defects = []
     for detector in detectors:
         defects += detector.detect(counts, model, excluded, rule.tail(detector), live)
-    ring_tail, half = PoissonTail(ring_p), nx // 2
-    for d in defects:  # hot spots take in their significant surroundings
+    ring_tail, half, cell_px = PoissonTail(ring_p), nx // 2, (CCD_NX / nx, CCD_NY / ny)
+    for d in defects:  # hot spots and glows take in their surroundings
         h0 = 0 if d.x0 < half else half
-        if d.y1 - d.y0 > compact[0] or d.x1 - d.x0 > compact[1] or d.x1 > h0 + half:
+        if d.x1 > h0 + half:
             continue
-        hs = slice(h0, h0 + half)
-        box, ring_n, ring_b, ring_cells = _grow_rings(counts[d.ccdnum - 1, :, hs], model[d.ccdnum - 1, :, hs],
-                                                      excluded[d.ccdnum - 1, :, hs],
-                                                      (d.y0, d.y1, d.x0 - h0, d.x1 - h0), ring_tail, max_rings)
-        if ring_cells:
+        is_compact = d.y1 - d.y0 <= compact[0] and d.x1 - d.x0 <= compact[1]
+        is_glow = d.kind == "box" and d.x1 - d.x0 < half  # a wide box, not a whole amplifier
+        if not (is_compact or is_glow):
+            continue
+        n, b, ex = (cube[d.ccdnum - 1, :, h0:h0 + half] for cube in (counts, model, excluded))
+        box, grown_n, grown_b, grown_cells = (d.y0, d.y1, d.x0 - h0, d.x1 - h0), 0.0, 0.0, 0
+        if is_compact:
+            box, grown_n, grown_b, grown_cells = _grow_rings(n, b, ex, box, ring_tail, max_rings)
+        if wing_ratio:
+            box, wing_n, wing_b, wing_cells = _grow_wings(n, b, ex, box, cell_px, wing_ratio)
+            grown_n, grown_b, grown_cells = grown_n + wing_n, grown_b + wing_b, grown_cells + wing_cells
+        if grown_cells:
             d.y0, d.y1, d.x0, d.x1 = box[0], box[1], box[2] + h0, box[3] + h0
-            d.counts, d.background, d.cells = d.counts + ring_n, d.background + ring_b, d.cells + ring_cells
+            d.counts, d.background, d.cells = d.counts + grown_n, d.background + grown_b, d.cells + grown_cells
             d.kind = "box"
     return MultiscaleResult(excluded, model, defects)
 

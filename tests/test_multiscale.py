@@ -153,6 +153,59 @@ def test_hot_spot_is_boxed():
     assert mask[spot < 1e-3].sum() == 0
 
 
+def test_blob_fit_recovers_a_round_spot():
+    from scipy.special import ndtr
+
+    rng = np.random.default_rng(21)
+    xc, yc, sigma, amplitude = 70.0, 150.0, 20.0, 3000.0  # pixels; cells of 8 x 16 pixels
+    fx = np.diff(ndtr((np.arange(31) * 8.0 - xc) / sigma))
+    fy = np.diff(ndtr((np.arange(21) * 16.0 - yc) / sigma))
+    background = np.full((20, 30), 10.0)
+    counts = rng.poisson(background + amplitude * np.outer(fy, fx))
+    (fit_x, fit_y, fit_sigma, fit_amplitude), blob = tm._fit_blob(
+        counts, background, np.ones(counts.shape, bool), (8.0, 16.0), (60.0, 140.0, 40.0, 1000.0))
+    assert abs(fit_x - xc) < 2 and abs(fit_y - yc) < 3
+    assert fit_sigma == pytest.approx(sigma, rel=0.05) and fit_amplitude == pytest.approx(amplitude, rel=0.05)
+    assert blob.sum() == pytest.approx(fit_amplitude * fy.sum() * fx.sum(), rel=0.01)
+
+
+def blob_rates(seed, level, peak, sigma_px, y_px, x_px, ccd=20):
+    """Expected counts of clean CCDs at ``level`` per cell with a round Gaussian spot on one."""
+    from scipy.special import ndtr
+
+    rng = np.random.default_rng(seed)
+    rates = smooth_rates(rng, level, edges=False)
+    fx = np.diff(ndtr((np.arange(NX + 1) * tm.CCD_NX / NX - x_px) / sigma_px))
+    fy = np.diff(ndtr((np.arange(NY + 1) * tm.CCD_NY / NY - y_px) / sigma_px))
+    ratio = np.outer(fy, fx) / (fy.max() * fx.max()) * peak  # excess / background, peak at the centre
+    rates[ccd] *= 1 + ratio
+    return rng, rates, ratio
+
+
+def test_faint_wings_of_a_hot_spot_are_masked():
+    # At 10 per cell, the wing cells 0.1-0.5x above the background hold 1-5
+    # extra transients each: too few for any window, but the core fixes them.
+    rng, rates, ratio = blob_rates(31, 10.0, 3.0, 30.0, 2000.0, 500.0)
+    counts = rng.poisson(rates)
+    wings = (ratio >= 0.1) & (ratio < 0.5)
+    with_wings = tm.multiscale_mask(counts).mask[20]
+    without = tm.multiscale_mask(counts, wing_ratio=0).mask[20]
+    assert with_wings[ratio >= 0.5].all()
+    assert with_wings[wings].mean() >= 0.9 and without[wings].mean() < 0.6  # rings alone: half of them
+    assert not with_wings[ratio < 1e-3].any()
+
+
+def test_a_short_bright_column_gets_no_wings():
+    # A round blob fitted to a column 1 cell wide predicts wings in the
+    # columns beside it; their counts refuse them.
+    rng = np.random.default_rng(32)
+    rates = smooth_rates(rng, 10.0, edges=False)
+    rates[20, 100:103, 60] *= 30.0
+    mask = tm.multiscale_mask(rng.poisson(rates)).mask[20]
+    assert mask[100:103, 60].all()
+    assert mask.sum() <= 5
+
+
 def test_large_faint_glow_is_masked_but_not_the_rest_of_the_ccd():
     mask, glow = masked_blob(8, 45, 1.5, 160, 100, 12.0, 25.0)
     assert mask[glow > 0.5].mean() > 0.95
