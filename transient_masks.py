@@ -4481,8 +4481,9 @@ def gather_data(catalogs, output: str = None, *, epochs=None, expnum_col: str = 
         Replace an existing ``output``.
     client : dask.distributed.Client, optional
         Bin the files in parallel on this Dask cluster (see `dask_client`):
-        one task per file, their counts summed by a tree reduction.  The maps
-        are the same, bit for bit, as without it.
+        one task per run of files per worker thread, their counts summed by
+        Dask's tree reduction.  The maps are the same, bit for bit, as
+        without it.
     progress : bool
         Show a progress bar on stderr (tqdm; Dask's own for parallel runs).
 
