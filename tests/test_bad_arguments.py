@@ -674,6 +674,9 @@ def test_multiscale_result_arguments():
     (np.ones((62, 32, 32), int), {"compact": 8}, "compact="),
     (np.ones((62, 32, 32), int), {"compact": (8, 16, 2)}, "compact="),
     (np.ones((62, 32, 32), int), {"compact": (8, np.nan)}, "compact="),
+    (np.ones((62, 32, 32), int), {"wing_ratio": -0.1}, "wing_ratio="),
+    (np.ones((62, 32, 32), int), {"wing_ratio": np.nan}, "wing_ratio="),
+    (np.ones((62, 32, 32), int), {"wing_ratio": "0.1"}, "wing_ratio="),
 ])
 def test_multiscale_mask_arguments(counts, keywords, match):
     raises(match, tm.multiscale_mask, counts, **keywords)
