@@ -2613,6 +2613,10 @@ _INV_SQRT_2PI = 1.0 / np.sqrt(2.0 * np.pi)
 #: Natural log of the likelihood ratio (fitted blob against background alone)
 #: that the wing cells of a blob must reach to be masked.
 _WING_LOG_LR = 2.0
+#: Significance (sigma) a structure needs before a blob is fitted to it: wings
+#: are extrapolated from a core that leaves no doubt.  A structure near the
+#: detection threshold, possibly a false one, cannot fix a blob's shape.
+_WING_MIN_SIGMA = 6.0
 
 
 def _fit_blob(counts, background, use, cell_px, start):
@@ -2989,8 +2993,8 @@ def multiscale_mask(counts, *, fp_rate: float = DEFAULT_FP_RATE, live=None, know
     y and x: hot spots) then take in the rings of cells around them whose
     excess is significant at ``ring_p`` (a conditional test, a few per
     structure).  Last, a round Gaussian blob is fitted to each compact
-    structure and each wide box (glows) within an amplifier half, and its
-    wings join: the cells where it predicts at least ``wing_ratio`` times the
+    structure and each wide box (glows) within an amplifier half that is
+    significant at 6 sigma or more, and its wings join: the cells where it predicts at least ``wing_ratio`` times the
     background, when their counts favour the blob over the background alone
     (`_grow_wings`).  Faint wings that no window test can see are masked
     where the blob's bright core says they are.
@@ -3072,7 +3076,7 @@ def multiscale_mask(counts, *, fp_rate: float = DEFAULT_FP_RATE, live=None, know
         box, grown_n, grown_b, grown_cells = (d.y0, d.y1, d.x0 - h0, d.x1 - h0), 0.0, 0.0, 0
         if is_compact:
             box, grown_n, grown_b, grown_cells = _grow_rings(n, b, ex, box, ring_tail, max_rings)
-        if wing_ratio:
+        if wing_ratio and _excess_lr(d.counts + grown_n, d.background + grown_b) >= _WING_MIN_SIGMA ** 2 / 2:
             box, wing_n, wing_b, wing_cells = _grow_wings(n, b, ex, box, cell_px, wing_ratio)
             grown_n, grown_b, grown_cells = grown_n + wing_n, grown_b + wing_b, grown_cells + wing_cells
         if grown_cells:

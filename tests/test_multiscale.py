@@ -206,6 +206,17 @@ def test_a_short_bright_column_gets_no_wings():
     assert mask.sum() <= 5
 
 
+def test_structures_near_the_threshold_get_no_wings():
+    # At fp_rate 1e-2 a clean camera has dozens of false structures: wings
+    # fitted to them would grow every false positive.
+    rng = np.random.default_rng(33)
+    counts = rng.poisson(smooth_rates(rng, 3.0, edges=False))
+    with_wings = tm.multiscale_mask(counts, fp_rate=1e-2)
+    without = tm.multiscale_mask(counts, fp_rate=1e-2, wing_ratio=0)
+    assert len(with_wings.defects) >= 20
+    np.testing.assert_array_equal(with_wings.mask, without.mask)
+
+
 def test_large_faint_glow_is_masked_but_not_the_rest_of_the_ccd():
     mask, glow = masked_blob(8, 45, 1.5, 160, 100, 12.0, 25.0)
     assert mask[glow > 0.5].mean() > 0.95
