@@ -2994,10 +2994,11 @@ def multiscale_mask(counts, *, fp_rate: float = DEFAULT_FP_RATE, live=None, know
     excess is significant at ``ring_p`` (a conditional test, a few per
     structure).  Last, a round Gaussian blob is fitted to each compact
     structure and each wide box (glows) within an amplifier half that is
-    significant at 6 sigma or more, and its wings join: the cells where it predicts at least ``wing_ratio`` times the
-    background, when their counts favour the blob over the background alone
-    (`_grow_wings`).  Faint wings that no window test can see are masked
-    where the blob's bright core says they are.
+    significant at 6 sigma or more, and its wings join: the cells where it
+    predicts at least ``wing_ratio`` times the background, when their counts
+    favour the blob over the background alone (`_grow_wings`).  Faint wings
+    that no window test can see are masked where the blob's bright core says
+    they are.
 
     Parameters
     ----------
