@@ -2619,6 +2619,11 @@ _WING_LOG_LR = 2.0
 _WING_MIN_SIGMA = 6.0
 
 
+def _max_blob_sigma(shape, cell_px) -> float:
+    """The widest blob (sigma, pixels) `_fit_blob` fits in a window of ``shape`` cells."""
+    return max(shape[1] * float(cell_px[0]), shape[0] * float(cell_px[1])) / 2
+
+
 def _fit_blob(counts, background, use, cell_px, start):
     """Fit a circular Gaussian blob over a known background, by Poisson maximum likelihood.
 
@@ -2638,7 +2643,7 @@ def _fit_blob(counts, background, use, cell_px, start):
     ny, nx = counts.shape
     x_edges, y_edges = np.arange(nx + 1) * float(cell_px[0]), np.arange(ny + 1) * float(cell_px[1])
     width, height = x_edges[-1], y_edges[-1]
-    max_sigma = max(width, height) / 2
+    max_sigma = _max_blob_sigma(counts.shape, cell_px)
 
     def fractions(params):
         """Amplitude, the cell fractions along y and x and their derivatives by centre and log sigma."""
@@ -2709,7 +2714,7 @@ def _grow_wings(n, b, ex, box, cell_px, wing_ratio):
     spread = ((x_mid - xc) ** 2 * profile_x).sum() / total + ((y_mid - yc) ** 2 * profile_y).sum() / total
     sigma = max(np.sqrt(max(spread, 0.0) / 2), min(px_x, px_y) / 2)
     (_, _, sigma, _), blob = _fit_blob(counts, background, inside | ~masked, cell_px, (xc, yc, sigma, total))
-    if sigma >= 0.95 * max(px_x * counts.shape[1], px_y * counts.shape[0]) / 2:
+    if sigma >= 0.95 * _max_blob_sigma(counts.shape, cell_px):
         return box, 0.0, 0.0, 0  # as wide as the window allows: a plateau, not a blob
     wing = (blob >= wing_ratio * background) & ~masked & ~inside
     if wing.any():  # only wing cells connected to the box
