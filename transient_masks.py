@@ -4911,7 +4911,10 @@ def _pack_block(block) -> tuple:
 def _unpack_block(counts, ccds, packed) -> None:
     """Add a `_pack_block` of CCDs ``ccds`` to (62, 65536) uint32 ``counts``."""
     low, high, values = packed
-    counts[ccds] += low
+    if ccds.size and ccds[-1] - ccds[0] + 1 == ccds.size:  # a run of CCDs: added in place, no copy
+        counts[ccds[0]:ccds[-1] + 1] += low
+    else:
+        counts[ccds] += low
     if high.size:  # the rest of the cells that hold 255 or more
         rows, cells = np.divmod(high, low.shape[1])
         counts[ccds[rows], cells] += values.astype(np.uint32) - 255
@@ -5000,7 +5003,7 @@ def _gather_dask(catalogs, client, lookup, n_epochs, names, chunk_rows, table_fo
         for group in np.array_split(np.arange(len(parts)), min(_SPLIT_EVERY, len(parts)))]
     accumulator = _CountAccumulator(n_epochs)
     files, cards = [], []
-    for partial_counts in _compute(client, trees, progress):
+    for partial_counts in _compute_each(client, trees, progress):  # each root as soon as it is ready
         partial_counts.add_to(accumulator)
         files.extend(partial_counts.files)
         cards.extend(partial_counts.cards)
@@ -5256,10 +5259,40 @@ def _compute(client, collection, progress=False):
         with ProgressBar(minimum=_PROGRESS_DELAY, out=sys.stderr):
             return dask.compute(collection)[0]
     futures = client.compute(collection)
-    try:
+    with _dask_errors(client, futures):
         if progress:
             _progress_bar(futures)
         return client.gather(futures)
+
+
+def _compute_each(client, collections, progress=False):
+    """Yield the results of a list of Dask collections in the order they finish.
+
+    What `_compute` does for a list, but each result is handed over as soon
+    as it is ready, so that the caller's work on it overlaps the rest.
+    """
+    if client is None:
+        yield from _compute(client, collections, progress)
+        return
+    from distributed import as_completed
+
+    futures = client.compute(collections)
+    with _dask_errors(client, futures):
+        if progress:
+            _progress_bar(futures)
+        # with_results: each result is fetched as soon as its task ends, while
+        # the caller works on the one before.
+        for _, result in as_completed(futures, with_results=True):
+            if isinstance(result, BaseException):  # a cancelled task's error comes as its result
+                raise result
+            yield result
+
+
+@contextlib.contextmanager
+def _dask_errors(client, futures):
+    """One-line errors for the deaths of workers while ``futures`` run; they are cancelled at the end."""
+    try:
+        yield
     except Exception as exc:
         if type(exc).__name__ == "KilledWorker":  # distributed.KilledWorker, multi-line
             raise RuntimeError("a Dask worker died (out of memory, or killed) while running "

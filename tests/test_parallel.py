@@ -194,6 +194,20 @@ def test_dask_dataframe_gather_and_filter(tmp_path, client, rng, masks):
     assert kept.meta["TM_COUNT"] == os.path.basename(DEMO)
 
 
+def test_dask_dataframe_gather_without_a_client(tmp_path, rng, monkeypatch):
+    """No distributed client: Dask's own scheduler runs the partitions, with the same maps."""
+    tables = [events(rng, n, n_bad=2) for n in (2000, 3000)]
+    paths = write_parts(tmp_path / "ds", tables, "parquet")
+    monkeypatch.setattr(tm, "_current_client", lambda: None)  # the module's cluster is not used
+    serial = tm.gather_data(paths, str(tmp_path / "serial.fits"))
+    frame = dd.from_pandas(vstack(tables).to_pandas(), npartitions=2)  # read_parquet warns in-process
+    with dask.config.set(scheduler="threads"):
+        parallel = tm.gather_data(frame, str(tmp_path / "parallel.fits"))
+    assert serial.summary() == parallel.summary() and list(serial.counts) == list(parallel.counts)
+    for epoch in serial.counts:
+        np.testing.assert_array_equal(serial.counts[epoch], parallel.counts[epoch])
+
+
 def test_bad_partition_same_error_as_serial_and_nothing_written(tmp_path, client, rng, masks, capsys):
     tables = [events(rng, 1000), events(rng, 1000, n_bad=3), events(rng, 1000)]
     paths = write_parts(tmp_path / "in", tables, "fits")
