@@ -4142,31 +4142,47 @@ class _EpochLookup:
     """`epoch_index` of the epoch table as a fast vectorised lookup.
 
     A table of the epoch of every expnum in the table's range (about 800 kB for
-    DES) replaces the binary search; the result is `epoch_index`'s, which built it.
+    DES), padded with -1 at both ends, replaces the binary search: one
+    subtraction and one clipped ``np.take`` a row.  The result is
+    `epoch_index`'s: an epoch owns its expnums up to the next epoch's first
+    (the last epoch starting at or before an expnum is the one searched).
+    Pickled (to Dask workers) as the two ranges; the table is rebuilt there
+    in a millisecond.
     """
 
     _MAX_TABLE = 1 << 26  # beyond this range of expnums, search instead
+    _MAX_ABS = 1 << 62  # table bounds this far from int64's limits: a wrapped subtraction stays outside
 
     def __init__(self, minexp, maxexp):
         self.minexp = np.asarray(minexp, dtype=np.int64)
         self.maxexp = np.asarray(maxexp, dtype=np.int64)
-        self.lut = None
-        if self.minexp.size and self.maxexp.max() - self.minexp.min() < self._MAX_TABLE:
-            self.lo = int(self.minexp.min())
-            self.hi = int(self.maxexp.max())
-            expnums = np.arange(self.lo, self.hi + 1, dtype=np.int64)
-            self.lut = epoch_index(expnums, self.minexp, self.maxexp).astype(
-                np.int16 if self.minexp.size < np.iinfo(np.int16).max else np.int32)
+        epoch_index(self.minexp[:1], self.minexp, self.maxexp)  # the ranges checked as epoch_index does
+        self.padded = None
+        self.lo = int(self.minexp.min())
+        self.hi = int(self.maxexp.max())
+        if self.hi - self.lo < self._MAX_TABLE and max(-self.lo, self.hi) < self._MAX_ABS:
+            self.padded = np.full(max(self.hi - self.lo + 1, 0) + 2, -1,
+                                  dtype=np.int16 if self.minexp.size < np.iinfo(np.int16).max else np.int32)
+            ends = np.minimum(self.maxexp, np.append(self.minexp[1:] - 1, self.maxexp[-1]))
+            for index in np.flatnonzero(ends >= self.minexp):  # a loop over epochs
+                self.padded[self.minexp[index] - self.lo + 1:ends[index] - self.lo + 2] = index
+
+    def __getstate__(self):
+        return {"minexp": self.minexp, "maxexp": self.maxexp}
+
+    def __setstate__(self, state):
+        self.__init__(state["minexp"], state["maxexp"])
 
     def __call__(self, expnum) -> np.ndarray:
         expnum = np.asarray(expnum)
-        if self.lut is None or expnum.dtype.kind not in "ui":
+        if self.padded is None or expnum.dtype.kind not in "ui":
             return epoch_index(expnum, self.minexp, self.maxexp)
-        offset = expnum.astype(np.int64, copy=False) - self.lo
-        inside = (offset >= 0) & (offset <= self.hi - self.lo)
-        if inside.all():
-            return self.lut[offset]
-        return np.where(inside, self.lut[np.where(inside, offset, 0)], -1)
+        if expnum.dtype == np.uint64:  # past int64 is past every epoch (as in epoch_index)
+            expnum = np.minimum(expnum, np.iinfo(np.int64).max)
+        # Row lo is at 1; 0 and the last entry (-1) take every expnum outside,
+        # also where the subtraction wraps.
+        offset = np.subtract(expnum, self.lo - 1, dtype=np.int64, casting="unsafe")
+        return np.take(self.padded, offset, mode="clip")
 
 
 def _cell_index(ccdnum, x, y):
@@ -4815,14 +4831,14 @@ class _CountPartial:
 
     Only the (epoch, CCD) blocks the partitions touched are held: per epoch
     index, the CCD indices and their (k, 65536) counts, saturated at 65535,
-    packed as one byte a cell (`_pack_block`: most cells of a partial hold a
+    packed as one byte a cell (`_pack_counts`: most cells of a partial hold a
     few events), and the flat cells whose count passed 65535.
     """
 
     def __init__(self):
         self.n_read = self.n_bad = self.n_no_epoch = 0
         self.n_events = {}  # epoch index -> events binned
-        self.blocks = {}  # epoch index -> (CCD indices, packed counts: see _pack_block)
+        self.blocks = {}  # epoch index -> (CCD indices, packed counts: see _pack_counts)
         self.clipped = {}  # epoch index -> flat cells whose count passed 65535
         self.files = []  # (partition number, name, rows read, bad rows), for the log
         self.cards = []  # (partition number, SIM* header cards) of the first file with some
@@ -4837,14 +4853,14 @@ class _CountPartial:
         """
         part = cls()
         part.n_read, part.n_bad, part.n_no_epoch = accumulator.n_read, accumulator.n_bad, accumulator.n_no_epoch
-        for index in accumulator.totals:
-            total, clipped = accumulator.saturated(index)
-            total = total.reshape(N_CCD, _MAP_CELLS)
-            ccds = np.flatnonzero(total.any(axis=1))
-            part.blocks[index] = (ccds, _pack_block(total[ccds]))
+        for index, total in accumulator.totals.items():
+            ccds, packed, over = _pack_counts(total.reshape(N_CCD, _MAP_CELLS))
+            part.blocks[index] = (ccds, packed)
             part.n_events[index] = int(accumulator.n_events[index])
-            if clipped is not None:
-                part.clipped[index] = np.flatnonzero(clipped)
+            if index in accumulator.clipped:  # cells clipped on the way (see _CountAccumulator._clip)
+                over = np.union1d(over, np.flatnonzero(accumulator.clipped[index]))
+            if over.size:
+                part.clipped[index] = over
         part.files = list(files)
         part.cards = list(cards)[:1]
         return part
@@ -4868,16 +4884,15 @@ class _CountPartial:
         total.cards = sorted(total.cards, key=lambda item: item[0])[:1]
         for index in sorted({index for part in parts for index in part.blocks}):
             counts = np.zeros((N_CCD, _MAP_CELLS), dtype=np.uint32)  # a sum of < 65537 uint16
-            for part in parts:
-                if index in part.blocks:
-                    _unpack_block(counts, *part.blocks[index])
-            clipped = [part.clipped[index] for part in parts if index in part.clipped]
-            over = np.flatnonzero(counts > _UINT16_MAX)  # counts is C-contiguous: flat cells
-            if over.size or clipped:
-                total.clipped[index] = np.union1d(over, np.concatenate(clipped)) if clipped else over
-                np.minimum(counts, _UINT16_MAX, out=counts)
-            ccds = np.flatnonzero(counts.any(axis=1))
-            total.blocks[index] = (ccds, _pack_block(counts[ccds]))
+            blocks = [part.blocks[index] for part in parts if index in part.blocks]
+            for number, (ccds, packed) in enumerate(blocks):
+                _unpack_block(counts, ccds, packed, fresh=number == 0)
+            ccds, packed, over = _pack_counts(counts)
+            total.blocks[index] = (ccds, packed)
+            clipped = [over] + [part.clipped[index] for part in parts if index in part.clipped]
+            over = np.unique(np.concatenate(clipped)) if len(clipped) > 1 else over
+            if over.size:
+                total.clipped[index] = over
         return total
 
     def add_to(self, accumulator: "_CountAccumulator") -> None:
@@ -4886,12 +4901,13 @@ class _CountPartial:
         accumulator.n_bad += self.n_bad
         accumulator.n_no_epoch += self.n_no_epoch
         for index, (ccds, packed) in self.blocks.items():
-            if index not in accumulator.totals:
+            fresh = index not in accumulator.totals
+            if fresh:
                 accumulator.totals[index] = np.zeros(N_CCD * _MAP_CELLS, dtype=np.uint32)
                 accumulator.bound[index] = 0
             elif accumulator.bound[index] + _UINT16_MAX > _UINT32_MAX:
                 accumulator._clip(index)  # saturating addition: the same result, no wrap
-            _unpack_block(accumulator.totals[index].reshape(N_CCD, _MAP_CELLS), ccds, packed)
+            _unpack_block(accumulator.totals[index].reshape(N_CCD, _MAP_CELLS), ccds, packed, fresh=fresh)
             accumulator.bound[index] += _UINT16_MAX
             accumulator.n_events[index] += self.n_events[index]
             if index in self.clipped:
@@ -4899,22 +4915,40 @@ class _CountPartial:
                 flags[self.clipped[index]] = True
 
 
-def _pack_block(block) -> tuple:
-    """(k, 65536) counts <= 65535 as (uint8 counts clipped at 255, flat positions
-    and uint16 counts of the cells holding 255 or more): half the bytes of uint16
-    to move between workers, exactly."""
-    low = np.minimum(block, 255).astype(np.uint8)
+def _ccd_rows(ccds):
+    """The rows ``ccds`` (sorted CCD indices) as a slice when they are a run (a view, not a copy)."""
+    if ccds.size and ccds[-1] - ccds[0] + 1 == ccds.size:
+        return slice(int(ccds[0]), int(ccds[-1]) + 1)
+    return ccds
+
+
+def _pack_counts(counts) -> tuple:
+    """(62, 65536) uint32 counts as (touched CCD indices, their packed counts, flat cells over 65535).
+
+    The packing holds the uint8 counts clipped at 255, the flat positions of
+    the cells holding 255 or more and their uint16 counts clipped at 65535:
+    half the bytes of uint16 to move between workers, exactly.  Only cells at
+    255 or more are looked at past the first byte.
+    """
+    ccds = np.flatnonzero(counts.any(axis=1))
+    block = counts[_ccd_rows(ccds)]
+    low = np.empty(block.shape, dtype=np.uint8)
+    np.minimum(block, 255, out=low, casting="unsafe")  # one pass, straight to uint8
     high = np.flatnonzero(low == 255)
-    return low, high, block.reshape(-1)[high].astype(np.uint16)
+    values = block.reshape(-1)[high]
+    over = high[values > _UINT16_MAX]
+    over = ccds[over // _MAP_CELLS] * _MAP_CELLS + over % _MAP_CELLS
+    return ccds, (low, high, np.minimum(values, _UINT16_MAX).astype(np.uint16)), over
 
 
-def _unpack_block(counts, ccds, packed) -> None:
-    """Add a `_pack_block` of CCDs ``ccds`` to (62, 65536) uint32 ``counts``."""
+def _unpack_block(counts, ccds, packed, fresh=False) -> None:
+    """Add a `_pack_counts` packing of CCDs ``ccds`` to (62, 65536) uint32 ``counts``
+    (``fresh``: counts all zero, written rather than added: one page fault a page, not two)."""
     low, high, values = packed
-    if ccds.size and ccds[-1] - ccds[0] + 1 == ccds.size:  # a run of CCDs: added in place, no copy
-        counts[ccds[0]:ccds[-1] + 1] += low
+    if fresh:
+        counts[_ccd_rows(ccds)] = low
     else:
-        counts[ccds] += low
+        counts[_ccd_rows(ccds)] += low
     if high.size:  # the rest of the cells that hold 255 or more
         rows, cells = np.divmod(high, low.shape[1])
         counts[ccds[rows], cells] += values.astype(np.uint32) - 255
@@ -4984,15 +5018,16 @@ def _gather_dask(catalogs, client, lookup, n_epochs, names, chunk_rows, table_fo
     import dask.bag
 
     client = client or _current_client()
-    shared = _share(client, lookup, "epoch-lookup")
+    # The lookup goes in every task as it is: it pickles as its epoch ranges
+    # (hundreds of bytes), quicker than a scatter to every worker.
     if _is_dask_frame(catalogs):
         names = resolve_columns(list(catalogs.columns), *names, source="DataFrame")
-        parts = [dask.delayed(_gather_frame_partition)(frame, number, shared, n_epochs, names, chunk_rows)
+        parts = [dask.delayed(_gather_frame_partition)(frame, number, lookup, n_epochs, names, chunk_rows)
                  for number, frame in enumerate(catalogs.to_delayed())]
     else:  # consecutive files together, in their order, about as many bytes in each task
         groups = _file_groups(catalogs, _file_tasks(client, len(catalogs)))
         parts = [dask.delayed(_gather_partition)([(int(number), catalogs[number]) for number in group],
-                                                 shared, n_epochs, names, chunk_rows, table_format)
+                                                 lookup, n_epochs, names, chunk_rows, table_format)
                  for group in groups]
     # Dask's tree reduction sums the partials on the workers, in at most
     # _SPLIT_EVERY trees; their roots come here, where the result goes anyway,

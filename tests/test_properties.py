@@ -11,6 +11,7 @@ functions either works or raises `BadInputError`, never another exception.
 import functools
 import math
 import os
+import pickle
 from fractions import Fraction
 
 import numpy as np
@@ -217,6 +218,23 @@ def test_bin_events_matches_brute_force(events, epochs):
             expected[(epoch,) + cell] = expected.get((epoch,) + cell, 0) + 1
     found = {tuple(int(i) for i in index): int(counts[index]) for index in zip(*np.nonzero(counts))}
     assert found == expected and counts.shape == (3, 62, 256, 256)
+
+
+epoch_tables = st.lists(st.tuples(st.integers(-20, 60), st.integers(-3, 25)), min_size=1, max_size=8).map(
+    lambda ranges: sorted((start, start + length) for start, length in ranges))  # overlaps, nesting, repeats
+
+
+@SETTINGS
+@given(table=epoch_tables, dtype=st.sampled_from([np.int64, np.int32, np.int16, np.uint64, np.uint8]))
+def test_epoch_lookup_equals_epoch_index(table, dtype):
+    minexp, maxexp = (np.array(column) for column in zip(*table))
+    info = np.iinfo(dtype)
+    expnum = np.array([value for value in range(-30, 100) if info.min <= value <= info.max]
+                      + [info.min, info.max], dtype=dtype)
+    expected = tm.epoch_index(expnum, minexp, maxexp)
+    lookup = tm._EpochLookup(minexp, maxexp)
+    np.testing.assert_array_equal(lookup(expnum), expected)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(lookup))(expnum), expected)  # as sent to workers
 
 
 # ---- Filtering
