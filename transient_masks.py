@@ -4141,7 +4141,7 @@ _UINT32_MAX = np.iinfo(np.uint32).max
 class _EpochLookup:
     """`epoch_index` of the epoch table as a fast vectorised lookup.
 
-    A table of the epoch of every expnum in the table's range (about 800 kB for
+    A table of the epoch of every expnum in the table's range (about 1.4 MB for
     DES), padded with -1 at both ends, replaces the binary search: one
     subtraction and one clipped ``np.take`` a row.  The result is
     `epoch_index`'s: an epoch owns its expnums up to the next epoch's first
