@@ -4147,7 +4147,7 @@ class _EpochLookup:
     `epoch_index`'s: an epoch owns its expnums up to the next epoch's first
     (the last epoch starting at or before an expnum is the one searched).
     Pickled (to Dask workers) as the two ranges; the table is rebuilt there
-    in a millisecond.
+    in well under a millisecond.
     """
 
     _MAX_TABLE = 1 << 26  # beyond this range of expnums, search instead

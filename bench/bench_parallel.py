@@ -17,14 +17,15 @@ by later runs.  Every case runs in a fresh subprocess (--repeats of them),
 which makes --passes passes over the data: the best pass counts, as in a long
 run, and the best first pass is printed too (a fresh process on the
 development VM pays dearly for its first touches of memory: the first 400 MB
-took 0.1-1.0 s in trials, later ones 0.04 s).  Times are those of the work alone: the
-local cluster is started (and its start-up time printed), and every process
-has imported astropy, pyarrow and transient_masks (and, for gathering, binned
-the first file once) before the clock starts (a fixed cost of about 1-2 s per
-worker, once per run).  The peak memory of a worker is its own peak resident
-set size (ru_maxrss of the worker process, read on the workers after the run);
-that of the single-process path is the subprocess's VmHWM.  The figures say
-what was measured; the load of the machine (other jobs) is printed with them.
+took 0.1-1.0 s in trials, later ones 0.04 s).  Times are those of the work
+alone: the local cluster is started (and its start-up time printed), and
+every process has imported astropy, pyarrow and transient_masks (and, for
+gathering, binned the first file once) before the clock starts (a fixed cost
+of about 1-2 s per worker, once per run).  The peak memory of a worker is its
+own peak resident set size (ru_maxrss of the worker process, read on the
+workers after the run); that of the single-process path is the subprocess's
+VmHWM.  The figures say what was measured; the load of the machine (other
+jobs) is printed with them.
 """
 import argparse
 import json
