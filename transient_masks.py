@@ -4130,8 +4130,9 @@ class _CountAccumulator:
         return self.totals[index].astype(np.uint16), self.clipped.get(index)
 
 
-#: Events whose cells are computed at a time (fits the CPU cache).
-_BIN_BLOCK = 1 << 18
+#: Events whose cells are computed at a time: the temporaries of a block stay
+#: in a core's L2 cache (1 << 18 was 2-3x slower on the development machine).
+_BIN_BLOCK = 1 << 16
 #: Events added to the counts by one ``np.add.at`` call (any size works; this
 #: bounds how far past 2**32 - 1 the count bound of an epoch can be checked).
 _ADD_BATCH = 1 << 24
@@ -4190,8 +4191,8 @@ def _cell_index(ccdnum, x, y):
 
     Returns ``(flat, good)``: ``good`` flags rows with CCDNUM in 1..62 and a
     finite on-CCD position (0.5 <= x < 2048.5, 0.5 <= y < 4096.5); ``flat``
-    holds ``(CCDNUM - 1) * 65536 + Y * 256 + X`` for the good rows only (for all
-    rows when every row is good), with X = floor((x - 1) / 8) and
+    (int32) holds ``(CCDNUM - 1) * 65536 + Y * 256 + X`` for the good rows only
+    (for all rows when every row is good), with X = floor((x - 1) / 8) and
     Y = floor((y - 1) / 16), positions below 1 going to cell 0.
     """
     ccdnum = np.asarray(ccdnum)
@@ -4209,13 +4210,14 @@ def _cell_index(ccdnum, x, y):
         ccdnum, x, y = ccdnum[good], x[good], y[good]
     # x - 1 is exact in binary floating point for 0.5 <= x; truncation toward
     # zero sends -0.5 <= x - 1 < 0 to pixel offset 0 (cell 0), as DES did.
-    x_px = (x - 1).astype(np.intp)
-    y_px = (y - 1).astype(np.intp)
+    # Every cell index is below 2**22: int32 halves the memory traffic of intp.
+    x_px = (x - 1).astype(np.int32)
+    y_px = (y - 1).astype(np.int32)
     x_px >>= 3  # 8 pixels per cell along x
     y_px >>= 4  # 16 pixels per cell along y
     y_px <<= 8
     x_px += y_px
-    flat = ccdnum.astype(np.intp)
+    flat = ccdnum.astype(np.int32)
     flat -= 1
     flat <<= 16
     flat += x_px
