@@ -308,6 +308,21 @@ def _ccdnum_array(ccdnum) -> np.ndarray:
     return _whole_int64("ccdnum", values, bad=0) if values.dtype.kind == "f" else values
 
 
+def _position_arrays(ccdnum, x, y, **others) -> tuple:
+    """CCDNUM (see `_ccdnum_array`) and x, y (numbers) flattened to their common shape.
+
+    Returns ``(ccdnum, x, y, shape)``; ``others`` (arrays already checked) only
+    take part in the shape check.  x and y keep their dtype (floats are
+    converted block by block where they are used).
+    """
+    ccdnum = _ccdnum_array(ccdnum)
+    x = _numeric_array("x", x)
+    y = _numeric_array("y", y)
+    shape = _same_shape(**others, ccdnum=ccdnum, x=x, y=y)
+    ccdnum, x, y = (np.broadcast_to(a, shape).ravel() for a in (ccdnum, x, y))
+    return ccdnum, x, y, shape
+
+
 def _check_probability(name: str, value) -> float:
     """A probability strictly between 0 and 1 (a tail probability)."""
     try:
@@ -957,6 +972,56 @@ def epoch_index(expnum, minexp, maxexp):
     return np.where(inside, index, -1)
 
 
+class _EpochLookup:
+    """`epoch_index` of the epoch table as a fast vectorised lookup.
+
+    A table of the epoch of every expnum in the table's range (about 1.4 MB for
+    DES), padded with -1 at both ends, replaces the binary search: one
+    subtraction and one clipped ``np.take`` a row.  The result is
+    `epoch_index`'s: an epoch owns its expnums up to the next epoch's first
+    (the last epoch starting at or before an expnum is the one searched).
+    Pickled (to Dask workers) as the two ranges; the table is rebuilt there
+    in well under a millisecond.
+    """
+
+    _MAX_TABLE = 1 << 26  # beyond this range of expnums, search instead
+    _MAX_ABS = 1 << 62  # table bounds this far from int64's limits: a wrapped subtraction stays outside
+
+    def __init__(self, minexp, maxexp):
+        self.minexp = np.asarray(minexp, dtype=np.int64)
+        self.maxexp = np.asarray(maxexp, dtype=np.int64)
+        epoch_index(self.minexp[:1], self.minexp, self.maxexp)  # the ranges checked as epoch_index does
+        self.padded = None
+        self.lo = int(self.minexp.min())
+        self.hi = int(self.maxexp.max())
+        if self.hi - self.lo < self._MAX_TABLE and max(-self.lo, self.hi) < self._MAX_ABS:
+            self.padded = np.full(max(self.hi - self.lo + 1, 0) + 2, -1,
+                                  dtype=np.int16 if self.minexp.size < np.iinfo(np.int16).max else np.int32)
+            ends = np.minimum(self.maxexp, np.append(self.minexp[1:] - 1, self.maxexp[-1]))
+            for index in np.flatnonzero(ends >= self.minexp):  # a loop over epochs
+                self.padded[self.minexp[index] - self.lo + 1:ends[index] - self.lo + 2] = index
+
+    def __getstate__(self):
+        return {"minexp": self.minexp, "maxexp": self.maxexp}
+
+    def __setstate__(self, state):
+        self.__init__(state["minexp"], state["maxexp"])
+
+    def __call__(self, expnum) -> np.ndarray:
+        if self.padded is None or np.ma.isMaskedArray(expnum):
+            return epoch_index(expnum, self.minexp, self.maxexp)
+        expnum = _numeric_array("expnum", expnum)  # epoch_index's errors
+        if expnum.dtype.kind not in "ui":
+            return epoch_index(expnum, self.minexp, self.maxexp)
+        if expnum.dtype == np.uint64:  # past int64 is past every epoch (as in epoch_index)
+            expnum = np.minimum(expnum, np.iinfo(np.int64).max)
+        # Row lo is at 1; 0 and the last entry (-1) take every expnum outside,
+        # also where the subtraction wraps.
+        offset = np.subtract(expnum, self.lo - 1, dtype=np.int64, casting="unsafe")
+        return np.take(self.padded, offset, mode="clip")
+
+
+
 # ---- Count maps
 
 
@@ -1540,11 +1605,17 @@ class EpochMask:
         broadcast); anything else (strings, different lengths) raises
         `BadInputError`.
         """
-        ccdnum = _ccdnum_array(ccdnum)
-        x = _float_array("x", x)
-        y = _float_array("y", y)
-        shape = _same_shape(ccdnum=ccdnum, x=x, y=y)
-        ccdnum, x, y = (np.broadcast_to(a, shape) for a in (ccdnum, x, y))
+        ccdnum, x, y, shape = _position_arrays(ccdnum, x, y)
+        flat = np.empty(ccdnum.size, dtype=np.intp)
+        for start in range(0, flat.size, _BIN_BLOCK):  # blocks whose temporaries stay in cache
+            part = slice(start, start + _BIN_BLOCK)
+            flat[part] = self._block_cells(ccdnum[part], x[part], y[part])
+        return flat.reshape(shape)
+
+    def _block_cells(self, ccdnum, x, y):
+        """`cell_index` of one block of flat arrays."""
+        x = x.astype(np.float64, copy=False)
+        y = y.astype(np.float64, copy=False)
         n_ccd, ny, nx = self.mask.shape
         cell_ny, cell_nx = self.cell_size
         on = (ccdnum >= 1) & (ccdnum <= n_ccd)
@@ -1569,13 +1640,18 @@ class EpochMask:
             position is off the CCD (0.5 <= x < 2048.5 and 0.5 <= y < 4096.5)
             or NaN; or if the arguments are not numbers of one shape.
         """
-        flat = self.cell_index(ccdnum, x, y)
+        return self._masked_cells(self.cell_index(ccdnum, x, y))
+
+    def _masked_cells(self, flat, rows=None):
+        """The mask at cell indices; off-CCD ones (-1) raise, naming the first by
+        its position in ``rows`` (the caller's indices of ``flat``) if given."""
         off = flat < 0
         if off.any():
-            rows = np.flatnonzero(off)
+            bad_rows = np.flatnonzero(off.ravel())
+            first = bad_rows[0] if rows is None else rows[bad_rows[0]]
             raise BadInputError(
-                f"{rows.size} position(s) off the CCDs or with CCDNUM outside 1..{N_CCD} "
-                f"(first at index {rows[0]})"
+                f"{bad_rows.size} position(s) off the CCDs or with CCDNUM outside 1..{N_CCD} "
+                f"(first at index {first})"
             )
         return self.mask.ravel()[flat]
 
@@ -3479,6 +3555,7 @@ class TransientMasks:
         self.keep_no_epoch = _check_flag("keep_no_epoch", keep_no_epoch)
         self._masks = {}
         self._warned = set()
+        self._lookup = None  # the epoch table as an _EpochLookup, on first use
 
     def provenance(self) -> list:
         """(keyword, value, comment) cards recorded in filtered tables."""
@@ -3495,8 +3572,14 @@ class TransientMasks:
         ]
 
     def epoch_index(self, expnum) -> np.ndarray:
-        """Row of the epoch table of each EXPNUM; -1 for none."""
-        return epoch_index(expnum, self.epochs["MINEXPNUM"], self.epochs["MAXEXPNUM"])
+        """Row of the epoch table of each EXPNUM; -1 for none (see `epoch_index`)."""
+        return self._epoch_rows(expnum).astype(np.intp, copy=False)
+
+    def _epoch_rows(self, expnum) -> np.ndarray:
+        """`epoch_index` by the table lookup (int16 for the DES table)."""
+        if self._lookup is None:
+            self._lookup = _EpochLookup(self.epochs["MINEXPNUM"], self.epochs["MAXEXPNUM"])
+        return self._lookup(expnum)
 
     def epoch_of(self, expnum) -> np.ndarray:
         """Epoch name of each EXPNUM ('' for none)."""
@@ -3518,14 +3601,12 @@ class TransientMasks:
         Positions must be on the CCDs (see `EpochMask.apply`).  The four
         arguments are numbers of one shape (scalars are broadcast).
         """
-        index = self.epoch_index(expnum)
-        ccdnum = _ccdnum_array(ccdnum)
-        x = _float_array("x", x)
-        y = _float_array("y", y)
-        shape = _same_shape(expnum=index, ccdnum=ccdnum, x=x, y=y)
-        index, ccdnum, x, y = (np.broadcast_to(a, shape) for a in (index, ccdnum, x, y))
-        codes = np.full(index.shape, NO_EPOCH, dtype=np.uint8)
-        for row in np.unique(index[index >= 0]):  # a loop over epochs, not events
+        index = self._epoch_rows(expnum)
+        ccdnum, x, y, shape = _position_arrays(ccdnum, x, y, expnum=index)
+        index = np.broadcast_to(index, shape).ravel()
+        codes = np.full(index.size, NO_EPOCH, dtype=np.uint8)
+        per_epoch = np.bincount(index + 1, minlength=len(self.epochs) + 1)[1:]  # index -1: no epoch
+        for row in np.flatnonzero(per_epoch):  # a loop over epochs, not events
             epoch = str(self.epochs["NAME"][row])
             if epoch not in self.maps:
                 if epoch not in self._warned:
@@ -3533,9 +3614,13 @@ class TransientMasks:
                                 self.maps.path, epoch)
                     self._warned.add(epoch)
                 continue
-            chosen = index == row
-            codes[chosen] = self.mask_for(epoch).apply(ccdnum[chosen], x[chosen], y[chosen])
-        return codes
+            mask = self.mask_for(epoch)
+            if per_epoch[row] == index.size:  # every event in this epoch (sorted catalogs): no selection
+                codes[:] = mask._masked_cells(mask.cell_index(ccdnum, x, y))
+            else:
+                rows = np.flatnonzero(index == row)
+                codes[rows] = mask._masked_cells(mask.cell_index(ccdnum[rows], x[rows], y[rows]), rows)
+        return codes.reshape(shape)
 
     def apply(self, expnum, ccdnum, x, y) -> np.ndarray:
         """Whether each event is masked (events in no epoch: see ``keep_no_epoch``)."""
@@ -3785,6 +3870,8 @@ def _classify_rows(masks, expnum, ccdnum, x, y, bad=None):
             & (y >= 0.5) & (y < CCD_NY + 0.5))  # NaN fails every comparison
     if bad is not None:
         good &= ~bad
+    if good.all():  # the usual case: no copies
+        return masks.classify(expnum, ccdnum, x, y)
     codes = np.full(good.shape, BAD, dtype=np.uint8)
     codes[good] = masks.classify(expnum[good], ccdnum[good], x[good], y[good])
     return codes
@@ -4137,53 +4224,6 @@ _BIN_BLOCK = 1 << 16
 #: bounds how far past 2**32 - 1 the count bound of an epoch can be checked).
 _ADD_BATCH = 1 << 24
 _UINT32_MAX = np.iinfo(np.uint32).max
-
-
-class _EpochLookup:
-    """`epoch_index` of the epoch table as a fast vectorised lookup.
-
-    A table of the epoch of every expnum in the table's range (about 1.4 MB for
-    DES), padded with -1 at both ends, replaces the binary search: one
-    subtraction and one clipped ``np.take`` a row.  The result is
-    `epoch_index`'s: an epoch owns its expnums up to the next epoch's first
-    (the last epoch starting at or before an expnum is the one searched).
-    Pickled (to Dask workers) as the two ranges; the table is rebuilt there
-    in well under a millisecond.
-    """
-
-    _MAX_TABLE = 1 << 26  # beyond this range of expnums, search instead
-    _MAX_ABS = 1 << 62  # table bounds this far from int64's limits: a wrapped subtraction stays outside
-
-    def __init__(self, minexp, maxexp):
-        self.minexp = np.asarray(minexp, dtype=np.int64)
-        self.maxexp = np.asarray(maxexp, dtype=np.int64)
-        epoch_index(self.minexp[:1], self.minexp, self.maxexp)  # the ranges checked as epoch_index does
-        self.padded = None
-        self.lo = int(self.minexp.min())
-        self.hi = int(self.maxexp.max())
-        if self.hi - self.lo < self._MAX_TABLE and max(-self.lo, self.hi) < self._MAX_ABS:
-            self.padded = np.full(max(self.hi - self.lo + 1, 0) + 2, -1,
-                                  dtype=np.int16 if self.minexp.size < np.iinfo(np.int16).max else np.int32)
-            ends = np.minimum(self.maxexp, np.append(self.minexp[1:] - 1, self.maxexp[-1]))
-            for index in np.flatnonzero(ends >= self.minexp):  # a loop over epochs
-                self.padded[self.minexp[index] - self.lo + 1:ends[index] - self.lo + 2] = index
-
-    def __getstate__(self):
-        return {"minexp": self.minexp, "maxexp": self.maxexp}
-
-    def __setstate__(self, state):
-        self.__init__(state["minexp"], state["maxexp"])
-
-    def __call__(self, expnum) -> np.ndarray:
-        expnum = np.asarray(expnum)
-        if self.padded is None or expnum.dtype.kind not in "ui":
-            return epoch_index(expnum, self.minexp, self.maxexp)
-        if expnum.dtype == np.uint64:  # past int64 is past every epoch (as in epoch_index)
-            expnum = np.minimum(expnum, np.iinfo(np.int64).max)
-        # Row lo is at 1; 0 and the last entry (-1) take every expnum outside,
-        # also where the subtraction wraps.
-        offset = np.subtract(expnum, self.lo - 1, dtype=np.int64, casting="unsafe")
-        return np.take(self.padded, offset, mode="clip")
 
 
 def _cell_index(ccdnum, x, y):

@@ -329,6 +329,20 @@ def test_transient_masks_load_only_the_epochs_the_events_need(counts_file):
     assert masks.epoch_of([133757, 605900, 1]).tolist() == ["SVE1", "Y4E2", ""]
 
 
+def test_classify_names_an_off_ccd_event_by_its_own_index_and_keeps_the_shape(counts_file):
+    masks = tm.TransientMasks(counts_file)
+    # Rows 0 and 3 are in no epoch: the off-CCD event is row 4 of the call, not row 2 of Y2E1's events.
+    expnum = [900000, 350000, 350001, 900000, 350002]
+    with pytest.raises(tm.BadInputError, match=r"1 position\(s\) off the CCDs .*\(first at index 4\)"):
+        masks.classify(expnum, 5, [10.0, 10.0, 10.0, 10.0, 3000.0], 10.0)
+    expnum = np.array([[350000, 900000, 350001], [350002, 350003, 1]])
+    x = np.array([[805.0, 805.0, 10.0], [10.0, 805.0, 10.0]])
+    codes = masks.classify(expnum, 5, x, 500.0)
+    assert codes.shape == (2, 3)
+    assert codes.tolist() == [[tm.MASKED, tm.NO_EPOCH, tm.KEEP], [tm.KEEP, tm.MASKED, tm.NO_EPOCH]]
+    assert masks.epoch_index(expnum).dtype == np.intp
+
+
 def test_events_of_an_epoch_without_a_map_count_as_no_epoch(counts_file, caplog):
     masks = tm.TransientMasks(counts_file)
     codes = masks.classify([226400, 226401], [5, 6], [10.0, 10.0], [10.0, 10.0])  # Y1E1: not in the file
