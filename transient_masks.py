@@ -5253,10 +5253,7 @@ def _atomic_directory(path, overwrite=False, inputs=(), input_dirs=()):
             raise BadInputError(f"{path}: cannot write in the directory {os.path.dirname(final)} (permissions)")
     else:
         check_output(path, overwrite, inputs)
-    for directory in input_dirs:
-        directory = os.path.abspath(directory)
-        if os.path.commonpath([final, directory]) == directory:
-            raise BadInputError(f"{path}: refusing to write into the input directory {directory}")
+    _check_not_over_inputs(path, inputs, input_dirs)
     parent, base = os.path.split(final)
     tmp = tempfile.mkdtemp(dir=parent, prefix=f".{base}.", suffix=".tmp")
     umask = os.umask(0o022)
@@ -5274,6 +5271,28 @@ def _atomic_directory(path, overwrite=False, inputs=(), input_dirs=()):
     finally:
         if os.path.exists(tmp):
             _remove_tree(tmp)
+
+
+def _check_not_over_inputs(path, inputs=(), input_dirs=()):
+    """Refuse an output directory that is, holds or lies in an input (links resolved).
+
+    Replacing ``path`` removes everything in it: it must hold no input file or
+    directory, nor the current directory; and it must not be inside an input
+    directory (whose files the run reads).
+    """
+    final = os.path.realpath(path)
+
+    def within(item, directory):
+        return os.path.commonpath([item, directory]) == directory
+
+    for item in [*inputs, *input_dirs]:
+        if within(os.path.realpath(item), final):
+            raise BadInputError(f"{path}: holds the input {item}; refusing to replace it (choose another -o)")
+    for directory in input_dirs:
+        if within(final, os.path.realpath(directory)):
+            raise BadInputError(f"{path}: refusing to write into the input directory {directory}")
+    if os.path.isdir(final) and within(os.path.realpath(os.getcwd()), final):
+        raise BadInputError(f"{path}: holds the current directory; refusing to replace it")
 
 
 def _remove_tree(path, attempts=10):

@@ -6,6 +6,7 @@ every test that needs workers; the data are small and made here.
 import glob
 import logging
 import os
+import pathlib
 import re
 import subprocess
 import sys
@@ -338,6 +339,34 @@ def test_output_directory_rules(tmp_path, rng, masks):
     assert sorted(os.listdir(tmp_path / "out")) == ["part.0.fits", "part.1.fits"]
     assert sorted(os.listdir(tmp_path)) == ["in", "out"]
     assert tm.main(["--input", *paths]) == 2  # several inputs need -o
+
+
+def test_an_output_directory_holding_inputs_is_never_replaced(tmp_path, rng, masks, monkeypatch):
+    """--overwrite replaces the output directory whole: never one that holds an input
+    (files named, a dataset directory, a link to one) or the current directory."""
+    paths = write_parts(tmp_path / "p" / "d", [events(rng, 100) for _ in range(2)], "fits")
+    def contents():
+        return {path: pathlib.Path(path).read_bytes() for path in paths}
+
+    before = contents()
+    os.symlink(tmp_path / "p", tmp_path / "link")
+    monkeypatch.chdir(tmp_path / "p")
+    cases = [(paths, tmp_path / "p" / "d"), (str(tmp_path / "p" / "d" / "*.fits"), tmp_path / "p" / "d"),
+             (str(tmp_path / "p" / "d"), tmp_path / "p"), (paths, tmp_path / "link"), (paths, tmp_path)]
+    for inputs, output in cases:
+        with pytest.raises(tm.BadInputError, match=f"{re.escape(str(output))}: holds the input"):
+            tm.filter_files(inputs, str(output), masks, overwrite=True)
+        assert tm.main(["--input", *([inputs] if isinstance(inputs, str) else inputs), "-o", str(output),
+                        "--overwrite", "--counts", tm.data_path(tm.DEMO_COUNTS_FILENAME)]) == 2
+    other = write_parts(tmp_path / "q", [events(rng, 50)], "fits")
+    os.makedirs(tmp_path / "c" / "here")
+    monkeypatch.chdir(tmp_path / "c" / "here")
+    with pytest.raises(tm.BadInputError, match="holds the current directory"):
+        tm.filter_files(other, str(tmp_path / "c"), masks, overwrite=True)
+    assert contents() == before
+    assert sorted(os.listdir(tmp_path / "p")) == ["d"] and sorted(os.listdir(tmp_path / "p" / "d")) == [
+        "part.0.fits", "part.1.fits"]
+    assert os.listdir(tmp_path / "c") == ["here"]
 
 
 def test_serial_runs_never_import_dask(tmp_path, rng):
