@@ -108,6 +108,8 @@ REASON_COLOURS = ("#1a9850", "#000000", "#7f3b08", "#e08214", "#542788", "#8073a
                   "#bdbdbd", "#e7298a")
 #: Exit code of a run of many SE images that finished but in which some failed.
 EXIT_SOME_FAILED = 3
+#: Largest EXPNUM taken (the masks look exposures up as 64-bit integers).
+MAX_EXPNUM = int(np.iinfo(np.int64).max)
 #: The exact SE -> coadd map is evaluated every GRID_STEP SE pixels and interpolated.
 GRID_STEP = 128
 #: The interpolated map is checked against the exact one at this many pixels ...
@@ -496,7 +498,7 @@ def _hdu_key(value, where):
         value = value.strip()
         if not value:
             raise tm.BadInputError(f"{where}: empty extension name")
-        if not value.isdigit():
+        if not (value.isascii() and value.isdigit()):  # int() refuses some Unicode digits ('²')
             return value
     value = int(value)
     if value < 0:
@@ -648,7 +650,7 @@ class PizzaInfo:
         if not isinstance(entry, dict):
             raise tm.BadInputError(f"{self.path}: {where} is {_describe_value(entry)}, not a mapping "
                                    "(expnum, ccdnum, image_path, ...)")
-        expnum = self._integer(entry, "expnum", where, "an exposure number", 1)
+        expnum = self._integer(entry, "expnum", where, "an exposure number", 1, MAX_EXPNUM)
         ccdnum = self._integer(entry, "ccdnum", where, "a CCD number", 1, tm.N_CCD)
         band = self._text(entry, "band", where) or self.band
         se_files = [self._role(entry, key, ext, where) for key, ext in (("image", "sci"), ("weight", "wgt"),
@@ -675,7 +677,7 @@ class PizzaInfo:
         value = mapping.get(key)
         if value is None:
             return None
-        if isinstance(value, str) and value.strip().isdigit():
+        if isinstance(value, str) and value.strip().isascii() and value.strip().isdigit():
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             self._fail(where, key, value, f"is not {what} (an integer)")
@@ -1287,6 +1289,8 @@ def _header_integer(header, key, files):
         return None
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
         raise tm.BadInputError(f"{_show(*files.se_image)}: {key} = {value!r} is not an integer")
+    if key == "EXPNUM" and not 1 <= value <= MAX_EXPNUM:
+        raise tm.BadInputError(f"{_show(*files.se_image)}: {key} = {value} is out of range (1..{MAX_EXPNUM})")
     return int(value)
 
 
@@ -1302,6 +1306,8 @@ def _transient_cells(transient_masks, expnum, ccdnum, where):
         return None
     if not 1 <= int(ccdnum) <= tm.N_CCD:
         raise tm.BadInputError(f"{where}: CCDNUM {ccdnum} outside 1..{tm.N_CCD}")
+    if not 1 <= int(expnum) <= MAX_EXPNUM:
+        raise tm.BadInputError(f"{where}: EXPNUM {expnum} outside 1..{MAX_EXPNUM}")
     epoch = str(transient_masks.epoch_of([int(expnum)])[0])
     if not epoch or epoch not in transient_masks.maps:
         log.warning("%s: EXPNUM %d is in %s: transient-mask cut not applied", where, int(expnum),
@@ -2084,7 +2090,24 @@ def _run_background(args) -> int:
     ignore = bits_value(args.ignore_bits)
     info, images = _choose_images(args)
     single = len(images) == 1
-    paths, created, results = [], None, []
+    paths, results = [], []
+    try:
+        masks = _run_images(args, ignore, info, images, paths, results)
+    except KeyboardInterrupt as exc:  # also SIGTERM; here the cluster is down, its last outputs in place
+        kept = [path for _, path in paths if os.path.exists(path)]
+        if not single and kept:  # each SE image's outputs are whole once written: those finished stay
+            raise type(exc)(f"the outputs of the SE images finished are kept ({len(kept)} files); "
+                            "no partial or temporary file left") from None
+        raise
+    _report_run(results, single, paths[-1][1], masks)
+    return EXIT_SOME_FAILED if any(r.status == "failed" for r in results) else 0
+
+
+def _run_images(args, ignore, info, images, paths, results):
+    """Run the SE images of `_run_background`, filling ``paths`` (its outputs, as planned)
+    and ``results``; returns the TransientMasks (or None)."""
+    single = len(images) == 1
+    created = None
     with contextlib.ExitStack() as stack:
         client = None
         if (args.jobs or args.scheduler) and not single:
@@ -2128,8 +2151,7 @@ def _run_background(args) -> int:
             if created and not os.listdir(created):
                 os.rmdir(created)
             raise
-    _report_run(results, single, summary_path, masks)
-    return EXIT_SOME_FAILED if any(r.status == "failed" for r in results) else 0
+    return masks
 
 
 def _warm_up():

@@ -136,6 +136,22 @@ class BadInputError(ValueError):
     """
 
 
+def _printable(text) -> str:
+    """``text`` as one line: newlines and other control characters escaped as Python
+    writes them (a file name may hold any of them)."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
+class _OneLineFormatter(logging.Formatter):
+    """Log records as single lines (`_printable`), prefixed with the command's name."""
+
+    def format(self, record) -> str:
+        return _printable(super().format(record))
+
+
 def _one_line(exc) -> str:
     """The first line of an exception's message, at most 200 characters (for error lines)."""
     lines = str(exc).strip().splitlines()
@@ -5455,6 +5471,28 @@ def _row_progress(paths, enabled):
         yield bar
 
 
+#: Local worker processes per core that --jobs may start (at least 4 in all).
+MAX_JOBS_PER_CORE = 4
+
+
+def max_local_jobs() -> int:
+    """The most local worker processes `dask_client` starts: `MAX_JOBS_PER_CORE` per core, at least 4."""
+    return max(4, MAX_JOBS_PER_CORE * (os.cpu_count() or 1))
+
+
+def _check_jobs(jobs: int) -> int:
+    """A number of local workers, refused beyond `max_local_jobs` (each is a process:
+    thousands would exhaust the memory)."""
+    jobs = _check_int("jobs", jobs, lo=1)
+    if jobs > max_local_jobs():
+        raise BadInputError(f"jobs={jobs}: {_too_many_jobs()}")
+    return jobs
+
+
+def _too_many_jobs() -> str:
+    return f"at most {max_local_jobs()} local worker processes on this machine ({MAX_JOBS_PER_CORE} per core)"
+
+
 @contextlib.contextmanager
 def dask_client(jobs: int = None, scheduler: str = None):
     """A `dask.distributed.Client` for a parallel run, closed on exit.
@@ -5492,9 +5530,7 @@ def dask_client(jobs: int = None, scheduler: str = None):
         with client:
             yield client
         return
-    jobs = int(jobs or os.cpu_count() or 1)
-    if jobs < 1:
-        raise BadInputError(f"jobs={jobs}: must be a positive integer")
+    jobs = _check_jobs(int(jobs or os.cpu_count() or 1))
     # Dask starts workers with MALLOC_TRIM_THRESHOLD_=65536, which sends every
     # large numpy temporary through mmap and page faults: binning and filtering
     # run 2-3x slower.  These workers keep glibc's default (one thread each still).
@@ -5506,20 +5542,28 @@ def dask_client(jobs: int = None, scheduler: str = None):
     # dashboard) and memory monitor (10 a second) cost an idle 2-worker cluster
     # 8% of a core; less often, 1.5%.  Memory is still checked every second.
     # No dashboard; its HTTP server (metrics) on a free local port, never a busy 8787.
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ,
-                          "distributed.worker.profile.enabled": False,
-                          "distributed.admin.tick.interval": "1s",
-                          "distributed.admin.system-monitor.interval": "2s",
-                          "distributed.worker.memory.monitor-interval": "1s"}), \
-            LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
-                         scheduler_kwargs={"dashboard": False}) as cluster, Client(cluster) as client:
-        yield client
+    # The workers' scratch space (and its lock files) in a directory of this run,
+    # removed at the end, rather than a dask-scratch-space left in $TMPDIR.
+    scratch = tempfile.mkdtemp(prefix="transient_masks-dask-")
+    try:
+        with dask.config.set({"distributed.nanny.pre-spawn-environ": environ,
+                              "distributed.worker.profile.enabled": False,
+                              "distributed.admin.tick.interval": "1s",
+                              "distributed.admin.system-monitor.interval": "2s",
+                              "distributed.worker.memory.monitor-interval": "1s",
+                              "temporary-directory": scratch}), \
+                LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True,
+                             dashboard_address="127.0.0.1:0", local_directory=scratch,
+                             scheduler_kwargs={"dashboard": False}) as cluster, Client(cluster) as client:
+            yield client
+    finally:
+        _remove_tree(scratch)
 
 
 def _add_parallel_arguments(parser, modes=None):
     """Add --jobs, --scheduler and --quiet (also used by other commands, e.g. des_background)."""
     group = parser.add_argument_group("parallel runs on Dask (--input, --gather)")
-    group.add_argument("--jobs", type=_positive_int, metavar="N",
+    group.add_argument("--jobs", type=_jobs_int, metavar="N",
                        help="run on a local Dask cluster of N worker processes (needs the dask extra)")
     group.add_argument("--scheduler", metavar="ADDRESS",
                        help="run on the dask.distributed scheduler at ADDRESS (e.g. tcp://host:8786)")
@@ -5550,13 +5594,97 @@ def _command_client(jobs, scheduler):
         except ImportError:  # dask_client says which extra to install
             pass
         else:
-            environ = {**dask.config.get("distributed.nanny.pre-spawn-environ"), "DASK_LOGGING__DISTRIBUTED": "error"}
+            # Critical only on the workers: a task's failure is logged there (a
+            # "Compute Failed" block with its traceback) and raised here anyway.
+            environ = {**dask.config.get("distributed.nanny.pre-spawn-environ"),
+                       "DASK_LOGGING__DISTRIBUTED": "critical"}
             stack.enter_context(dask.config.set({"distributed.nanny.pre-spawn-environ": environ}))
             for name, level in (("distributed", logging.ERROR), ("asyncio", logging.CRITICAL)):
                 logger = logging.getLogger(name)
                 stack.callback(logger.setLevel, logger.level)
                 logger.setLevel(level)
-        yield stack.enter_context(dask_client(jobs, scheduler))
+        gate = stack.enter_context(_SignalGate())  # last out: the handlers as they were
+        stack.push(gate.exit)
+        gate.hold()
+        client = stack.enter_context(dask_client(jobs, scheduler))
+        stack.callback(gate.hold)  # first out: the cluster stops whole
+        gate.release()  # a SIGTERM held while the cluster started acts now
+        yield client
+
+
+class _SignalGate:
+    """Shields a Dask cluster's start and stop from SIGINT and SIGTERM.
+
+    An interrupt in the middle of LocalCluster's start leaves half-started
+    workers that Dask reports at exit with tracebacks.  While the cluster
+    starts or stops, SIGTERM is held (it acts once the cluster is up, which is
+    then stopped cleanly; it is dropped once the run is over) and SIGINT is
+    ignored: the worker processes started meanwhile inherit that, so a Ctrl-C
+    on the terminal, which signals the whole process group, reaches this
+    process only and never kills a worker mid-task with a traceback of its
+    own (a Ctrl-C during the second or two of the start is lost; the next
+    one stops the run).  Outside the main thread (no signal handlers there)
+    it does nothing.
+    """
+
+    def __init__(self):
+        self.active = threading.current_thread() is threading.main_thread()
+        self.holding = False
+        self.pending = False  # a SIGTERM held
+        self.previous = {}  # signal -> the handler before
+
+    def __enter__(self):
+        import signal
+
+        if self.active:
+            self.previous = {signal.SIGINT: signal.getsignal(signal.SIGINT),
+                             signal.SIGTERM: signal.signal(signal.SIGTERM, self._handle_term)}
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        return False
+
+    def _handle_term(self, signum, frame):
+        if self.holding:
+            self.pending = True
+        else:
+            self._terminate()
+
+    def _terminate(self):
+        import signal
+
+        handler = self.previous.get(signal.SIGTERM)
+        if callable(handler):
+            handler(signal.SIGTERM, None)
+        elif handler != signal.SIG_IGN:
+            raise _Terminated
+
+    def hold(self):
+        import signal
+
+        if self.active:
+            self.holding = True
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def release(self):
+        """Stop shielding: a SIGTERM held acts now."""
+        import signal
+
+        if self.active:
+            signal.signal(signal.SIGINT, self.previous[signal.SIGINT])
+            self.holding = False
+            if self.pending:
+                self.pending = False
+                self._terminate()
+
+    def exit(self, exc_type, exc, tb):
+        """After the cluster stopped: a SIGTERM held meanwhile is dropped (the run is over)."""
+        self.holding = self.pending = False
+        return False
 
 
 def _show_progress(args) -> bool:
@@ -6416,6 +6544,14 @@ def _positive_int(text):
     return value
 
 
+def _jobs_int(text):
+    """--jobs: a positive integer, at most `max_local_jobs`."""
+    value = _positive_int(text)
+    if value > max_local_jobs():
+        raise argparse.ArgumentTypeError(f"{text}: {_too_many_jobs()}")
+    return value
+
+
 def _masked_value(text):
     """A number, or a DES mask bit name such as SUSPECT."""
     if text.upper() in MASK_BITS:
@@ -6601,7 +6737,7 @@ class _ArgumentParser(argparse.ArgumentParser):
     """argparse with one-line usage errors (exit code 2)."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(2, f"{self.prog}: error: {_printable(message)} (see --help)\n")
 
 
 class _Terminated(KeyboardInterrupt):
@@ -6631,7 +6767,7 @@ def run_cli(parser: argparse.ArgumentParser, run, argv=None, prog: str = None) -
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 for --help
         return exc.code
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(f"{prog}: %(message)s"))
+    handler.setFormatter(_OneLineFormatter(f"{prog}: %(message)s"))
     loggers = [logging.getLogger(name) for name in ("transient_masks", "transient_sim", "des_background")]
     for logger in loggers:
         logger.addHandler(handler)
@@ -6641,16 +6777,14 @@ def run_cli(parser: argparse.ArgumentParser, run, argv=None, prog: str = None) -
     try:
         return run(args)
     except BadInputError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {_printable(exc)}", file=sys.stderr)
         return 2
-    except _Terminated:
-        print(f"{prog}: terminated; no output written", file=sys.stderr)
-        return 143
-    except KeyboardInterrupt:
-        print(f"{prog}: interrupted; no output written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:  # also _Terminated; its message, if any, says what was kept
+        what = "terminated" if isinstance(exc, _Terminated) else "interrupted"
+        print(f"{prog}: {what}; {_printable(exc) or 'no output written'}", file=sys.stderr)
+        return 143 if isinstance(exc, _Terminated) else 130
     except Exception as exc:  # an unexpected failure: one line too, and exit 1
-        print(f"{prog}: unexpected failure: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"{prog}: unexpected failure: {type(exc).__name__}: {_printable(exc)}", file=sys.stderr)
         return 1
     finally:
         if in_main_thread:

@@ -375,7 +375,7 @@ def _simulate_epoch(row, rng, camera, *, background, n_exposures, rate_scatter, 
     n_range = maxexp - minexp + 1
     if n_exposures is None:
         n_exposures = max(1, int(round(SIM_EXPOSURE_FRACTION * n_range)))
-    n_exposures = min(int(n_exposures), n_range)
+    n_exposures = int(n_exposures)  # checked by _sim_rows: at most n_range
     expnums = np.sort(rng.choice(n_range, size=n_exposures, replace=False)) + minexp
     # Background density per pixel per CCD: rate scatter between CCDs and epochs.
     ccd_factor = rng.lognormal(0.0, rate_scatter, N_CCD)
@@ -466,17 +466,33 @@ def _simulate_epoch(row, rng, camera, *, background, n_exposures, rate_scatter, 
     return columns, bg_truth.astype(np.float32), excess.astype(np.float32), n_exposures
 
 
-def _sim_rows(epochs, epoch_table):
-    """The epoch-table rows of the named epochs, with their table index."""
+def _sim_rows(epochs, epoch_table, n_exposures=None):
+    """The epoch-table rows of the named epochs, with their table index.
+
+    Refuses an unknown or repeated epoch, and ``n_exposures`` more than an
+    epoch's expnum range holds (the exposures are distinct expnums of it).
+    """
     table = read_epochs(epoch_table)
     names = list(table["NAME"])
     if isinstance(epochs, str):
         epochs = [epochs]
+    if n_exposures is not None:
+        n_exposures = tm._check_int("n_exposures", n_exposures, lo=1)
     rows = []
     for name in epochs:
         if name not in names:
             raise BadInputError(f"epoch {name!r}: not in the epoch table ({', '.join(names)})")
-        rows.append((names.index(name), table[names.index(name)]))
+        index = names.index(name)
+        if any(index == seen for seen, _ in rows):
+            raise BadInputError(f"epoch {name!r}: given more than once (each epoch is simulated once)")
+        row = table[index]
+        if n_exposures is not None:
+            minexp, maxexp = int(row["MINEXPNUM"]), int(row["MAXEXPNUM"])
+            if n_exposures > maxexp - minexp + 1:
+                raise BadInputError(
+                    f"{n_exposures} exposures per epoch: more than epoch {name} holds (at most "
+                    f"{maxexp - minexp + 1}, the expnums {minexp}..{maxexp})")
+        rows.append((index, row))
     if not rows:
         raise BadInputError("simulate: no epoch given")
     return rows
@@ -494,7 +510,7 @@ def _iter_simulation(epochs, *, seed, background, n_exposures, epoch_table, rate
     if n_faint_columns or n_glows or fade:
         n_defects = sum(camera[kind]["ccdnum"].size for kind in ("columns", "spots", "edges"))
         camera["extras"] = _camera_extras(seed, n_faint_columns, n_glows, fade, n_defects)
-    for index, row in _sim_rows(epochs, epoch_table):
+    for index, row in _sim_rows(epochs, epoch_table, n_exposures):
         # One stream per (seed, epoch): an epoch's events do not depend on the
         # other epochs requested.
         rng = np.random.default_rng([seed, index])
@@ -589,14 +605,15 @@ def simulate(epochs=("Y2E1",), *, seed: int = 0, background: float = 3.0, n_expo
     Parameters
     ----------
     epochs : str or sequence of str
-        Epoch names of the epoch table.
+        Epoch names of the epoch table, each at most once.
     seed : int
         Seed; the same seed gives the same catalog, and an epoch's events do
         not depend on which other epochs are simulated.
     background : float
         Mean astrophysical transients per DES map cell (8 x 16 px) per epoch.
     n_exposures : int, optional
-        Exposures per epoch.
+        Exposures per epoch: distinct expnums, so at most the epoch's
+        MAXEXPNUM - MINEXPNUM + 1 (more is refused).
     epoch_table : str or astropy.table.Table, optional
         Default: the shipped DES table.
     rate_scatter, epoch_scatter, gradient, n_columns, n_spots, edge_fraction,
@@ -664,7 +681,7 @@ def simulate_to_file(path: str, epochs=("Y2E1",), *, seed: int = 0, background: 
         tm.check_output(path, overwrite)
     fmt = tm.table_format_of(path)
     _check_simulation(seed, background)
-    _sim_rows(epochs, epoch_table)
+    _sim_rows(epochs, epoch_table, n_exposures)
     if fmt == "fits" and not path.lower().endswith(".gz"):
         defaults = dict(rate_scatter=0.15, epoch_scatter=0.1, gradient=0.2, n_columns=1.5,
                         n_spots=1.0, edge_fraction=0.3, edge_width=(5.0, 15.0),

@@ -838,6 +838,11 @@ def with_maps(directory):
     write_count_maps(directory / "maps.fits", {"Y6": hot_maps(np.random.default_rng(3))})
 
 
+def huge_expnum(data, header):
+    header["EXPNUM"] = 10**23
+    return data, header
+
+
 def unwritable(directory):
     if bg._can_write_in("/sys"):
         pytest.skip("/sys is writable here")
@@ -898,6 +903,17 @@ BAD_INPUTS = [
      "info.yaml: src_info[1]: expnum 'D00154912' is not an exposure number (an integer)"),
     ("expnum a float", entry(expnum=790000.5), INFO_1, "info.yaml: src_info[1]: expnum 790000.5 is not an exposure"),
     ("ccdnum out of range", entry(ccdnum=99), INFO_1, "info.yaml: src_info[1]: ccdnum 99 is out of range (1..62)"),
+    ("expnum beyond 64 bits", entry(expnum=99999999999999999999999), INFO_1,
+     "info.yaml: src_info[1]: expnum 99999999999999999999999 is out of range (1..9223372036854775807)"),
+    ("expnum digits beyond 64 bits", entry(expnum="99999999999999999999999"), INFO_1,
+     "info.yaml: src_info[1]: expnum 99999999999999999999999 is out of range (1..9223372036854775807)"),
+    ("expnum a superscript digit", entry(expnum="\u00b2"), INFO_1,
+     "info.yaml: src_info[1]: expnum '\u00b2' is not an exposure number (an integer)"),
+    ("extension a superscript digit", entry(weight_ext="\u00b2"), INFO_1,
+     "se.fits: no extension '\u00b2' (--se_weight"),
+    ("SE header EXPNUM beyond 64 bits", se_copy("bigexp.fits", huge_expnum),
+     explicit(se_image="bigexp.fits[sci]", se_weight="bigexp.fits[wgt]", se_bmask="bigexp.fits[msk]"),
+     "bigexp.fits[sci]: EXPNUM = 100000000000000000000000 is out of range (1..9223372036854775807)"),
     ("path not a string", entry(image_path=5), INFO_1, "info.yaml: src_info[1]: image_path 5 is not a path"),
     ("path missing", entry(weight_path=None), INFO_1, "info.yaml: src_info[1]: weight_path is missing"),
     ("extension a list", entry(bmask_ext=[1, 2]), INFO_1,
@@ -980,6 +996,39 @@ def test_bad_input_is_one_line_exit_2(files, monkeypatch, capsys, setup, args, m
     assert listing(files) == before  # nothing written, nothing changed
 
 
+def test_expnum_beyond_64_bits_from_python_names_the_image(files):
+    masks = tm.TransientMasks(write_count_maps(files / "maps.fits", {"Y6": hot_maps(np.random.default_rng(4))}))
+    huge = bg.ImageFiles(*(str(files / f) for f in EXPLICIT[1::2]), expnum=10**23)
+    with pytest.raises(tm.BadInputError, match=r"se\.fits\[sci\]: EXPNUM 10{23} outside 1\.\.9223372036854775807$"):
+        bg.good_background(huge, transient_masks=masks)
+
+
+def test_jobs_beyond_the_machine_refused(files, monkeypatch, capsys):
+    """--jobs starts at most 4 worker processes per core (at least 4): more is refused before any work."""
+    monkeypatch.chdir(files)
+
+    def no_cluster(*args, **kwargs):
+        raise AssertionError("a local cluster was started")
+
+    # (without the bound, the run would try to start the workers: never here)
+    monkeypatch.setattr(tm, "_parallel_client", no_cluster)
+    monkeypatch.setattr(tm, "dask_client", no_cluster)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    before = listing(files)
+    for args, jobs, limit in [(ALL, "99999999999999999999", 8), (EXPLICIT, "9", 8)]:
+        assert bg.main([*args, "--no_transient_cut", "--jobs", jobs]) == 2
+        assert capsys.readouterr().err == (f"des_background.py: error: argument --jobs: {jobs}: at most {limit} "
+                                           "local worker processes on this machine (4 per core) (see --help)\n")
+    monkeypatch.setattr(os, "cpu_count", lambda: None)  # unknown: at least 4
+    assert bg.main([*EXPLICIT, "--no_transient_cut", "--jobs", "5"]) == 2
+    assert "--jobs: 5: at most 4 local worker processes" in capsys.readouterr().err
+    assert listing(files) == before
+    # up to the bound, a run goes ahead (one SE image: in this process)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert bg.main([*EXPLICIT, "--no_transient_cut", "--jobs", "8", "-o", "good.fits", "--quiet"]) == 0
+    assert os.path.exists("good.fits")
+
+
 def test_there_are_enough_bad_inputs():
     assert len(BAD_INPUTS) >= 30
 
@@ -1049,9 +1098,10 @@ def test_signal_leaves_no_temporary_file(tmp_path, jobs, signum, code, word):
     finally:
         process.kill()
     assert process.returncode == code, err
-    assert err.strip().splitlines()[-1] == f"des_background: {word}; no output written", err
-    if not jobs:  # (Dask's workers may log their lost connections as the cluster goes down)
-        assert "Traceback" not in err
+    kept = sorted(out.glob("*")) if out.is_dir() else []  # the SE images finished stay, whole
+    said = (f"the outputs of the SE images finished are kept ({len(kept)} files); no partial or temporary "
+            "file left" if kept else "no output written")
+    assert err.splitlines() == [f"des_background: {word}; {said}"], err
     assert not temporaries(out)
     assert not list(out.glob("*.ecsv"))  # no summary of an interrupted run
 

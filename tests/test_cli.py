@@ -125,6 +125,21 @@ def test_unexpected_failure_is_exit_1_in_one_line(tmp_path, counts_file, monkeyp
     _one_line_error(capsys, "unexpected failure: RuntimeError: simulated disk failure")
 
 
+def test_control_characters_in_names_and_messages_stay_on_one_line(tmp_path, counts_file, monkeypatch, capsys):
+    bad = tmp_path / "bad\nname\x1b.fits"
+    bad.write_bytes(b"not FITS")
+    assert tm.main(["--input", str(bad), "--counts", counts_file, "-o", str(tmp_path / "out.fits")]) == 2
+    _one_line_error(capsys, "bad\\nname\\x1b.fits: ")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("two\nlines")
+
+    monkeypatch.setattr(tm.EpochMask, "write_masks", broken)
+    assert tm.main(["--epoch", "Y2E1", "--counts", counts_file, "-o", str(tmp_path / "m.fits")]) == 1
+    _one_line_error(capsys, "RuntimeError: two\\nlines")
+    assert "out.fits" not in os.listdir(tmp_path) and "m.fits" not in os.listdir(tmp_path)
+
+
 def test_demo_fallback_is_said_loudly_and_recorded(tmp_path, rng, monkeypatch, capsys):
     from conftest import poisson_cube, write_count_maps
 

@@ -287,6 +287,24 @@ def test_command_line_gather_with_jobs_in_process(tmp_path, rng, capsys, client)
     assert tm.main(["--gather", str(tmp_path / "ds"), "--jobs", "2", "--scheduler", "tcp://x:1"]) == 2
 
 
+def test_jobs_beyond_the_machine_are_refused_before_any_start(tmp_path, monkeypatch, capsys):
+    """At most 4 local workers per core (at least 4): a huge --jobs once took 24 GB starting workers."""
+    def no_cluster(*args, **kwargs):
+        raise AssertionError("a local cluster was started")
+
+    monkeypatch.setattr(distributed, "LocalCluster", no_cluster)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    for jobs in ("9", "99999999999999999999"):
+        assert tm.main(["--gather", "a.fits", "b.fits", "-o", str(tmp_path / "m.fits"), "--jobs", jobs]) == 2
+        assert capsys.readouterr().err.endswith(
+            f"error: argument --jobs: {jobs}: at most 8 local worker processes on this machine (4 per core) "
+            "(see --help)\n")
+        with pytest.raises(tm.BadInputError, match=f"jobs={jobs}: at most 8 local worker processes"):
+            with tm.dask_client(int(jobs)):
+                pass
+    assert os.listdir(tmp_path) == []
+
+
 def test_interrupt_leaves_no_output_directory(tmp_path, rng, masks, client, monkeypatch):
     paths = write_parts(tmp_path / "in", [events(rng, 100) for _ in range(2)], "fits")
 
@@ -320,6 +338,47 @@ def test_sigterm_with_jobs_is_one_line_on_stderr(tmp_path, rng):
                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": root})
     assert run.returncode == 143, run.stderr
     assert run.stderr.splitlines() == ["transient_masks: terminated; no output written"]
+    assert sorted(os.listdir(tmp_path)) == ["in"]
+
+
+def _run_with_ctrl_c(tmp_path, paths, signal_code):
+    """Gather ``paths`` with --jobs 2 in a session of its own, where ``signal_code`` (run
+    around the cluster's start) sends SIGINT to the whole process group, as Ctrl-C does."""
+    code = (
+        "import os, signal, threading, time, transient_masks as tm\n"
+        "start = tm.dask_client\n"
+        "def ctrl_c(delay):\n"
+        "    threading.Timer(delay, os.killpg, (os.getpgid(0), signal.SIGINT)).start()\n"
+        "def signalled_client(*args, **kwargs):\n"
+        f"{signal_code}"
+        "tm.dask_client = tm.contextlib.contextmanager(signalled_client)\n"
+        f"raise SystemExit(tm.main(['--gather', *{paths!r}, '-o', 'maps.fits', '--jobs', '2']))\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(tm.__file__)))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": root}, start_new_session=True)
+
+
+def test_ctrl_c_on_the_terminal_with_jobs_is_one_line(tmp_path, rng):
+    """Ctrl-C signals the whole process group, workers included.  While the cluster
+    starts it is ignored (a worker half-way through its start would die with a
+    traceback); once the workers run, the command stops them: exit 130, the one
+    line and nothing else, no output."""
+    paths = write_parts(tmp_path / "in", [events(rng, 100) for _ in range(2)], "fits")
+    during_start = ("    ctrl_c(0.3)\n"  # the workers' processes start and import for 1-2 s
+                    "    with start(*args, **kwargs) as client:\n"
+                    "        yield client\n")
+    run = _run_with_ctrl_c(tmp_path, paths, during_start)
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.splitlines()[-1].endswith("wrote maps.fits")
+    os.remove(tmp_path / "maps.fits")
+    while_busy = ("    with start(*args, **kwargs) as client:\n"
+                  "        sleeping = [client.submit(time.sleep, 30, pure=False, workers=[worker])\n"
+                  "                    for worker in client.scheduler_info()['workers']]\n"
+                  "        ctrl_c(2.0)\n"
+                  "        yield client\n")
+    run = _run_with_ctrl_c(tmp_path, paths, while_busy)
+    assert run.returncode == 130, run.stderr
+    assert run.stderr.splitlines() == ["transient_masks: interrupted; no output written"]
     assert sorted(os.listdir(tmp_path)) == ["in"]
 
 

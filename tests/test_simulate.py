@@ -136,6 +136,40 @@ def test_bad_parameters():
         ts.simulate(["Y2E1"], background=0)
 
 
+def test_repeated_epoch_refused(tmp_path, capsys):
+    with pytest.raises(tm.BadInputError, match="epoch 'Y2E1': given more than once"):
+        ts.simulate(["Y2E1", "Y1E1", "Y2E1"], background=BACKGROUND)
+    output = tmp_path / "s.fits"
+    assert ts.main([str(output), "--epochs", "Y2E1", "Y2E1", "--background", "0.01"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "epoch 'Y2E1': given more than once" in err
+    assert not os.listdir(tmp_path)
+
+
+def test_more_exposures_than_the_epoch_holds_refused(tmp_path, capsys):
+    """Exposures are distinct expnums of the epoch: more than its range holds is refused, not clamped."""
+    row = ROW["Y5E1"]
+    n_range = int(row["MAXEXPNUM"]) - int(row["MINEXPNUM"]) + 1
+    message = (f"{n_range + 1} exposures per epoch: more than epoch Y5E1 holds (at most {n_range}, "
+               f"the expnums {row['MINEXPNUM']}..{row['MAXEXPNUM']})")
+    with pytest.raises(tm.BadInputError) as refused:  # Y2E1 holds that many; Y5E1 does not
+        ts.simulate(["Y2E1", "Y5E1"], n_exposures=n_range + 1, background=BACKGROUND)
+    assert str(refused.value) == message
+    for bad in (0, -3, 2.5, True, "10"):
+        with pytest.raises(tm.BadInputError, match="n_exposures="):
+            ts.simulate("Y5E1", n_exposures=bad, background=BACKGROUND)
+    # the whole range is fine: every expnum is an exposure
+    catalog, truth = ts.simulate("Y5E1", n_exposures=n_range, seed=2, background=0.01)
+    assert truth.n_exposures["Y5E1"] == n_range and len(np.unique(catalog["EXPNUM"])) > 0.9 * n_range
+    output = tmp_path / "sim.fits"
+    assert ts.main([str(output), "--exposures", "10000000000", "--background", "0.01"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    y2e1 = int(ROW["Y2E1"]["MAXEXPNUM"]) - int(ROW["Y2E1"]["MINEXPNUM"]) + 1
+    assert f"10000000000 exposures per epoch: more than epoch Y2E1 holds (at most {y2e1}," in err
+    assert not os.listdir(tmp_path)
+
+
 def test_cli_simulate_then_gather(tmp_path, capsys):
     catalog_path = str(tmp_path / "sim.fits")
     argv = [catalog_path, "--epochs", "Y2E1", "Y6", "--seed", "3", "--background", str(BACKGROUND)]
