@@ -920,7 +920,16 @@ def read_epochs(path: str = None):
         epochs[name] = values.astype(np.int64)
     if np.asarray(epochs["NAME"]).dtype.kind not in "US":
         raise BadInputError(f"{path}: epoch table column NAME must hold strings")
-    epochs["NAME"] = np.char.strip(np.asarray(epochs["NAME"]).astype(str))
+    try:
+        epochs["NAME"] = np.char.strip(np.asarray(epochs["NAME"]).astype(str))
+    except UnicodeDecodeError:
+        raise BadInputError(f"{path}: epoch table column NAME holds bytes that are not text (ASCII)") from None
+    names, counts = np.unique(np.asarray(epochs["NAME"]), return_counts=True)
+    wrong = names[(counts > 1) | (names == "")]  # a loop over epochs below
+    if wrong.size:
+        raise BadInputError(f"{path}: epoch table column NAME must name each epoch once, and not be empty: "
+                            + ", ".join(f"{str(name)!r} ({count} rows)" for name, count in
+                                        zip(wrong, counts[(counts > 1) | (names == "")])))
     backwards = np.flatnonzero(epochs["MINEXPNUM"] > epochs["MAXEXPNUM"])
     if backwards.size:
         raise BadInputError(f"{path}: epoch {epochs['NAME'][backwards[0]]!r} has MINEXPNUM > MAXEXPNUM")
@@ -1140,6 +1149,9 @@ class CountMaps:
                     if index == 0:
                         continue
                     name = self._epoch_name(hdu.header, index)
+                    if name in headers:  # which one would be meant?
+                        raise BadInputError(f"{self.path}: HDUs {headers[name][0]} and {index} are both "
+                                            f"epoch {name!r}")
                     headers[name] = (index, hdu.header.copy())
             self._headers = headers
         return self._headers
@@ -3993,7 +4005,7 @@ def _filter_parquet_stream(input_path, output_path, masks, names, drop_bad, chun
         counts = FilterCounts()
         start = 0
         with pq.ParquetWriter(output_path, schema.with_metadata(metadata)) as writer:
-            for batch in parquet.iter_batches(batch_size=chunk_rows):
+            for batch in _parquet_batches(parquet, input_path, batch_size=chunk_rows):
                 codes = _classify_rows(masks, *_event_values(_arrow_columns(batch, names, input_path),
                                                              names, input_path))
                 kept = _keep(codes, masks.keep_no_epoch)
@@ -4046,7 +4058,7 @@ def filter_file(input_path: str, output_path: str, masks: "TransientMasks", *,
     output_path = _check_path("output_path", output_path)
     if not isinstance(masks, TransientMasks):
         raise BadInputError(f"masks={_describe_value(masks)}: must be a TransientMasks")
-    chunk_rows = _check_int("chunk_rows", chunk_rows, lo=1)
+    chunk_rows = _check_int("chunk_rows", chunk_rows, lo=1, hi=MAX_CHUNK_ROWS)
     drop_bad = _check_flag("drop_bad", drop_bad)
     check_input(input_path, "event table")
     in_format = table_format_of(input_path, table_format)
@@ -4101,6 +4113,8 @@ _CELL_NY_PX = CCD_NY // MAP_NY  # 16
 _UINT16_MAX = np.iinfo(np.uint16).max
 #: Rows read at a time from a catalog file (about 50 MB of working memory).
 GATHER_CHUNK_ROWS = 1_000_000
+#: The largest chunk_rows taken (pyarrow and numpy take sizes below 2**31 everywhere).
+MAX_CHUNK_ROWS = 1 << 30
 
 
 class GatherResult:
@@ -4378,7 +4392,7 @@ def gather_arrays(expnum, ccdnum, x, y, *, epochs=None,
     >>> list(result.counts), result.n_binned, result.n_no_epoch
     (['Y2E1'], 2, 1)
     """
-    chunk_rows = _check_int("chunk_rows", chunk_rows, lo=1)
+    chunk_rows = _check_int("chunk_rows", chunk_rows, lo=1, hi=MAX_CHUNK_ROWS)
     expnum, ccdnum, x, y = _event_arrays(expnum=expnum, ccdnum=ccdnum, x=x, y=y)
     table = read_epochs(epochs)
     accumulator = _CountAccumulator(len(table))
@@ -4462,8 +4476,22 @@ def _parquet_chunks(path, names, chunk_rows):
     """Yield (expnum, ccdnum, x, y) blocks of a Parquet file, batch by batch."""
     with _open_parquet(path) as parquet:
         names = resolve_columns(parquet.schema_arrow.names, *names, source=path)
-        for batch in parquet.iter_batches(batch_size=chunk_rows, columns=list(dict.fromkeys(names))):
+        for batch in _parquet_batches(parquet, path, batch_size=chunk_rows, columns=list(dict.fromkeys(names))):
             yield None, _arrow_columns(batch, names, path)
+
+
+def _parquet_batches(parquet, path, **options):
+    """``parquet.iter_batches(**options)``; damaged data (a corrupt page, a bad
+    compression stream) is a BadInputError naming the file."""
+    batches = parquet.iter_batches(**options)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as exc:  # pyarrow raises OSError and its own ArrowException types
+            raise BadInputError(f"{path}: damaged Parquet data ({_one_line(exc)})") from None
+        yield batch
 
 
 def _open_parquet(path):
@@ -4595,7 +4623,7 @@ def gather_data(catalogs, output: str = None, *, epochs=None, expnum_col: str = 
         if not catalogs:
             raise BadInputError("gather_data: no catalog given")
         catalogs = _distinct_files(expand_inputs([_check_path("catalogs", path) for path in catalogs]))
-    chunk_rows = _check_int("chunk_rows", chunk_rows, lo=1)
+    chunk_rows = _check_int("chunk_rows", chunk_rows, lo=1, hi=MAX_CHUNK_ROWS)
     output = _check_path("output", output, optional=True)
     demo = _check_flag("demo", demo)
     _check_client(client)
@@ -4662,6 +4690,9 @@ def write_count_maps(path: str, result: GatherResult, *, demo: bool = False, ove
     if not isinstance(result, GatherResult):
         raise BadInputError(f"result={_describe_value(result)}: must be a GatherResult")
     inputs = _path_list("inputs", inputs)
+    if not result.counts:  # a file of no epoch is no count-map file (CountMaps refuses it)
+        raise BadInputError(f"{path}: not written: no event is in an epoch of the table ({result.n_read} "
+                            f"rows read, {result.n_bad} bad, {result.n_no_epoch} in no epoch)")
     for name, counts in result.counts.items():
         where = f"result.counts[{name!r}]"
         _check_str("epoch name", name)
@@ -4720,7 +4751,7 @@ def _add_gather_arguments(parser, modes):
     group = parser.add_argument_group("gathering count maps (--gather)")
     group.add_argument("--demo", action="store_true",
                        help="--gather: flag the maps as synthetic demo data (DEMO = T)")
-    group.add_argument("--chunk_rows", type=_positive_int, default=GATHER_CHUNK_ROWS,
+    group.add_argument("--chunk_rows", type=_chunk_rows, default=GATHER_CHUNK_ROWS,
                        help=f"--gather: catalog rows read at a time (default {GATHER_CHUNK_ROWS})")
 
 
@@ -5207,7 +5238,7 @@ def filter_files(inputs, output_dir: str, masks: TransientMasks, *, client=None,
     if not isinstance(masks, TransientMasks):
         raise BadInputError(f"masks={_describe_value(masks)}: must be a TransientMasks")
     _check_client(client)
-    chunk_rows = _check_int("chunk_rows", chunk_rows, lo=1)
+    chunk_rows = _check_int("chunk_rows", chunk_rows, lo=1, hi=MAX_CHUNK_ROWS)
     drop_bad = _check_flag("drop_bad", drop_bad)
     files = [] if frame else _input_files(inputs)
     writers = {}
@@ -6541,6 +6572,14 @@ def _positive_int(text):
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text}: must be a positive integer")
+    return value
+
+
+def _chunk_rows(text):
+    """--chunk_rows: a positive integer, at most `MAX_CHUNK_ROWS`."""
+    value = _positive_int(text)
+    if value > MAX_CHUNK_ROWS:
+        raise argparse.ArgumentTypeError(f"{text}: at most {MAX_CHUNK_ROWS} rows a chunk")
     return value
 
 

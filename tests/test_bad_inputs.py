@@ -307,8 +307,11 @@ def test_gather_skips_the_bad_rows_that_input_refuses(library, tmp_path, monkeyp
     """One rule: the rows --input refuses (fractional CCDNUM) are the rows --gather skips."""
     monkeypatch.chdir(tmp_path)
     for name in ("ccd_frac.fits", "ccd_frac.parquet"):
-        assert tm.main(["--gather", str(library / name), "-o", f"{name}.maps.fits"]) == 0
-        assert "400 bad rows skipped" in capsys.readouterr().err
+        # every row bad: nothing to write, which is an error of its own
+        assert tm.main(["--gather", str(library / name), "-o", f"{name}.maps.fits"]) == 2
+        assert "no event is in an epoch of the table (400 rows read, 400 bad, 0 in no epoch)" in (
+            capsys.readouterr().err)
+        assert not os.path.exists(f"{name}.maps.fits")
         assert tm.main(["--input", str(library / name), *MAPS[:1], str(library / "maps.fits"),
                         "--drop_bad", "-o", f"{name}.kept.fits"]) == 0
         assert "400 bad rows dropped, 0 written" in capsys.readouterr().err
@@ -414,3 +417,43 @@ def test_corrupt_gzip_catalog_in_gather_is_an_error(tmp_path, monkeypatch, capsy
     err = capsys.readouterr().err
     assert "cut.fits.gz" in err and len(err.strip().splitlines()) == 1
     assert sorted(os.listdir(tmp_path)) == ["cut.fits.gz"]
+
+
+def test_damaged_tables_and_ambiguous_names_are_bad_input(tmp_path, monkeypatch, capsys, rng):
+    """Found by an audit: each was a traceback, or a file silently taken one way."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.chdir(tmp_path)
+    cube = rng.poisson(3.0, size=(62, 256, 256)).astype(np.uint16)
+    write_count_maps(tmp_path / "maps.fits", {"Y2E1": cube})
+    cases = []
+    # a Parquet file whose pages are damaged (its footer intact)
+    pq.write_table(pa.table({name: np.asarray(column) for name, column in _events(rng, 20000).items()}),
+                   "damaged.parquet", compression="snappy")
+    data = bytearray((tmp_path / "damaged.parquet").read_bytes())
+    data[2000:60000] = rng.integers(0, 256, 58000, dtype=np.uint8).tobytes()
+    (tmp_path / "damaged.parquet").write_bytes(bytes(data))
+    cases += [(["--input", "damaged.parquet", "--counts", "maps.fits", "-o", "out.parquet"], "damaged.parquet: damaged Parquet data"),
+              (["--gather", "damaged.parquet", "-o", "out.fits"], "damaged.parquet: damaged Parquet data")]
+    # epoch tables with a repeated, an empty, or an undecodable NAME
+    for name, names in [("twice", [b"Y2E1", b"Y2E1"]), ("empty", [b"Y2E1", b" "]), ("bytes", [b"Y2E1", b"\xff\xfe"])]:
+        Table({"NAME": np.array(names, dtype="S8"), "MINEXPNUM": [345031, 400000],
+               "MAXEXPNUM": [382973, 500000]}).write(f"{name}.fits")
+        said = "holds bytes that are not text" if name == "bytes" else "must name each epoch once, and not be empty"
+        cases.append((["--epoch", "Y2E1", "--counts", "maps.fits", "--epochs_file", f"{name}.fits"], said))
+    # a count-map file with one epoch twice
+    _write_hdus("twice_maps.fits", _counts_hdu(cube), _counts_hdu(cube))
+    cases.append((["--epoch", "Y2E1", "--counts", "twice_maps.fits"], "HDUs 1 and 2 are both epoch 'Y2E1'"))
+    # a chunk size no reader takes
+    _events(rng).write("events.fits")
+    cases.append((["--gather", "events.fits", "-o", "m.fits", "--chunk_rows", "99999999999999999999"],
+                  "at most 1073741824 rows a chunk"))
+    before = sorted(os.listdir(tmp_path))
+    for argv, said in cases:
+        assert tm.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and said in err, (argv, err)
+    assert sorted(os.listdir(tmp_path)) == before
+    with pytest.raises(tm.BadInputError, match="chunk_rows=.*must be in 1..1073741824"):
+        tm.gather_data("events.fits", chunk_rows=1 << 40)
