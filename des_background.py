@@ -1536,7 +1536,8 @@ def _remove_temporaries(paths):
 
     for path in paths:
         final = os.path.abspath(path)
-        pattern = os.path.join(glob.escape(os.path.dirname(final)), f".{glob.escape(os.path.basename(final))}.*.tmp*")
+        prefix = tm._temporary_prefix(os.path.basename(final))
+        pattern = os.path.join(glob.escape(os.path.dirname(final)), f"{glob.escape(prefix)}*.tmp*")
         for leftover in glob.glob(pattern):
             with contextlib.suppress(OSError):
                 os.unlink(leftover)

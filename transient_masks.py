@@ -544,7 +544,7 @@ def atomic_output(path: str, overwrite: bool = False, inputs=()):
     base = os.path.basename(final)
     # A fresh name, not a file: the writer creates it inside the ``try``, so an
     # interrupt at any moment finds nothing outside it to leave behind.
-    tmp = os.path.join(directory, f".{base}.{secrets.token_hex(6)}.tmp{_suffix(base)}")
+    tmp = os.path.join(directory, f"{_temporary_prefix(base)}{secrets.token_hex(6)}.tmp{_suffix(base)}")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise BadInputError(f"{path}: cannot write in the directory {directory}")
     try:
@@ -557,6 +557,12 @@ def atomic_output(path: str, overwrite: bool = False, inputs=()):
     finally:
         if os.path.lexists(tmp):
             os.unlink(tmp)
+
+
+def _temporary_prefix(base: str) -> str:
+    """The start of the names of an output's temporaries: a dot, then the output's name,
+    cut to 160 bytes (a file name holds at most 255), then a dot."""
+    return f".{os.fsdecode(os.fsencode(base)[:160])}."
 
 
 def _suffix(filename: str) -> str:
@@ -5302,14 +5308,14 @@ def _atomic_directory(path, overwrite=False, inputs=(), input_dirs=()):
         check_output(path, overwrite, inputs)
     _check_not_over_inputs(path, inputs, input_dirs)
     parent, base = os.path.split(final)
-    tmp = tempfile.mkdtemp(dir=parent, prefix=f".{base}.", suffix=".tmp")
+    tmp = tempfile.mkdtemp(dir=parent, prefix=_temporary_prefix(base), suffix=".tmp")
     umask = os.umask(0o022)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; the output is a normal directory
     try:
         yield tmp
         if os.path.lexists(final):  # overwrite: the old output goes once the new one is in place
-            aside = tempfile.mkdtemp(dir=parent, prefix=f".{base}.", suffix=".old")
+            aside = tempfile.mkdtemp(dir=parent, prefix=_temporary_prefix(base), suffix=".old")
             os.rename(final, os.path.join(aside, base))
             os.rename(tmp, final)
             _remove_tree(aside)

@@ -140,6 +140,15 @@ def test_control_characters_in_names_and_messages_stay_on_one_line(tmp_path, cou
     assert "out.fits" not in os.listdir(tmp_path) and "m.fits" not in os.listdir(tmp_path)
 
 
+def test_an_output_name_near_the_file_system_limit_is_written(tmp_path, rng, counts_file, monkeypatch):
+    """Temporaries carry a cut copy of the output's name: a 250-byte name still works."""
+    monkeypatch.chdir(tmp_path)
+    _events_file(tmp_path / "events.fits", rng)
+    long_name = "o" * 245 + ".fits"
+    assert tm.main(["--input", "events.fits", "--counts", counts_file, "-o", long_name]) == 0
+    assert sorted(os.listdir(tmp_path)) == ["events.fits", long_name]
+
+
 def test_demo_fallback_is_said_loudly_and_recorded(tmp_path, rng, monkeypatch, capsys):
     from conftest import poisson_cube, write_count_maps
 
