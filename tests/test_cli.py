@@ -146,7 +146,8 @@ def test_an_output_name_near_the_file_system_limit_is_written(tmp_path, rng, cou
     _events_file(tmp_path / "events.fits", rng)
     long_name = "o" * 245 + ".fits"
     assert tm.main(["--input", "events.fits", "--counts", counts_file, "-o", long_name]) == 0
-    assert sorted(os.listdir(tmp_path)) == ["events.fits", long_name]
+    assert long_name in os.listdir(tmp_path)
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".")]  # no temporary left
 
 
 def test_demo_fallback_is_said_loudly_and_recorded(tmp_path, rng, monkeypatch, capsys):
