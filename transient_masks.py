@@ -1052,7 +1052,6 @@ class _EpochLookup:
         return np.take(self.padded, offset, mode="clip")
 
 
-
 # ---- Count maps
 
 
@@ -5640,9 +5639,8 @@ def _command_client(jobs, scheduler):
                 logger = logging.getLogger(name)
                 stack.callback(logger.setLevel, logger.level)
                 logger.setLevel(level)
-        gate = stack.enter_context(_SignalGate())  # last out: the handlers as they were
-        stack.push(gate.exit)
-        gate.hold()
+        gate = stack.enter_context(_SignalGate())  # last out: the handlers as they were (a SIGTERM
+        gate.hold()                                   # held while the cluster stopped is dropped)
         client = stack.enter_context(dask_client(jobs, scheduler))
         stack.callback(gate.hold)  # first out: the cluster stops whole
         gate.release()  # a SIGTERM held while the cluster started acts now
@@ -5717,11 +5715,6 @@ class _SignalGate:
             if self.pending:
                 self.pending = False
                 self._terminate()
-
-    def exit(self, exc_type, exc, tb):
-        """After the cluster stopped: a SIGTERM held meanwhile is dropped (the run is over)."""
-        self.holding = self.pending = False
-        return False
 
 
 def _show_progress(args) -> bool:
