@@ -317,45 +317,43 @@ def test_interrupt_leaves_no_output_directory(tmp_path, rng, masks, client, monk
     assert os.listdir(tmp_path) == ["in"]
 
 
-def test_sigterm_with_jobs_is_one_line_on_stderr(tmp_path, rng):
-    """SIGTERM while the workers of --jobs run: exit 143, the one line, nothing else
-    (no asyncio traceback, no cancelled-task warnings from the workers), no output."""
-    paths = write_parts(tmp_path / "in", [events(rng, 100) for _ in range(2)], "fits")
+def _run_signalled_gather(tmp_path, paths, client_code):
+    """Gather ``paths`` with --jobs 2 in a subprocess (a session of its own) whose
+    dask_client runs ``client_code``, the body of a generator that may call
+    ``signal_after(delay, signum)``: SIGTERM to the process, SIGINT to its whole
+    process group, as Ctrl-C on a terminal does."""
     code = (
         "import os, signal, threading, time, transient_masks as tm\n"
         "start = tm.dask_client\n"
-        "def busy_client(*args, **kwargs):\n"  # every worker busy for a while when the signal comes
-        "    with start(*args, **kwargs) as client:\n"
-        "        sleeping = [client.submit(time.sleep, 30, pure=False, workers=[worker])  # held: not released\n"
-        "                    for worker in client.scheduler_info()['workers']]\n"
-        "        threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGTERM)).start()\n"
-        "        yield client\n"
-        "tm.dask_client = tm.contextlib.contextmanager(busy_client)\n"
-        f"raise SystemExit(tm.main(['--gather', *{paths!r}, '-o', {str(tmp_path / 'maps.fits')!r},"
-        " '--jobs', '2']))\n")
-    root = os.path.dirname(os.path.dirname(os.path.abspath(tm.__file__)))
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         cwd=tmp_path, env={**os.environ, "PYTHONPATH": root})
-    assert run.returncode == 143, run.stderr
-    assert run.stderr.splitlines() == ["transient_masks: terminated; no output written"]
-    assert sorted(os.listdir(tmp_path)) == ["in"]
-
-
-def _run_with_ctrl_c(tmp_path, paths, signal_code):
-    """Gather ``paths`` with --jobs 2 in a session of its own, where ``signal_code`` (run
-    around the cluster's start) sends SIGINT to the whole process group, as Ctrl-C does."""
-    code = (
-        "import os, signal, threading, time, transient_masks as tm\n"
-        "start = tm.dask_client\n"
-        "def ctrl_c(delay):\n"
-        "    threading.Timer(delay, os.killpg, (os.getpgid(0), signal.SIGINT)).start()\n"
+        "def signal_after(delay, signum):\n"
+        "    send = (os.killpg, os.getpgid(0)) if signum == signal.SIGINT else (os.kill, os.getpid())\n"
+        "    threading.Timer(delay, send[0], (send[1], signum)).start()\n"
         "def signalled_client(*args, **kwargs):\n"
-        f"{signal_code}"
+        f"{client_code}"
         "tm.dask_client = tm.contextlib.contextmanager(signalled_client)\n"
         f"raise SystemExit(tm.main(['--gather', *{paths!r}, '-o', 'maps.fits', '--jobs', '2']))\n")
     root = os.path.dirname(os.path.dirname(os.path.abspath(tm.__file__)))
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                           cwd=tmp_path, env={**os.environ, "PYTHONPATH": root}, start_new_session=True)
+
+
+def _busy_workers_then(signal_name):
+    """`_run_signalled_gather` code: every worker busy (a held task) when the signal comes, 2 s in."""
+    return ("    with start(*args, **kwargs) as client:\n"
+            "        sleeping = [client.submit(time.sleep, 30, pure=False, workers=[worker])\n"
+            "                    for worker in client.scheduler_info()['workers']]\n"
+            f"        signal_after(2.0, signal.{signal_name})\n"
+            "        yield client\n")
+
+
+def test_sigterm_with_jobs_is_one_line_on_stderr(tmp_path, rng):
+    """SIGTERM while the workers of --jobs run: exit 143, the one line, nothing else
+    (no asyncio traceback, no cancelled-task warnings from the workers), no output."""
+    paths = write_parts(tmp_path / "in", [events(rng, 100) for _ in range(2)], "fits")
+    run = _run_signalled_gather(tmp_path, paths, _busy_workers_then("SIGTERM"))
+    assert run.returncode == 143, run.stderr
+    assert run.stderr.splitlines() == ["transient_masks: terminated; no output written"]
+    assert sorted(os.listdir(tmp_path)) == ["in"]
 
 
 def test_ctrl_c_on_the_terminal_with_jobs_is_one_line(tmp_path, rng):
@@ -364,19 +362,14 @@ def test_ctrl_c_on_the_terminal_with_jobs_is_one_line(tmp_path, rng):
     traceback); once the workers run, the command stops them: exit 130, the one
     line and nothing else, no output."""
     paths = write_parts(tmp_path / "in", [events(rng, 100) for _ in range(2)], "fits")
-    during_start = ("    ctrl_c(0.3)\n"  # the workers' processes start and import for 1-2 s
+    during_start = ("    signal_after(0.3, signal.SIGINT)\n"  # the workers' processes start and import for 1-2 s
                     "    with start(*args, **kwargs) as client:\n"
                     "        yield client\n")
-    run = _run_with_ctrl_c(tmp_path, paths, during_start)
+    run = _run_signalled_gather(tmp_path, paths, during_start)
     assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr
     assert run.stderr.splitlines()[-1].endswith("wrote maps.fits")
     os.remove(tmp_path / "maps.fits")
-    while_busy = ("    with start(*args, **kwargs) as client:\n"
-                  "        sleeping = [client.submit(time.sleep, 30, pure=False, workers=[worker])\n"
-                  "                    for worker in client.scheduler_info()['workers']]\n"
-                  "        ctrl_c(2.0)\n"
-                  "        yield client\n")
-    run = _run_with_ctrl_c(tmp_path, paths, while_busy)
+    run = _run_signalled_gather(tmp_path, paths, _busy_workers_then("SIGINT"))
     assert run.returncode == 130, run.stderr
     assert run.stderr.splitlines() == ["transient_masks: interrupted; no output written"]
     assert sorted(os.listdir(tmp_path)) == ["in"]
