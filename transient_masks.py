@@ -642,20 +642,32 @@ def _verify_gzip(path: str, what: str) -> None:
 def _reading(path: str, what: str):
     """Turn what goes wrong while reading a file into a one-line BadInputError.
 
-    astropy's warning that a FITS file "may have been truncated" is an error
-    here: a short file must never be read as less data.
+    astropy's warnings that a FITS file "may have been truncated", or that a
+    header it reads is damaged (cut short, not FITS cards), are errors here: a
+    short or damaged file must never be read as less data.
     """
     import zlib
 
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*truncated.*")
+        warnings.filterwarnings("error", message="Error validating header")
         try:
             yield
         except BadInputError:
             raise
         except (OSError, EOFError, zlib.error, ValueError, TypeError, KeyError, IndexError,
                 UnicodeError, Warning) as exc:
-            raise BadInputError(f"{path}: not a readable {what} ({_one_line(exc)})") from None
+            raise BadInputError(f"{path}: not a readable {what} ({_read_problem(exc)})") from None
+
+
+def _read_problem(exc) -> str:
+    """What went wrong reading a file, in one line; astropy's damaged-header warning
+    (several lines, the HDU counted from 0 and what is wrong) shortened to its facts."""
+    lines = [line.strip() for line in str(exc).strip().splitlines()]
+    found = re.match(r"Error validating header for HDU #(\d+)", lines[0]) if lines else None
+    if found and len(lines) > 1:
+        return f"damaged header of HDU {found.group(1)}, counted from 0: {lines[1]}"
+    return _one_line(exc)
 
 
 # ---- FITS tables, block by block
@@ -3624,8 +3636,27 @@ class TransientMasks:
         """The `EpochMask` of one epoch, built on first use."""
         _check_str("epoch", epoch)
         if epoch not in self._masks:
+            self._check_exposures(epoch)
             self._masks[epoch] = EpochMask.from_maps(self.maps, epoch, **self.options)
         return self._masks[epoch]
+
+    def _check_exposures(self, epoch):
+        """Warn when the count map of an epoch covers other exposures than the epoch table's row.
+
+        Events take their epoch from the table: maps made with another table
+        (or an HDU named for the wrong epoch) would mask them with the counts
+        of other exposures.  A warning, not an error: the file is still read
+        as it is.
+        """
+        rows = np.flatnonzero(np.asarray(self.epochs["NAME"], dtype=str) == epoch)
+        if not rows.size:
+            return
+        table = (int(self.epochs["MINEXPNUM"][rows[0]]), int(self.epochs["MAXEXPNUM"][rows[0]]))
+        info = self.maps.info(epoch)
+        if (info["min_exp"], info["max_exp"]) != table:
+            log.warning("%s: the count map of epoch %s covers EXPNUM %d..%d, the epoch table %d..%d; "
+                        "its mask is applied to the events of the table's range",
+                        self.maps.path, epoch, info["min_exp"], info["max_exp"], *table)
 
     def classify(self, expnum, ccdnum, x, y) -> np.ndarray:
         """KEEP (0), MASKED (1) or NO_EPOCH (2) for each event.

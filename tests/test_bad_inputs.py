@@ -457,3 +457,30 @@ def test_damaged_tables_and_ambiguous_names_are_bad_input(tmp_path, monkeypatch,
     assert sorted(os.listdir(tmp_path)) == before
     with pytest.raises(tm.BadInputError, match="chunk_rows=.*must be in 1..1073741824"):
         tm.gather_data("events.fits", chunk_rows=1 << 40)
+
+
+def test_fits_files_cut_inside_a_header_are_one_line_errors(tmp_path, monkeypatch, capsys, rng):
+    """A file cut in the middle of a header (astropy: a several-line warning, then
+    "no table HDU"): one line naming the file and the damaged HDU, in every role."""
+    monkeypatch.chdir(tmp_path)
+    cube = rng.poisson(3.0, size=(62, 256, 256)).astype(np.uint16)
+    write_count_maps(tmp_path / "maps.fits", {"Y2E1": cube})
+    _events(rng).write("events.fits")
+    EPOCHS.write("epochs.fits")
+    for name in ("maps", "events", "epochs"):
+        raw = (tmp_path / f"{name}.fits").read_bytes()
+        (tmp_path / f"{name}_cut.fits").write_bytes(raw[: 2880 + 1000])  # inside HDU 1's header
+    cases = [
+        (["--input", "events_cut.fits", "--counts", "maps.fits", "-o", "out.fits"], "events_cut.fits"),
+        (["--gather", "events_cut.fits", "-o", "out.fits"], "events_cut.fits"),
+        (["--input", "events.fits", "--counts", "maps_cut.fits", "-o", "out.fits"], "maps_cut.fits"),
+        (["--epoch", "Y2E1", "--counts", "maps_cut.fits"], "maps_cut.fits"),
+        (["--epoch", "Y2E1", "--counts", "maps.fits", "--epochs_file", "epochs_cut.fits"], "epochs_cut.fits"),
+    ]
+    before = sorted(os.listdir(tmp_path))
+    for argv, named in cases:
+        assert tm.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1, (argv, err)
+        assert f"{named}: not a readable" in err and "damaged header of HDU 1, counted from 0" in err, (argv, err)
+    assert sorted(os.listdir(tmp_path)) == before

@@ -184,3 +184,26 @@ def test_unreadable_and_missing_inputs(tmp_path, counts_file):
     with pytest.raises(tm.BadInputError, match="junk.ecsv: cannot read as a table"):
         tm.filter_file(str(junk), str(tmp_path / "o.ecsv"), masks)
     assert sorted(os.listdir(tmp_path)) == ["junk.ecsv", "maps.fits"]
+
+
+def test_count_maps_of_other_exposures_than_the_epoch_table_are_warned_about(tmp_path, rng, caplog):
+    """Maps made with another epoch table (or an HDU named for the wrong epoch) would
+    mask events with the counts of other exposures: a warning names both ranges."""
+    from astropy.io import fits
+
+    cube = rng.poisson(3.0, size=(62, 256, 256)).astype(np.uint16)
+    epochs = tm.read_epochs()
+    hdus = [fits.PrimaryHDU()]
+    for name, (min_exp, max_exp) in {"Y2E1": (345031, 382973), "Y4E2": (345031, 382973)}.items():
+        hdu = fits.ImageHDU(cube, name=name)
+        hdu.header.update(EPOCH=name, MIN_EXP=min_exp, MAX_EXP=max_exp)
+        hdus.append(hdu)
+    fits.HDUList(hdus).writeto(tmp_path / "maps.fits")
+    masks = tm.TransientMasks(str(tmp_path / "maps.fits"), epochs=epochs)
+    caplog.set_level(logging.WARNING, logger="transient_masks")
+    masks.apply(expnum=[350000, 350001], ccdnum=[5, 5], x=[100.0, 100.0], y=[100.0, 100.0])
+    assert caplog.text == ""  # Y2E1's map covers the table's Y2E1 exposures
+    masks.apply(expnum=[610000, 610001], ccdnum=[5, 5], x=[100.0, 100.0], y=[100.0, 100.0])
+    masks.apply(expnum=[610002], ccdnum=[5], x=[100.0], y=[100.0])
+    assert caplog.text.count("maps.fits: the count map of epoch Y4E2 covers EXPNUM 345031..382973, "
+                             "the epoch table 605796..622099") == 1
