@@ -4215,7 +4215,7 @@ class _CountAccumulator:
         self.n_read += n_rows
         if not n_rows:
             return
-        # Cell indices in cache-sized blocks; -1 marks bad rows and rows in no epoch.
+        # Cell indices in cache-sized blocks; -1 marks bad rows.
         flat = np.empty(n_rows, dtype=np.intp)  # np.add.at indexes with intp
         for start in range(0, n_rows, _BIN_BLOCK):
             stop = start + _BIN_BLOCK
@@ -4229,21 +4229,22 @@ class _CountAccumulator:
         no_epoch = epoch_idx < 0
         if no_epoch.any():
             self.n_no_epoch += int(np.count_nonzero(no_epoch & (flat >= 0)))
-            flat[no_epoch] = -1
-        valid = epoch_idx[~no_epoch] if no_epoch.any() else epoch_idx
-        if not valid.size:
+            epoch_idx, flat = epoch_idx[~no_epoch], flat[~no_epoch]
+        if not epoch_idx.size:
             return
-        first, last = int(valid.min()), int(valid.max())
+        first, last = int(epoch_idx.min()), int(epoch_idx.max())
         if first == last:  # one epoch in the chunk: no selection at all
             groups = [(first, flat)]
         else:
             # Catalogs sorted by exposure give contiguous slices per epoch; other
-            # orders are sorted by epoch first (a radix sort of small integers).
-            running = np.maximum.accumulate(epoch_idx)
-            if not ((running == epoch_idx) | no_epoch).all():
-                order = np.argsort(epoch_idx, kind="stable")
-                running, flat = epoch_idx[order], flat[order]
-            bounds = np.searchsorted(running, np.arange(first, last + 2, dtype=running.dtype))
+            # orders are sorted by epoch first: numpy's stable sort of 8-bit
+            # keys is a radix sort of one pass (the order within an epoch is
+            # irrelevant to the counts).
+            if (epoch_idx[1:] < epoch_idx[:-1]).any():
+                key = epoch_idx.astype(np.uint8) if last <= np.iinfo(np.uint8).max else epoch_idx
+                order = np.argsort(key, kind="stable")
+                epoch_idx, flat = epoch_idx[order], flat[order]
+            bounds = np.searchsorted(epoch_idx, np.arange(first, last + 2, dtype=epoch_idx.dtype))
             groups = [(first + i, flat[bounds[i]:bounds[i + 1]]) for i in range(last - first + 1)]
         for index, cells in groups:
             if cells.size and cells.min() < 0:

@@ -329,3 +329,22 @@ def test_file_groups_follow_bytes_and_order(tmp_path):
         assert 1 <= len(groups) <= min(n_groups, len(sizes))
     assert [g.tolist() for g in tm._file_groups(paths, 2)] == [[0, 1, 2, 3, 4], [5, 6, 7, 8, 9]]
     assert len(tm._file_groups(paths, 10)) == 10
+
+
+@pytest.mark.parametrize("epochs", [[0, 1, 2], [0, 1, 256, 299]])  # 8-bit sort keys, and wider ones
+def test_events_in_any_epoch_order_are_binned_as_one_by_one(rng, epochs):
+    n = 5000
+    epoch_idx = rng.choice([-1, *epochs], n)  # -1: in no epoch
+    ccdnum = rng.integers(0, 64, n)  # 0 and 63: bad rows
+    x, y = rng.uniform(0.5, 2048.5, n), rng.uniform(0.5, 4096.5, n)
+    accumulator = tm._CountAccumulator(max(epochs) + 1)
+    accumulator.add(epoch_idx, ccdnum, x, y)
+    good = (ccdnum >= 1) & (ccdnum <= 62)
+    assert (accumulator.n_read, accumulator.n_bad, accumulator.n_no_epoch) == (
+        n, np.count_nonzero(~good), np.count_nonzero(good & (epoch_idx < 0)))
+    for index in epochs:
+        expected = np.zeros((62, 256, 256), dtype=np.int64)
+        this = good & (epoch_idx == index)
+        np.add.at(expected, (ccdnum[this] - 1, ((y[this] - 1) // 16).clip(0).astype(int),
+                             ((x[this] - 1) // 8).clip(0).astype(int)), 1)
+        np.testing.assert_array_equal(accumulator.saturated(index)[0].reshape(62, 256, 256), expected)
