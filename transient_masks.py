@@ -152,6 +152,25 @@ class _OneLineFormatter(logging.Formatter):
         return _printable(super().format(record))
 
 
+#: A log record flagged with this attribute (``extra={_AFTER_SUCCESS: True}``) is
+#: shown by the command line only at the end of a run that succeeded.
+_AFTER_SUCCESS = "tm_after_success"
+
+
+class _HeldRecords(logging.Filter):
+    """Holds back the records flagged `_AFTER_SUCCESS` (see `run_cli`)."""
+
+    def __init__(self):
+        super().__init__()
+        self.held = []
+
+    def filter(self, record) -> bool:
+        if getattr(record, _AFTER_SUCCESS, False):
+            self.held.append(record)
+            return False
+        return True
+
+
 def _one_line(exc) -> str:
     """The first line of an exception's message, at most 200 characters (for error lines)."""
     lines = str(exc).strip().splitlines()
@@ -1097,10 +1116,12 @@ def find_counts_file(path: str = None):
             f"{REAL_COUNTS_FILENAME}: not found beside the module or in the working directory, "
             f"and the demo maps {DEMO_COUNTS_FILENAME} are missing too (use --counts)"
         ) from None
+    # The command line shows this once the run has succeeded (a bad input gets its
+    # one-line error alone; see run_cli); in Python it goes out now.
     log.warning(
         "WARNING: the real DES count maps (%s) were not found beside the module or in the "
         "working directory; using the SYNTHETIC DEMO maps %s. Results are NOT real DES masks.",
-        REAL_COUNTS_FILENAME, demo,
+        REAL_COUNTS_FILENAME, demo, extra={_AFTER_SUCCESS: True},
     )
     return demo, True
 
@@ -6827,7 +6848,8 @@ def run_cli(parser: argparse.ArgumentParser, run, argv=None, prog: str = None) -
     on stderr), 130 interrupted (SIGINT), 143 terminated (SIGTERM), 1 an
     unexpected failure (one line naming the exception).  Temporary outputs are
     removed on every path (`atomic_output`).  The library loggers of the
-    project's modules are shown on stderr while ``run`` runs.
+    project's modules are shown on stderr while ``run`` runs, but for the
+    records flagged `_AFTER_SUCCESS`, shown at the end of a run that succeeded.
     """
     import signal
 
@@ -6838,6 +6860,8 @@ def run_cli(parser: argparse.ArgumentParser, run, argv=None, prog: str = None) -
         return exc.code
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_OneLineFormatter(f"{prog}: %(message)s"))
+    held = _HeldRecords()  # notices for a run that succeeds (the demo maps' warning)
+    handler.addFilter(held)
     loggers = [logging.getLogger(name) for name in ("transient_masks", "transient_sim", "des_background")]
     for logger in loggers:
         logger.addHandler(handler)
@@ -6845,7 +6869,10 @@ def run_cli(parser: argparse.ArgumentParser, run, argv=None, prog: str = None) -
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
-        return run(args)
+        code = run(args)
+        for record in held.held if not code else ():
+            handler.emit(record)
+        return code
     except BadInputError as exc:
         print(f"{prog}: error: {_printable(exc)}", file=sys.stderr)
         return 2

@@ -155,13 +155,24 @@ def test_demo_fallback_is_said_loudly_and_recorded(tmp_path, rng, monkeypatch, c
 
     demo = write_count_maps(tmp_path / "demo.fits", {"Y2E1": poisson_cube(rng)})
     monkeypatch.setattr(tm, "REAL_COUNTS_FILENAME", "no_such_real_maps.fits.gz")
-    monkeypatch.setattr(tm, "data_path", lambda name: demo if name == tm.DEMO_COUNTS_FILENAME else None)
+    data_path = tm.data_path
+    monkeypatch.setattr(tm, "data_path", lambda name: demo if name == tm.DEMO_COUNTS_FILENAME else data_path(name))
     monkeypatch.chdir(tmp_path)
     assert tm.main(["--epoch", "Y2E1"]) == 0
     err = capsys.readouterr().err
     assert "SYNTHETIC DEMO maps" in err and "NOT real DES masks" in err and "[SYNTHETIC DEMO DATA]" in err
     with fits.open(tmp_path / "transient_masks_Y2E1.fits.fz") as hdul:
         assert hdul[0].header["DEMO"] is True and all(hdu.header["DEMO"] is True for hdu in hdul[1:])
+    # A bad input with the demo maps gets its one-line error alone: the warning
+    # is for runs that succeed (where it comes last).
+    Table({"EXPNUM": [350000], "CCDNUM": [5], "XW": [1.0], "YWIN_IMAGE": [1.0]}).write("events.fits")
+    for argv in (["--input", "events.fits", "-o", "out.fits"], ["--epoch", "Y9"]):
+        assert tm.main(argv) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and "error:" in err and "DEMO" not in err, err
+    assert tm.main(["--input", "events.fits", "--x_col", "XW", "-o", "out.fits"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert "[masks from SYNTHETIC DEMO DATA]" in err[0] and "NOT real DES masks" in err[-1]
 
 
 def test_help_and_version(capsys):
