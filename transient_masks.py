@@ -511,6 +511,12 @@ def check_output(path: str, overwrite: bool = False, inputs=()) -> None:
         raise BadInputError(f"{path}: output directory {directory} does not exist")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise BadInputError(f"{path}: cannot write in the directory {directory} (permissions)")
+    try:
+        name_max = os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # not known here (or not POSIX)
+        name_max = 255
+    if len(os.fsencode(os.path.basename(final))) > name_max:
+        raise BadInputError(f"{path}: file name longer than the {name_max} bytes its directory takes")
 
 
 def check_outputs(paths, overwrite: bool = False, inputs=()) -> None:
@@ -667,6 +673,8 @@ def _reading(path: str, what: str):
     """
     import zlib
 
+    from astropy.io.fits.verify import VerifyError  # a header card astropy cannot parse
+
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*truncated.*")
         warnings.filterwarnings("error", message="Error validating header")
@@ -674,9 +682,25 @@ def _reading(path: str, what: str):
             yield
         except BadInputError:
             raise
-        except (OSError, EOFError, zlib.error, ValueError, TypeError, KeyError, IndexError,
-                UnicodeError, Warning) as exc:
+        except (OSError, EOFError, zlib.error, ValueError, TypeError, KeyError, IndexError, OverflowError,
+                UnicodeError, VerifyError, Warning) as exc:
             raise BadInputError(f"{path}: not a readable {what} ({_read_problem(exc)})") from None
+
+
+def _header_value(header, key: str, where: str, default=None):
+    """``header.get(key, default)``; a card astropy cannot parse (``MIN_EXP = NAN``)
+    is a BadInputError naming ``where`` and the keyword."""
+    try:
+        return header.get(key, default)
+    except Exception as exc:  # astropy's VerifyError, raised when the card's value is read
+        raise BadInputError(f"{where}: the {key} card is not readable ({_one_line(exc)})") from None
+
+
+def _fits_true(value) -> bool:
+    """A FITS logical keyword's value (T, or a string "T"/"TRUE"; anything else is false)."""
+    if isinstance(value, str):
+        return value.strip().upper() in ("T", "TRUE")
+    return value is True or (isinstance(value, np.bool_) and bool(value))
 
 
 def _read_problem(exc) -> str:
@@ -758,12 +782,16 @@ class _FitsRows:
         scale, zero = self.columns[name].bscale, self.columns[name].bzero
         scale = 1 if scale is None else scale
         zero = 0 if zero is None else zero
-        if scale == 1 and zero == int(zero) and column.dtype.kind in "iu":
-            if zero == 2**63 and column.dtype.itemsize == 8:  # uint64, as astropy writes it
+        for key, value in (("TSCAL", scale), ("TZERO", zero)):
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not np.isfinite(value):
+                raise BadInputError(f"{self.path}: column {name!r}: {key} = {value!r} is not a finite number")
+        if scale == 1 and zero == int(zero) and column.dtype.kind in "iu" and (
+                zero == 2**63 and column.dtype.itemsize == 8 or column.dtype.itemsize < 8 and abs(zero) < 2**62):
+            if zero == 2**63:  # uint64, as astropy writes it
                 column = column.astype(np.int64).view(np.uint64) ^ np.uint64(2**63)
-            elif zero:  # smaller unsigned integers stored with TZERO
+            elif zero:  # smaller unsigned integers stored with TZERO (int64 cannot overflow here)
                 column = column.astype(np.int64) + int(zero)
-        elif scale != 1 or zero:
+        elif scale != 1 or zero:  # any other scaling, in floating point
             column = column.astype(np.float64) * scale + zero
         column = column.astype(column.dtype.newbyteorder("="), copy=False)
         if is_null is not None and is_null.any():
@@ -1167,7 +1195,7 @@ class CountMaps:
                 first = hdul[1]
             except IndexError:
                 raise BadInputError(f"{self.path}: no epoch HDUs (only a primary HDU)") from None
-            self._first_demo = bool(first.header.get("DEMO", False))
+            self._first_demo = _fits_true(_header_value(first.header, "DEMO", f"{self.path}: HDU 1"))
         self.demo = fallback or self._first_demo
 
     @contextlib.contextmanager
@@ -1195,7 +1223,8 @@ class CountMaps:
         return self._headers
 
     def _epoch_name(self, header, index):
-        name = header.get("EPOCH", header.get("EXTNAME"))
+        where = f"{self.path}: HDU {index}"
+        name = _header_value(header, "EPOCH", where, _header_value(header, "EXTNAME", where))
         if not name:
             raise BadInputError(f"{self.path}: HDU {index} has neither EPOCH nor EXTNAME")
         return str(name).strip()
@@ -1224,7 +1253,7 @@ class CountMaps:
         for key in ("MIN_EXP", "MAX_EXP"):
             if key not in header:
                 raise BadInputError(f"{self.path}: HDU {index} ({epoch}) lacks the {key} keyword")
-            value = header[key]
+            value = _header_value(header, key, f"{self.path}: HDU {index} ({epoch})")
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise BadInputError(f"{self.path}: HDU {index} ({epoch}): {key} = {value!r}, "
                                     f"expected an integer exposure number")
@@ -1235,7 +1264,7 @@ class CountMaps:
         return {
             "min_exp": limits["MIN_EXP"],
             "max_exp": limits["MAX_EXP"],
-            "demo": self._fallback_demo or bool(header.get("DEMO", False)),
+            "demo": self._fallback_demo or _fits_true(_header_value(header, "DEMO", f"{self.path}: HDU {index}")),
         }
 
     def counts(self, epoch: str) -> np.ndarray:
@@ -1243,10 +1272,16 @@ class CountMaps:
         if epoch not in self._counts:
             index, _ = self._header(epoch)
             self.info(epoch)  # checks MIN_EXP / MAX_EXP
-            with self._open() as hdul:
-                data = hdul[index].data
-                data = None if data is None else np.array(data)
             where = f"{self.path}: HDU {index} ({epoch})"
+            try:
+                with self._open() as hdul:
+                    data = hdul[index].data
+                    data = None if data is None else np.array(data)
+            except BadInputError:
+                raise
+            except Exception as exc:  # a tile-compressed HDU's codecs raise their own types
+                raise BadInputError(f"{where}: counts not readable ({type(exc).__name__}: "
+                                    f"{_one_line(exc)})") from None
             if data is None or data.ndim != 3 or data.shape[0] != N_CCD or 0 in data.shape:
                 shape = None if data is None else data.shape
                 raise BadInputError(f"{where}: counts have shape {shape}, expected ({N_CCD}, ny, nx)")
@@ -4569,7 +4604,9 @@ def _arrow_columns(batch, names, path):
     arrays = []
     for name in names:
         column = batch.column(name)
-        if column.null_count:  # nulls make their rows bad (_event_values)
+        if column.null_count == len(column):  # also a column of pyarrow's null type: every row bad
+            arrays.append(np.ma.MaskedArray(np.zeros(len(column), dtype=np.int64), mask=True))
+        elif column.null_count:  # nulls make their rows bad (_event_values)
             arrays.append(np.ma.MaskedArray(
                 _arrow_to_numpy(column.fill_null(0), path, name),
                 mask=column.is_null().to_numpy(zero_copy_only=False)))
@@ -4713,11 +4750,20 @@ def gather_data(catalogs, output: str = None, *, epochs=None, expnum_col: str = 
     return result
 
 
+def _file_identity(path):
+    """What makes two paths one file: its device and inode (links of any kind), else its real path."""
+    try:
+        status = os.stat(path)
+    except (OSError, TypeError, ValueError):  # missing, or not a path: refused later, by name
+        return os.path.realpath(path) if path else path
+    return status.st_dev, status.st_ino
+
+
 def _distinct_files(paths):
-    """The paths with repeats of one file left out (a warning names them)."""
+    """The paths with repeats of one file (also through links) left out (a warning names them)."""
     distinct, seen = [], {}
     for path in paths:
-        key = os.path.realpath(path) if path else path
+        key = _file_identity(path)
         if key in seen:
             log.warning("%s: given more than once (as %s too); read once", path, seen[key])
             continue

@@ -484,3 +484,76 @@ def test_fits_files_cut_inside_a_header_are_one_line_errors(tmp_path, monkeypatc
         assert len(err.splitlines()) == 1, (argv, err)
         assert f"{named}: not a readable" in err and "damaged header of HDU 1, counted from 0" in err, (argv, err)
     assert sorted(os.listdir(tmp_path)) == before
+
+
+def _replace_card(path, key, card):
+    """Rewrite the header card ``key`` of HDU 1 of a FITS file as the raw 80-byte ``card``."""
+    raw = bytearray(path.read_bytes())
+    start = raw.find(key.ljust(8).encode() + b"=", 2880)
+    raw[start:start + 80] = card.ljust(80).encode()
+    path.write_bytes(bytes(raw))
+
+
+def test_damaged_headers_scalings_and_codecs_are_bad_input(tmp_path, monkeypatch, capsys, rng):
+    """Found by a second audit: each was exit 1 (an astropy, numpy or pyarrow exception)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.chdir(tmp_path)
+    cube = rng.poisson(3.0, size=(62, 256, 256)).astype(np.uint16)
+    write_count_maps(tmp_path / "maps.fits", {"Y2E1": cube})
+    cases = []
+    # count maps: a MIN_EXP card astropy cannot parse; a tile-compressed HDU with a damaged tile
+    write_count_maps(tmp_path / "nan_card.fits", {"Y2E1": cube})
+    _replace_card(tmp_path / "nan_card.fits", "MIN_EXP", "MIN_EXP = 34@5031 / junk")
+    cases.append((["--epoch", "Y2E1", "--counts", "nan_card.fits"],
+                  "nan_card.fits: HDU 1 (Y2E1): the MIN_EXP card is not readable"))
+    fits.HDUList([fits.PrimaryHDU(), fits.CompImageHDU(cube, header=_counts_hdu(cube).header)]).writeto("tiles.fits")
+    raw = bytearray((tmp_path / "tiles.fits").read_bytes())
+    raw[len(raw) // 2: len(raw) // 2 + 4000] = rng.integers(0, 256, 4000, dtype=np.uint8).tobytes()
+    (tmp_path / "tiles.fits").write_bytes(bytes(raw))
+    cases.append((["--epoch", "Y2E1", "--counts", "tiles.fits"], "tiles.fits: HDU 1 (Y2E1): counts not readable"))
+    # event tables: a TZERO that is text, or that no integer column can take
+    events = _events(rng)
+    for name, card in [("text", "TZERO2  = 'abc'"), ("huge", "TZERO1  = 9223372036854775808")]:
+        table = events.copy()
+        table["EXPNUM"] = table["EXPNUM"].astype(np.int32)
+        hdu = fits.table_to_hdu(table)
+        hdu.header["TZERO1"] = hdu.header["TZERO2"] = 0  # placeholders, rewritten as raw cards below
+        fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(f"tzero_{name}.fits")
+        _replace_card(tmp_path / f"tzero_{name}.fits", card[:6], card)
+    said = "column 'CCDNUM': TZERO = 'abc' is not a finite number"
+    cases += [(["--input", "tzero_text.fits", "--counts", "maps.fits", "-o", "out.fits"], said),
+              (["--gather", "tzero_text.fits", "-o", "out.fits"], said),
+              (["--gather", "tzero_huge.fits", "-o", "out.fits"], "tzero_huge.fits: 400 rows read")]
+    # a Parquet column of pyarrow's null type: every row is bad, as NULLs make it
+    pq.write_table(pa.table({"EXPNUM": np.asarray(events["EXPNUM"]), "CCDNUM": pa.nulls(len(events)),
+                             "XWIN_IMAGE": np.asarray(events["XWIN_IMAGE"]),
+                             "YWIN_IMAGE": np.asarray(events["YWIN_IMAGE"])}), "null_type.parquet")
+    cases.append((["--input", "null_type.parquet", "--counts", "maps.fits", "-o", "out.parquet"],
+                  "null_type.parquet: 400 bad row(s)"))
+    # an output name longer than the directory takes: refused before the work
+    cases.append((["--gather", "null_type.parquet", "-o", "g" * 300 + ".fits"], "file name longer than"))
+    before = sorted(os.listdir(tmp_path))
+    for argv, said in cases:
+        assert tm.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert said in err and "unexpected" not in err, (argv, err)
+        if "tzero_huge" not in argv[1]:  # (that one reads, then finds no good row)
+            assert len(err.splitlines()) == 1, (argv, err)
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_one_file_through_a_hard_link_is_gathered_once(tmp_path, rng):
+    _events(rng).write(tmp_path / "events.fits")
+    os.link(tmp_path / "events.fits", tmp_path / "linked.fits")
+    result = tm.gather_data([str(tmp_path / "events.fits"), str(tmp_path / "linked.fits")])
+    assert result.n_read == 400
+
+
+def test_demo_keyword_is_read_as_a_fits_logical(tmp_path, rng):
+    cube = rng.poisson(3.0, size=(62, 256, 256)).astype(np.uint16)
+    for value, demo in [(True, True), (False, False), ("F", False), ("T", True)]:
+        _write_hdus(tmp_path / f"maps_{value}.fits", _counts_hdu(cube, DEMO=value))
+        maps = tm.CountMaps(str(tmp_path / f"maps_{value}.fits"))
+        assert maps.demo is demo and maps.info("Y2E1")["demo"] is demo, value
