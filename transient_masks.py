@@ -600,6 +600,17 @@ def _suffix(filename: str) -> str:
     return os.path.splitext(filename)[1]
 
 
+#: Compressions astropy does not write FITS files through.
+_NOT_FITS_COMPRESSIONS = (".bz2", ".xz", ".zip", ".zst", ".z", ".7z")
+
+
+def _check_fits_name(path, what: str) -> None:
+    """Refuse a FITS output named as another format (maps.csv, masks.parquet, maps.fits.bz2)."""
+    name = os.path.basename(os.fspath(path)).lower()
+    if TABLE_SUFFIXES.get(_suffix(name), "fits") != "fits" or name.endswith(_NOT_FITS_COMPRESSIONS):
+        raise BadInputError(f"{path}: {what} are written as FITS; name the file .fits, .fits.gz or .fits.fz")
+
+
 # Inputs are validated on the way in, one helper per kind of check, shared by
 # every mode: a new mode that reads through these inherits the checks.
 
@@ -1831,6 +1842,7 @@ class EpochMask:
         path = _check_path("path", path)
         masked_value = _check_int("masked_value", masked_value, 1, 32767)
         compress = _check_flag("compress", compress)
+        _check_fits_name(path, "masks")
         dtype = np.uint8 if masked_value <= 255 else np.int16
         primary = fits.PrimaryHDU()
         for card in self.provenance():
@@ -3795,6 +3807,19 @@ def table_format_of(path: str, table_format: str = None) -> str:
                         f"(use {', '.join(sorted(set(TABLE_SUFFIXES)))}, or --format)")
 
 
+def _output_format(path, table_format=None):
+    """The format of an output table: ``table_format`` (the input's, as --format gives it)
+    unless the output's extension names another one (``-o out.parquet``)."""
+    lower = os.fspath(path).lower()
+    by_extension = next((TABLE_SUFFIXES[suffix] for suffix in sorted(TABLE_SUFFIXES, key=len, reverse=True)
+                         if lower.endswith(suffix)), None)
+    if table_format is None or by_extension is None:
+        return table_format or by_extension
+    if by_extension == table_format or (by_extension == "ascii" and table_format.startswith("ascii")):
+        return table_format  # .txt and .dat hold any ASCII table
+    return by_extension
+
+
 def _read_table(path: str, fmt: str):
     """Read a whole table with astropy; returns (table, read options). One-line errors."""
     from astropy.table import Table
@@ -4154,7 +4179,7 @@ def filter_file(input_path: str, output_path: str, masks: "TransientMasks", *,
     drop_bad = _check_flag("drop_bad", drop_bad)
     check_input(input_path, "event table")
     in_format = table_format_of(input_path, table_format)
-    out_format = table_format_of(output_path, output_format or table_format)
+    out_format = table_format_of(output_path, output_format or _output_format(output_path, table_format))
     names = (expnum_col, ccdnum_col, x_col, y_col)
     with atomic_output(output_path, overwrite=overwrite, inputs=[input_path, *masks.inputs]) as tmp:
         if in_format == out_format == "fits" and not _is_gzip(input_path) \
@@ -4727,6 +4752,7 @@ def gather_data(catalogs, output: str = None, *, epochs=None, expnum_col: str = 
                          if epochs is None or isinstance(epochs, (str, os.PathLike)) else [])
     if output is not None:  # fail before the long read, not after it
         check_output(output, overwrite, inputs)
+        _check_fits_name(output, "count maps")
     lookup = _EpochLookup(table["MINEXPNUM"], table["MAXEXPNUM"])
     names = (expnum_col, ccdnum_col, x_col, y_col)
     if client is not None or _is_dask_frame(catalogs):  # see "Parallel runs (Dask)"
@@ -4791,6 +4817,7 @@ def write_count_maps(path: str, result: GatherResult, *, demo: bool = False, ove
 
     path = _check_path("path", path)
     demo = _check_flag("demo", demo)
+    _check_fits_name(path, "count maps")
     if not isinstance(result, GatherResult):
         raise BadInputError(f"result={_describe_value(result)}: must be a GatherResult")
     inputs = _path_list("inputs", inputs)
@@ -5354,7 +5381,7 @@ def filter_files(inputs, output_dir: str, masks: TransientMasks, *, client=None,
     roots = [] if frame else [item for item in ([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)
                               if os.path.isdir(item)]
     options = dict(expnum_col=expnum_col, ccdnum_col=ccdnum_col, x_col=x_col, y_col=y_col,
-                   drop_bad=drop_bad, table_format=table_format, output_format=table_format,
+                   drop_bad=drop_bad, table_format=table_format,
                    chunk_rows=chunk_rows)
     refused = [path for path, _ in files] + list(getattr(masks, "inputs", []))  # never written over
     with _atomic_directory(output_dir, overwrite, refused, roots) as tmp:
@@ -5700,7 +5727,7 @@ def _add_parallel_arguments(parser, modes=None):
     group = parser.add_argument_group("parallel runs on Dask (--input, --gather)")
     group.add_argument("--jobs", type=_jobs_int, metavar="N",
                        help="run on a local Dask cluster of N worker processes (needs the dask extra)")
-    group.add_argument("--scheduler", metavar="ADDRESS",
+    group.add_argument("--scheduler", type=_named, metavar="ADDRESS",
                        help="run on the dask.distributed scheduler at ADDRESS (e.g. tcp://host:8786)")
     group.add_argument("--quiet", action="store_true", help="no progress bar on stderr")
     return group
@@ -6612,7 +6639,7 @@ def _add_plot_arguments(parser, modes):
     )
     g = parser.add_argument_group("plots (--plot, --summary)")
     g.add_argument("--plot_dir", default=".", metavar="DIR", help="directory for the plots (default: .)")
-    g.add_argument("--compare", nargs="+", type=int, metavar="CCDNUM",
+    g.add_argument("--compare", nargs="+", type=_ccdnum, metavar="CCDNUM",
                    help="--plot: also write EPOCH_methods.pdf, these CCDs masked by the DES rule and the "
                         "multiscale method side by side (a page each)")
 
@@ -6673,6 +6700,21 @@ def _positive_int(text):
     return value
 
 
+def _named(text):
+    """A file, directory or address option: any text but an empty one."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty; give a name")
+    return text
+
+
+def _ccdnum(text):
+    """A CCDNUM, 1..62 (--compare)."""
+    value = int(text)
+    if not 1 <= value <= N_CCD:
+        raise argparse.ArgumentTypeError(f"{text}: CCD numbers are 1..{N_CCD}")
+    return value
+
+
 def _chunk_rows(text):
     """--chunk_rows: a positive integer, at most `MAX_CHUNK_ROWS`."""
     value = _positive_int(text)
@@ -6708,10 +6750,10 @@ def _add_mask_options(parser):
     keywords.
     """
     group = parser.add_argument_group("masking options")
-    group.add_argument("--counts", metavar="FILE",
+    group.add_argument("--counts", type=_named, metavar="FILE",
                        help=f"DES count-map file (default: {REAL_COUNTS_FILENAME} beside the module "
                             f"or in the working directory, else the synthetic demo maps)")
-    group.add_argument("--epochs_file", metavar="FILE",
+    group.add_argument("--epochs_file", type=_named, metavar="FILE",
                        help=f"DES epoch table (default: the shipped {EPOCHS_FILENAME})")
     group.add_argument("--fp_rate", type=float, default=DEFAULT_FP_RATE,
                        help="false-positive probability per cell of a clean CCD (default %(default)g)")
@@ -6756,10 +6798,10 @@ def _add_mask_arguments(parser, modes):
     group.add_argument("--masked_value", type=_masked_value, default=1, metavar="VALUE",
                        help="--epoch: value of masked pixels, a number or a DES mask bit name such "
                             "as SUSPECT, so the mask can be OR-ed into a DES bmask (default 1)")
-    group.add_argument("--defects", metavar="FILE",
+    group.add_argument("--defects", type=_named, metavar="FILE",
                        help="--epoch: also write the table of masked defects (ECSV or FITS, by suffix); "
                             "--summary: the survey's defect history (each defect once, with its epochs)")
-    group.add_argument("--regions", metavar="DIR",
+    group.add_argument("--regions", type=_named, metavar="DIR",
                        help="--epoch: also write DS9 region files of the defects, one per CCD, in CCD "
                             "pixel coordinates, into this directory")
     group.add_argument("--keep_no_epoch", "--default", action="store_true",
@@ -6769,7 +6811,8 @@ def _add_mask_arguments(parser, modes):
                        help=f"--input: drop bad rows ({_BAD_ROW}) instead of stopping with an "
                             "error naming them")
     group.add_argument("--format", metavar="FORMAT", dest="table_format",
-                       help="--input, --gather: astropy table format of the tables (default: by extension)")
+                       help="--input, --gather: astropy table format of the input tables (default: by "
+                            "extension); an output takes it too, unless its extension names another")
     for role, default in DEFAULT_COLUMNS.items():
         group.add_argument(f"--{role}_col", default=default, metavar="NAME",
                            help=f"--input, --gather: {role} column (default %(default)s"
@@ -6807,6 +6850,7 @@ def _run_epoch(args) -> int:
     inputs = _run_inputs(args)
     output = _output_name(args, f"transient_masks_{args.epoch}{'.fits.fz' if args.compress else '.fits'}")
     fixed_outputs = [output] + ([args.defects] if args.defects else [])
+    _check_fits_name(output, "masks")
     if args.defects:
         _defect_format(args.defects)
     check_outputs(fixed_outputs, args.overwrite, inputs)
@@ -6840,13 +6884,14 @@ def _run_filter(args) -> int:
     stem, ext = os.path.basename(args.input), _suffix(os.path.basename(args.input))
     output = _output_name(args, f"{stem[: len(stem) - len(ext)]}_filtered{ext}")
     check_outputs([output], args.overwrite, inputs)
-    table_format_of(output, args.table_format)  # an unknown output format fails before the work
+    # an unknown output format fails before the work
+    table_format_of(output, _output_format(output, args.table_format))
     masks = TransientMasks(args.counts, epochs=args.epochs_file, keep_no_epoch=args.keep_no_epoch,
                            **_mask_options(args))
     counts = filter_file(args.input, output, masks, expnum_col=args.expnum_col,
                          ccdnum_col=args.ccdnum_col, x_col=args.x_col, y_col=args.y_col,
                          drop_bad=args.drop_bad, table_format=args.table_format,
-                         output_format=args.table_format, overwrite=args.overwrite)
+                         overwrite=args.overwrite)
     demo = " [masks from SYNTHETIC DEMO DATA]" if masks.maps.demo else ""
     print(f"{args.input}: {counts.summary()}; wrote {output}{demo}", file=sys.stderr)
     return 0

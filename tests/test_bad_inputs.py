@@ -557,3 +557,38 @@ def test_demo_keyword_is_read_as_a_fits_logical(tmp_path, rng):
         _write_hdus(tmp_path / f"maps_{value}.fits", _counts_hdu(cube, DEMO=value))
         maps = tm.CountMaps(str(tmp_path / f"maps_{value}.fits"))
         assert maps.demo is demo and maps.info("Y2E1")["demo"] is demo, value
+
+
+def test_empty_names_bad_ccds_and_outputs_named_as_other_formats_are_refused_first(
+        tmp_path, monkeypatch, capsys, rng):
+    """Found by a second audit: an empty --counts or --scheduler was taken or named as 'path',
+    --compare 0 was refused after a PDF was written, and FITS outputs named .csv or .bz2 were
+    written as FITS."""
+    monkeypatch.chdir(tmp_path)
+    write_count_maps(tmp_path / "maps.fits", {"Y2E1": rng.poisson(3.0, size=(62, 256, 256)).astype(np.uint16)})
+    _events(rng).write("events.fits")
+    cases = [(["--epoch", "Y2E1", f"--{option}", " "], f"argument --{option}: empty")
+             for option in ("counts", "epochs_file", "defects", "regions")]
+    cases += [
+        (["--input", "events.fits", "events.fits", "--scheduler", "", "-o", "out"], "argument --scheduler: empty"),
+        (["--plot", "Y2E1", "--counts", "maps.fits", "--compare", "5", "0"], "argument --compare: 0: CCD numbers"),
+        (["--epoch", "Y2E1", "--counts", "maps.fits", "-o", "masks.csv"], "masks.csv: masks are written as FITS"),
+        (["--gather", "events.fits", "-o", "maps.fits.bz2"], "maps.fits.bz2: count maps are written as FITS"),
+        (["--gather", "events.fits", "-o", "maps.parquet"], "maps.parquet: count maps are written as FITS"),
+    ]
+    before = sorted(os.listdir(tmp_path))
+    for argv, said in cases:
+        assert tm.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and said in err, (argv, err)
+    assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_output_format_follows_the_output_extension_over_format(tmp_path, monkeypatch, counts_file, rng):
+    monkeypatch.chdir(tmp_path)
+    _events(rng).write("events.txt", format="ascii.csv")
+    for output, fmt in [("kept.parquet", "parquet"), ("kept.fits", "fits"), ("kept.dat", "ascii.csv"),
+                        ("kept.csv", "ascii.csv")]:
+        assert tm.main(["--input", "events.txt", "--format", "ascii.csv", "--counts", counts_file,
+                        "-o", output]) == 0
+        assert len(Table.read(output, format=fmt)) > 300, output
