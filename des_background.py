@@ -626,6 +626,8 @@ class PizzaInfo:
             raise tm.BadInputError(f"{self.path}: not a readable YAML file ({first})") from None
         except OSError as exc:
             raise tm.BadInputError(f"{self.path}: cannot read ({exc.strerror or exc})") from None
+        except RecursionError:  # PyYAML's parser recurses once per level of nesting
+            raise tm.BadInputError(f"{self.path}: not a readable YAML file (nested too deeply)") from None
         if not isinstance(info, dict) or not isinstance(info.get("src_info"), list):
             raise tm.BadInputError(f"{self.path}: no 'src_info' list (not a pizza-cutter info file?)")
         self._info = info

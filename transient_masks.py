@@ -5429,6 +5429,9 @@ def _atomic_directory(path, overwrite=False, inputs=(), input_dirs=()):
             raise BadInputError(f"{path}: output exists (use --overwrite to replace it)")
         if not os.access(os.path.dirname(final), os.W_OK | os.X_OK):
             raise BadInputError(f"{path}: cannot write in the directory {os.path.dirname(final)} (permissions)")
+    elif os.path.lexists(final):  # a file (or a link to one) is never replaced by a directory
+        raise BadInputError(f"{path}: exists and is not a directory; refusing to replace it with the "
+                            f"output directory")
     else:
         check_output(path, overwrite, inputs)
     _check_not_over_inputs(path, inputs, input_dirs)

@@ -893,6 +893,8 @@ BAD_INPUTS = [
      "binary.yaml: not a text file"),
     ("info bad YAML", write_bytes("syntax.yaml", b"src_info: [1, 2\n"), ["--info", "syntax.yaml", "--se_index", "0"],
      "syntax.yaml: not a readable YAML file"),
+    ("info nested too deeply", write_bytes("deep.yaml", b"[" * 5000 + b"]" * 5000),
+     ["--info", "deep.yaml", "--se_index", "0"], "deep.yaml: not a readable YAML file (nested too deeply)"),
     ("info empty", write_bytes("empty.yaml", b""), ["--info", "empty.yaml", "--se_index", "0"],
      "empty.yaml: empty file (0 bytes), expected a pizza-cutter info file"),
     ("info without src_info", write_bytes("nolist.yaml", b"tilename: DES2122+0001\n"),

@@ -592,3 +592,19 @@ def test_output_format_follows_the_output_extension_over_format(tmp_path, monkey
         assert tm.main(["--input", "events.txt", "--format", "ascii.csv", "--counts", counts_file,
                         "-o", output]) == 0
         assert len(Table.read(output, format=fmt)) > 300, output
+
+
+def test_a_file_is_never_replaced_by_an_output_directory(tmp_path, monkeypatch, capsys, rng):
+    """Found by a second audit: -o naming a file (or a link to one) with --overwrite and several
+    inputs replaced it by the output directory."""
+    monkeypatch.chdir(tmp_path)
+    write_count_maps(tmp_path / "maps.fits", {"Y2E1": rng.poisson(3.0, size=(62, 256, 256)).astype(np.uint16)})
+    _events(rng).write("a.fits")
+    _events(rng).write("b.fits")
+    (tmp_path / "notes.txt").write_text("keep me")
+    os.symlink("notes.txt", "link")
+    for output in ("notes.txt", "link"):
+        assert tm.main(["--input", "a.fits", "b.fits", "--counts", "maps.fits", "-o", output, "--overwrite"]) == 2
+        err = capsys.readouterr().err
+        assert f"{output}: exists and is not a directory" in err and len(err.splitlines()) == 1
+    assert os.path.islink("link") and (tmp_path / "notes.txt").read_text() == "keep me"
