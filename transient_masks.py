@@ -914,16 +914,32 @@ def write_fits_rows(path: str, blocks, *, header_cards=(), overwrite: bool = Fal
             for name, column in columns.items():
                 record[name] = column
             if writer is None:
-                hdu = fits.BinTableHDU(data=record[:0])
+                hdu = fits.BinTableHDU(data=record[:0])  # unsigned columns: TZERO = 2**(bits - 1)
                 for key, value, comment in header_cards:
                     hdu.header[key] = (value, comment)
                 writer = _FitsRowWriter(out, hdu.header)
                 writer_dtype = record.dtype
-            writer.write(record)
+            writer.write(_fits_stored(record))
         if writer is None:
             raise BadInputError(f"{path}: nothing to write")
         writer.close()
     return writer.n_rows
+
+
+def _fits_stored(record):
+    """Records as a FITS table stores them: unsigned integers wider than a byte
+    offset by their TZERO (2**(bits - 1)), that is with their top bit flipped."""
+    unsigned = [name for name in record.dtype.names
+                if record.dtype[name].kind == "u" and record.dtype[name].itemsize > 1]
+    if not unsigned:
+        return record
+    stored = record.astype([(name, record.dtype[name].str.replace("u", "i") if name in unsigned
+                             else record.dtype[name]) for name in record.dtype.names])
+    for name in unsigned:
+        column = record[name]
+        flipped = (column ^ column.dtype.type(1 << (8 * column.dtype.itemsize - 1))).astype(column.dtype)
+        stored[name] = flipped.view(stored[name].dtype)  # the same bytes, big-endian
+    return stored
 
 
 def _row_block(block) -> dict:
@@ -941,6 +957,8 @@ def _row_block(block) -> dict:
                 column = column.astype(f"S{max(column.dtype.itemsize // 4, 1)}")
             except UnicodeEncodeError:
                 raise BadInputError(f"column {name!r}: FITS text columns must be ASCII") from None
+        elif column.dtype == np.int8:  # FITS tables have no signed bytes (astropy would write T/F)
+            column = column.astype(np.int16)
         columns[name] = column
     _same_shape(**{f"column {name!r}": column for name, column in columns.items()})
     return columns
@@ -4193,6 +4211,10 @@ def filter_file(input_path: str, output_path: str, masks: "TransientMasks", *,
         kept, counts = filter_table(table, masks, expnum_col=expnum_col, ccdnum_col=ccdnum_col,
                                     x_col=x_col, y_col=y_col, drop_bad=drop_bad, source=input_path)
         kept.meta.update((key, value) for key, value, _ in masks.provenance())
+        if out_format == "fits":  # FITS tables have no signed bytes (astropy writes int8 as T/F)
+            for name in [name for name in kept.colnames if kept[name].dtype == np.int8]:
+                kept[name] = kept[name].astype(np.int16)
+                log.info("%s: column %r written as int16 (FITS tables have no signed bytes)", output_path, name)
         write_options = {"format": out_format}
         if out_format == "hdf5":
             write_options.update(path=read_options.get("path", "data"), serialize_meta=True)

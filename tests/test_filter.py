@@ -207,3 +207,28 @@ def test_count_maps_of_other_exposures_than_the_epoch_table_are_warned_about(tmp
     masks.apply(expnum=[610002], ccdnum=[5], x=[100.0], y=[100.0])
     assert caplog.text.count("maps.fits: the count map of epoch Y4E2 covers EXPNUM 345031..382973, "
                              "the epoch table 605796..622099") == 1
+
+
+def test_write_fits_rows_keeps_unsigned_and_signed_byte_values(tmp_path):
+    """Found by an audit: unsigned columns wider than a byte were written without their
+    TZERO offset (read back shifted by 2**(bits - 1)), and int8 ones as FITS logicals."""
+    block = {"U2": np.array([0, 1, 65535], np.uint16), "U4": np.array([0, 2**31 + 5, 2**32 - 1], np.uint32),
+             "U8": np.array([0, 2**63 + 5, 2**64 - 1], np.uint64), "I1": np.array([-128, 0, 127], np.int8),
+             "U1": np.array([0, 7, 255], np.uint8)}
+    path = str(tmp_path / "rows.fits")
+    assert tm.write_fits_rows(path, [block, block]) == 6
+    table = Table.read(path)
+    for name, values in block.items():
+        assert table[name].tolist() == 2 * values.tolist(), name
+    assert table["I1"].dtype.kind == "i" and table["I1"].dtype.itemsize == 2
+
+
+def test_signed_byte_columns_are_filtered_into_fits_as_int16(tmp_path, rng, counts_file):
+    table = _events(rng, 200)
+    table["FLAG"] = rng.integers(-128, 128, len(table)).astype(np.int8)
+    table.write(tmp_path / "events.parquet")
+    masks = tm.TransientMasks(counts_file)
+    tm.filter_file(str(tmp_path / "events.parquet"), str(tmp_path / "out.fits"), masks)
+    kept = Table.read(tmp_path / "out.fits")
+    expected = table[~masks.apply(table["EXPNUM"], table["CCDNUM"], table["XWIN_IMAGE"], table["YWIN_IMAGE"])]
+    assert kept["FLAG"].dtype.kind == "i" and kept["FLAG"].tolist() == expected["FLAG"].tolist()
