@@ -160,8 +160,11 @@ def bits_value(names) -> int:
     """
     if isinstance(names, str):
         names = [name for name in names.split(",") if name.strip()]
+    if not hasattr(names, "__iter__"):
+        raise tm.BadInputError(f"names={tm._describe_value(names)}: must be bit names (a str or a list of str)")
     value = 0
     for name in names:
+        tm._check_str("bit name", name)
         key = name.strip().upper()
         if key not in tm.MASK_BITS:
             raise tm.BadInputError(f"unknown DES mask bit {name!r} (known: {', '.join(tm.MASK_BITS)})")
@@ -191,6 +194,7 @@ def parse_se_index(text, n_images: int, where: str = "") -> list:
     transient_masks.BadInputError: info.yaml: --se_index 18-21 is out of range (src_info has 20 entries, 0..19)
     """
     text = str(text).strip()
+    n_images = tm._check_int("n_images", n_images)
     prefix = f"{where}: " if where else ""
     if n_images < 1:
         raise tm.BadInputError(f"{prefix}src_info is empty: no SE images")

@@ -268,6 +268,14 @@ def _check_str(name: str, value, optional: bool = False):
     return value
 
 
+def _check_epoch_name(name: str, value, optional: bool = False):
+    """An epoch name: text a FITS header holds (printable ASCII), not blank."""
+    value = _check_str(name, value, optional)
+    if value is not None and (not value.strip() or not all(" " <= char <= "~" for char in value)):
+        raise BadInputError(f"{name}={value!r}: an epoch name must be printable ASCII, not blank")
+    return value
+
+
 def _numeric_array(name: str, value, kinds: str = "iuf") -> np.ndarray:
     """``value`` as a numpy array of one of the dtype ``kinds`` (i, u, f; b if listed).
 
@@ -902,6 +910,7 @@ def write_fits_rows(path: str, blocks, *, header_cards=(), overwrite: bool = Fal
     path = _check_path("path", path)
     if isinstance(blocks, dict) or not hasattr(blocks, "__iter__"):
         raise BadInputError("blocks: must be an iterable of dicts (column name -> 1-d array)")
+    header_cards = _header_cards(header_cards)
 
     with atomic_output(path, overwrite=overwrite) as tmp, open(tmp, "wb") as out:
         writer = None
@@ -924,6 +933,37 @@ def write_fits_rows(path: str, blocks, *, header_cards=(), overwrite: bool = Fal
             raise BadInputError(f"{path}: nothing to write")
         writer.close()
     return writer.n_rows
+
+
+#: Keywords that describe a FITS table's layout: `write_fits_rows` sets them itself.
+_TABLE_LAYOUT_KEYS = re.compile(r"(SIMPLE|XTENSION|BITPIX|NAXIS\d*|PCOUNT|GCOUNT|TFIELDS|EXTEND|END|THEAP|"
+                                r"T(TYPE|FORM|ZERO|SCAL|NULL|DIM|UNIT|DISP)\d+)")
+
+
+def _header_cards(cards) -> list:
+    """Extra header cards, checked: (keyword, value, comment) with a standard keyword
+    (up to 8 of A-Z, 0-9, - and _) that is not one of the table's layout, a value a
+    FITS card holds (printable ASCII text, a bool, a 64-bit integer, a finite float)."""
+    if isinstance(cards, (str, dict)) or not hasattr(cards, "__iter__"):
+        raise BadInputError(f"header_cards={_describe_value(cards)}: must be a list of (keyword, value, comment)")
+    checked = []
+    for card in cards:
+        if not isinstance(card, (tuple, list)) or len(card) != 3:
+            raise BadInputError(f"header card {_describe_value(card)}: must be (keyword, value, comment)")
+        key, value, comment = card
+        if not isinstance(key, str) or not re.fullmatch(r"[A-Z0-9_-]{1,8}", key) or _TABLE_LAYOUT_KEYS.fullmatch(key):
+            raise BadInputError(f"header card {key!r}: not a keyword this table can take (up to 8 of "
+                                f"A-Z, 0-9, - and _; not one of the table's layout)")
+        text = [item for item in (value, comment) if isinstance(item, str)]
+        if (not isinstance(comment, str) or any(not all(" " <= char <= "~" for char in item) for item in text)
+                or not isinstance(value, (str, bool, np.bool_, int, np.integer, float, np.floating))
+                or (isinstance(value, (float, np.floating)) and not np.isfinite(value))
+                or (isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+                    and not np.iinfo(np.int64).min <= value <= np.iinfo(np.int64).max)):
+            raise BadInputError(f"header card {key!r}: value {value!r} or comment {comment!r} is not one a FITS "
+                                f"card holds (printable ASCII text, a bool, a 64-bit integer, a finite number)")
+        checked.append((key, value, comment))
+    return checked
 
 
 def _fits_stored(record):
@@ -949,6 +989,8 @@ def _row_block(block) -> dict:
     columns = {}
     for name, values in block.items():
         _check_str("column name", name)
+        if not name.strip() or not all(" " <= char <= "~" for char in name):
+            raise BadInputError(f"column name {name!r}: must be printable ASCII, not blank")
         column = _numeric_array(f"column {name!r}", values, kinds="iufSU")  # no bool: FITS T/F bytes
         if column.ndim != 1:
             raise BadInputError(f"column {name!r}: must be 1-d, not of shape {column.shape}")
@@ -1323,6 +1365,7 @@ class CountMaps:
                 raise BadInputError(f"{where}: counts are {data.dtype.name}, expected integers")
             if data.dtype.kind == "i" and data.min() < 0:
                 raise BadInputError(f"{where}: negative counts")
+            data.flags.writeable = False  # cached for every later use: callers get it read-only
             self._counts[epoch] = data
         return self._counts[epoch]
 
@@ -1357,7 +1400,7 @@ def _check_bin(name: str, value) -> int:
 
 
 def _check_method(method):
-    if method not in METHODS:
+    if not isinstance(method, str) or method not in METHODS:
         raise BadInputError(f"method={method!r}: must be one of {', '.join(METHODS)}")
 
 
@@ -1565,6 +1608,8 @@ class EpochMask:
         y_bin = _alias("y_bin", y_bin, 1, "y_shrink", y_shrink)
         _check_options(fp_rate, x_bin, y_bin, floor)
         _check_method(method)
+        if np.ma.isMaskedArray(counts) and np.ma.is_masked(counts):
+            raise BadInputError("counts: has masked (NULL) cells; give counts for every cell")
         try:
             counts = np.asarray(counts)
         except (ValueError, TypeError) as exc:  # ragged nested sequences
@@ -1578,9 +1623,10 @@ class EpochMask:
         if counts.size and int(counts.max()) * int(x_bin) * int(y_bin) >= _MAX_COUNT:
             raise BadInputError(f"counts up to {int(counts.max())}: a (re-binned) cell must hold "
                                 f"fewer than 2**52 transients")
-        epoch = _check_str("epoch", epoch, optional=True)
-        min_exp = None if min_exp is None else _check_int("min_exp", min_exp)
-        max_exp = None if max_exp is None else _check_int("max_exp", max_exp)
+        epoch = _check_epoch_name("epoch", epoch, optional=True)
+        int64 = np.iinfo(np.int64)  # FITS integer keywords
+        min_exp = None if min_exp is None else _check_int("min_exp", min_exp, int64.min, int64.max)
+        max_exp = None if max_exp is None else _check_int("max_exp", max_exp, int64.min, int64.max)
         source = _check_path("source", source, optional=True)
         demo = _check_flag("demo", demo)
         self.epoch = epoch
@@ -1893,7 +1939,7 @@ class EpochMask:
                 hdu = fits.ImageHDU(image, header=header)
             return _extension_bytes(hdu)
 
-        inputs = ([self.source] if self.source else []) + list(inputs)
+        inputs = ([self.source] if self.source else []) + _path_list("inputs", inputs)
         with atomic_output(path, overwrite=overwrite, inputs=inputs) as tmp, open(tmp, "wb") as out:
             out.write(primary.header.tostring().encode("ascii"))
             if compress:
@@ -3877,6 +3923,8 @@ class FilterCounts:
         kept = _numeric_array("kept", kept, kinds="b")
         _same_shape(codes=codes, kept=kept)
         row_offset = _check_int("row_offset", row_offset, lo=0)
+        if codes.size and (codes.min() < KEEP or codes.max() > BAD):
+            raise BadInputError(f"codes: must be KEEP, MASKED, NO_EPOCH or BAD ({KEEP}..{BAD})")
         no_epoch = codes == NO_EPOCH
         bad = codes == BAD
         self.read += codes.size
@@ -4493,6 +4541,8 @@ def bin_events(epoch_idx, ccdnum, x, y, n_epochs: int) -> np.ndarray:
     epoch_idx, ccdnum, x, y = _event_arrays(epoch_idx=epoch_idx, ccdnum=ccdnum, x=x, y=y)
     if epoch_idx.size and epoch_idx.max() >= n_epochs:
         raise BadInputError(f"epoch_idx: {int(epoch_idx.max())} is not below n_epochs={n_epochs}")
+    if epoch_idx.size and epoch_idx.min() < -1:
+        raise BadInputError(f"epoch_idx: {int(epoch_idx.min())} is below -1 (no epoch)")
     try:
         counts = np.zeros((n_epochs, N_CCD, MAP_NY, MAP_NX), dtype=np.int64)
     except (MemoryError, ValueError):  # numpy: ValueError when beyond any address space
@@ -4848,7 +4898,7 @@ def write_count_maps(path: str, result: GatherResult, *, demo: bool = False, ove
                             f"rows read, {result.n_bad} bad, {result.n_no_epoch} in no epoch)")
     for name, counts in result.counts.items():
         where = f"result.counts[{name!r}]"
-        _check_str("epoch name", name)
+        _check_epoch_name("epoch name", name)
         counts = _numeric_array(where, counts, kinds="iu")
         if counts.shape != (N_CCD, MAP_NY, MAP_NX):
             raise BadInputError(f"{where}: shape {counts.shape}, expected ({N_CCD}, {MAP_NY}, {MAP_NX})")
@@ -6195,6 +6245,8 @@ def plot_ccd(epoch_mask, ccdnum: int, *, figure=None):
     """
     _check_epoch_mask(epoch_mask)
     ccdnum = _check_int("ccdnum", ccdnum, 1, N_CCD)
+    if figure is not None and not (hasattr(figure, "clear") and hasattr(figure, "add_subplot")):
+        raise BadInputError(f"figure={_describe_value(figure)}: must be a matplotlib Figure or None")
     return _CcdPage(epoch_mask, figure).draw(ccdnum)
 
 

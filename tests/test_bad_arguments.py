@@ -798,3 +798,68 @@ def test_filter_files_arguments(masks, tmp_path, keywords, match):
     raises("inputs=", tm.filter_files, 5, str(tmp_path / "out"), masks)
     raises("client=", tm.gather_data, [str(source)], client=5)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["events.fits"]
+
+
+# ---- Found by a second audit (each was a TypeError, ValueError or AttributeError, or silent)
+
+
+def test_epoch_names_must_be_printable_ascii(tmp_path):
+    counts = np.ones((62, 4, 4), int)
+    for epoch in ("Y2\nE1", "Y2É1", " "):
+        raises("an epoch name must be printable ASCII", tm.EpochMask, counts, epoch=epoch)
+    result = tm.gather_arrays([350000], [5], [10.0], [10.0])
+    result.counts, result.min_exp, result.max_exp = (
+        {"Y2É1": result.counts["Y2E1"]}, {"Y2É1": 1}, {"Y2É1": 2})
+    raises("an epoch name must be printable ASCII", tm.write_count_maps, str(tmp_path / "m.fits"), result)
+    raises("min_exp=", tm.EpochMask, counts, min_exp=10**30)
+
+
+def test_masked_counts_and_methods_of_other_types_are_refused(mask, tmp_path):
+    counts = np.ma.masked_array(np.full((62, 16, 16), 3), mask=False)
+    counts[4, 3, 3] = 10**6
+    counts.mask[4, 3, 3] = True
+    raises("counts: has masked", tm.EpochMask, counts)
+    raises("method=", tm.EpochMask, np.ones((62, 4, 4), int), method=np.array(["des"]))
+    raises("inputs=5", mask.write_masks, str(tmp_path / "m.fits.fz"), inputs=5)
+    raises("figure='x'", tm.plot_ccd, mask, 5, figure="x")
+
+
+def test_count_maps_give_their_counts_read_only():
+    maps = tm.CountMaps(tm.data_path(tm.DEMO_COUNTS_FILENAME))
+    with pytest.raises(ValueError, match="read-only"):
+        maps.counts("Y2E1")[0, 0, 0] = 10**4
+
+
+def test_codes_and_epoch_indices_outside_their_range_are_refused():
+    raises("epoch_idx: -2 is below -1", tm.bin_events, [-2, 0], [5, 5], [1.0, 1.0], [1.0, 1.0], n_epochs=1)
+    raises("codes: must be KEEP, MASKED, NO_EPOCH or BAD", tm.FilterCounts().add, [7], [False])
+
+
+@pytest.mark.parametrize("cards, match", [
+    ([("K", 1)], "must be \\(keyword, value, comment\\)"),
+    ([("TOO_LONG_KEYWORD", 1, "")], "not a keyword this table can take"),
+    ([("NAXIS2", 5, "")], "not a keyword this table can take"),
+    ([("TFORM1", "J", "")], "not a keyword this table can take"),
+    ([("X", np.nan, "")], "not one a FITS card holds"),
+    ([("X", "é", "")], "not one a FITS card holds"),
+    ([("X", 2**70, "")], "not one a FITS card holds"),
+    ([("X", 1, None)], "not one a FITS card holds"),
+    (5, "header_cards=5"),
+])
+def test_write_fits_rows_header_cards(tmp_path, cards, match):
+    raises(match, tm.write_fits_rows, str(tmp_path / "rows.fits"), [{"A": np.arange(3)}], header_cards=cards)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name", ["", " ", "é"])
+def test_write_fits_rows_column_names(tmp_path, name):
+    raises("must be printable ASCII", tm.write_fits_rows, str(tmp_path / "rows.fits"), [{name: np.arange(3)}])
+
+
+def test_des_background_bits_and_index_arguments():
+    import des_background as db
+
+    raises("names=None", db.bits_value, None)
+    raises("bit name=5", db.bits_value, ["SUSPECT", 5])
+    raises("n_images='3'", db.parse_se_index, "0", "3")
+    assert db.bits_value(["SUSPECT", "streak"]) == db.bits_value("SUSPECT,STREAK")
