@@ -626,8 +626,9 @@ def _check_fits_name(path, what: str) -> None:
 def check_input(path: str, what: str = "input file", *, whole_gzip: bool = True) -> str:
     """Refuse an input that is missing, not a regular file, empty or unreadable.
 
-    A gzip-compressed input is read through once to prove it is complete: a
-    truncated or corrupt gzip file must be an error, never less data.
+    A compressed input (gzip, bzip2, xz or zip, which astropy reads through)
+    is read through once to prove it is complete: a truncated or corrupt
+    compressed file must be an error, never less data.
 
     Parameters
     ----------
@@ -636,8 +637,8 @@ def check_input(path: str, what: str = "input file", *, whole_gzip: bool = True)
     what : str
         What the file is, for the message ("count-map file", "epoch table"...).
     whole_gzip : bool
-        Read a gzip file through (False for readers that stream it and catch
-        a cut-short stream themselves).
+        Read a compressed file through (False for readers that stream it and
+        catch a cut-short stream themselves).
 
     Returns
     -------
@@ -665,21 +666,51 @@ def check_input(path: str, what: str = "input file", *, whole_gzip: bool = True)
         raise BadInputError(f"{path}: {what} is not readable (permissions)")
     if os.path.getsize(path) == 0:
         raise BadInputError(f"{path}: empty file (0 bytes), expected a {what}")
-    if whole_gzip and _is_gzip(path):
-        _verify_gzip(path, what)
+    if whole_gzip and _compression(path):
+        _verify_compressed(path, what)
     return path
 
 
-def _verify_gzip(path: str, what: str) -> None:
-    """Decompress a gzip file to nowhere: raises BadInputError if it is cut short or corrupt."""
+#: The compressions astropy opens FITS files through, by their first bytes.
+_MAGIC = {b"\x1f\x8b": "gzip", b"BZh": "bzip2", b"\xfd7zXZ\x00": "xz", b"PK\x03\x04": "zip"}
+
+
+def _compression(path) -> str:
+    """The compression of a file by its first bytes: 'gzip', 'bzip2', 'xz', 'zip', or None."""
+    with open(path, "rb") as stream:
+        start = stream.read(6)
+    return next((kind for magic, kind in _MAGIC.items() if start.startswith(magic)), None)
+
+
+def _open_decompressed(path):
+    """A binary stream of a file's content, decompressed (gzip, bzip2, xz); None for zip."""
+    import bz2
+    import lzma
+
+    kind = _compression(path)
+    openers = {None: open, "gzip": gzip.open, "bzip2": bz2.open, "xz": lzma.open}
+    return openers[kind](path, "rb") if kind in openers else None
+
+
+def _verify_compressed(path: str, what: str) -> None:
+    """Decompress a file to nowhere: raises BadInputError if it is cut short or corrupt."""
+    import lzma
+    import zipfile
     import zlib
 
+    kind = _compression(path)
     try:
-        with gzip.open(path, "rb") as stream:
+        if kind == "zip":
+            with zipfile.ZipFile(path) as archive:
+                damaged = archive.testzip()
+            if damaged is not None:
+                raise OSError(f"member {damaged} is damaged")
+            return
+        with _open_decompressed(path) as stream:
             while stream.read(1 << 24):
                 pass
-    except (OSError, EOFError, zlib.error) as exc:
-        raise BadInputError(f"{path}: truncated or corrupt gzip {what} ({_one_line(exc)})") from None
+    except (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError, zipfile.BadZipFile) as exc:
+        raise BadInputError(f"{path}: truncated or corrupt {kind} {what} ({_one_line(exc)})") from None
 
 
 @contextlib.contextmanager
@@ -764,7 +795,8 @@ class _FitsRows:
             # ColDefs.dtype is in native byte order; the file holds big-endian rows.
             self.raw_dtype = np.dtype(self.columns.dtype).newbyteorder(">")
             self.streamable = (isinstance(hdu, fits.BinTableHDU) and self.header.get("PCOUNT", 0) == 0
-                               and self.raw_dtype.itemsize == self.header["NAXIS1"])
+                               and self.raw_dtype.itemsize == self.header["NAXIS1"]
+                               and _compression(path) != "zip")  # a zip member is read whole
             self.data_start = hdul.fileinfo(index)["datLoc"] if self.streamable else None
             self._whole = None if self.streamable else hdu.data
 
@@ -776,9 +808,8 @@ class _FitsRows:
 
     def blocks(self, chunk_rows: int):
         """Yield (first row, raw records) blocks of at most ``chunk_rows`` rows."""
-        opener = gzip.open if _is_gzip(self.path) else open
         row_bytes = self.raw_dtype.itemsize
-        with _reading(self.path, "FITS table"), opener(self.path, "rb") as stream:
+        with _reading(self.path, "FITS table"), _open_decompressed(self.path) as stream:
             stream.seek(self.data_start)
             for start in range(0, self.n_rows, chunk_rows):
                 n_block = min(chunk_rows, self.n_rows - start)
@@ -872,11 +903,6 @@ def _first_table_hdu(hdul):
         if isinstance(hdu, (fits.BinTableHDU, fits.TableHDU)):
             return index, hdu
     return None, None
-
-
-def _is_gzip(path):
-    with open(path, "rb") as stream:
-        return stream.read(2) == b"\x1f\x8b"
 
 
 def write_fits_rows(path: str, blocks, *, header_cards=(), overwrite: bool = False) -> int:
@@ -4248,7 +4274,7 @@ def filter_file(input_path: str, output_path: str, masks: "TransientMasks", *,
     out_format = table_format_of(output_path, output_format or _output_format(output_path, table_format))
     names = (expnum_col, ccdnum_col, x_col, y_col)
     with atomic_output(output_path, overwrite=overwrite, inputs=[input_path, *masks.inputs]) as tmp:
-        if in_format == out_format == "fits" and not _is_gzip(input_path) \
+        if in_format == out_format == "fits" and not _compression(input_path) \
                 and output_path.lower().endswith(_FITS_SUFFIXES):
             counts = _filter_fits_stream(input_path, tmp, masks, names, drop_bad, chunk_rows)
             if counts is not None:

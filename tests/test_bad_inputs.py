@@ -608,3 +608,40 @@ def test_a_file_is_never_replaced_by_an_output_directory(tmp_path, monkeypatch, 
         err = capsys.readouterr().err
         assert f"{output}: exists and is not a directory" in err and len(err.splitlines()) == 1
     assert os.path.islink("link") and (tmp_path / "notes.txt").read_text() == "keep me"
+
+
+def test_fits_files_compressed_other_than_gzip_are_read_as_their_content(tmp_path, monkeypatch, capsys, rng):
+    """Found by a second audit: a bzip2 or xz FITS table (astropy reads them) was streamed from
+    its compressed bytes (garbage rows, or 'truncated'), and a cut bzip2 count-map file was
+    read as one with fewer epochs."""
+    import bz2
+    import lzma
+    import zipfile
+
+    monkeypatch.chdir(tmp_path)
+    cube = rng.poisson(3.0, size=(62, 256, 256)).astype(np.uint16)
+    write_count_maps(tmp_path / "maps.fits", {"Y2E1": cube})
+    _events(rng, 2000).write("plain.fits")
+    raw = (tmp_path / "plain.fits").read_bytes()
+    (tmp_path / "bzip2.fits").write_bytes(bz2.compress(raw))
+    (tmp_path / "xz.fits").write_bytes(lzma.compress(raw))
+    with zipfile.ZipFile(tmp_path / "zip.fits", "w") as archive:
+        archive.writestr("plain.fits", raw)
+    masks = tm.TransientMasks("maps.fits")
+    expected = tm.filter_file("plain.fits", "plain_out.fits", masks)
+    maps = tm.gather_data("plain.fits").counts["Y2E1"]
+    for name in ("bzip2", "xz", "zip"):
+        counts = tm.filter_file(f"{name}.fits", f"{name}_out.fits", masks)
+        assert vars(counts) == vars(expected), name
+        assert Table.read(f"{name}_out.fits").as_array().tobytes() == Table.read("plain_out.fits").as_array().tobytes()
+        np.testing.assert_array_equal(tm.gather_data(f"{name}.fits").counts["Y2E1"], maps)
+    # cut short: an error, never fewer rows or epochs
+    (tmp_path / "cut.fits").write_bytes(bz2.compress(raw)[:-300])
+    (tmp_path / "cut_maps.fits.bz2").write_bytes(bz2.compress((tmp_path / "maps.fits").read_bytes())[:-3000])
+    for argv, said in [(["--input", "cut.fits", "--counts", "maps.fits", "-o", "o.fits"], "cut.fits: truncated or corrupt bzip2"),
+                       (["--input", "plain.fits", "--counts", "cut_maps.fits.bz2", "-o", "o.fits"],
+                        "cut_maps.fits.bz2: truncated or corrupt bzip2 count-map file")]:
+        assert tm.main(argv) == 2
+        err = capsys.readouterr().err
+        assert said in err and len(err.splitlines()) == 1, err
+    assert not os.path.exists("o.fits")
