@@ -1319,8 +1319,15 @@ def _transient_cells(transient_masks, expnum, ccdnum, where):
         log.warning("%s: EXPNUM %d is in %s: transient-mask cut not applied", where, int(expnum),
                     f"epoch {epoch}, which the count maps do not have" if epoch else "no DES epoch")
         return None
-    mask = transient_masks.mask_for(epoch)
+    try:
+        mask = transient_masks.mask_for(epoch)
+    except tm.BadInputError as exc:  # the count maps: every SE image of the epoch would fail alike
+        raise _SharedInputError(str(exc)) from None
     return epoch, mask.mask[int(ccdnum) - 1].copy(), tuple(mask.cell_size), bool(transient_masks.maps.demo)
+
+
+class _SharedInputError(tm.BadInputError):
+    """A bad input all the SE images share (the count maps): it stops the run, not one image."""
 
 
 def _expand_cells(cells, cell_size, shape, where):
@@ -1652,6 +1659,8 @@ def _prepare(images, coadds, transient_masks, ignore, grid_step, catch=True):
             if transient_masks is not None:
                 transient = _transient_cells(transient_masks, expnum, ccdnum, files.label)
             plan.append(_Task(files, transient, ignore_bits=ignore, grid_step=grid_step))
+        except _SharedInputError:
+            raise
         except Exception as exc:
             plan.append(_failed(files, exc, catch=catch))
     return plan

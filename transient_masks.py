@@ -4730,9 +4730,12 @@ def _arrow_columns(batch, names, path):
         if column.null_count == len(column):  # also a column of pyarrow's null type: every row bad
             arrays.append(np.ma.MaskedArray(np.zeros(len(column), dtype=np.int64), mask=True))
         elif column.null_count:  # nulls make their rows bad (_event_values)
-            arrays.append(np.ma.MaskedArray(
-                _arrow_to_numpy(column.fill_null(0), path, name),
-                mask=column.is_null().to_numpy(zero_copy_only=False)))
+            try:
+                filled = column.fill_null(0)
+            except Exception:  # pyarrow's own types: 0 is no value of a text or date column
+                raise BadInputError(f"{path}: column {name!r} of type {column.type} is not numbers") from None
+            arrays.append(np.ma.MaskedArray(_arrow_to_numpy(filled, path, name),
+                                            mask=column.is_null().to_numpy(zero_copy_only=False)))
         else:
             arrays.append(_arrow_to_numpy(column, path, name))
     return tuple(arrays)

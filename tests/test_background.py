@@ -588,6 +588,20 @@ def test_one_bad_se_image_does_not_stop_the_others(tile, monkeypatch, capsys):
                                          "DES2122+0001_r_goodbkg_summary.ecsv"]
 
 
+def test_bad_count_maps_stop_a_run_of_many_se_images(tile, monkeypatch, capsys):
+    """They are every image's input: one error, exit 2, nothing written (was: each image failed, exit 3)."""
+    tmp_path, _ = tile
+    monkeypatch.chdir(tmp_path)
+    hdu = fits.ImageHDU(np.ones((62, 3, 3), np.uint16), name="Y6")
+    hdu.header.update(EPOCH="Y6", MIN_EXP=770843, MAX_EXP=810381)
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto("grid.fits")
+    info = "tile/DES2122+0001_r_pizza_info.yaml"
+    assert bg.main(["--info", info, "--se_index", "all", "-o", "out/", "--counts", "grid.fits"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "grid.fits: HDU 1 (Y6): a 3 x 3 cell grid does not divide" in err
+    assert not os.path.exists("out")
+
+
 def test_from_python_one_call_yields_every_image(tile, monkeypatch):
     tmp_path, paths = tile
     monkeypatch.chdir(tmp_path)

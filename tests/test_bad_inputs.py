@@ -645,3 +645,17 @@ def test_fits_files_compressed_other_than_gzip_are_read_as_their_content(tmp_pat
         err = capsys.readouterr().err
         assert said in err and len(err.splitlines()) == 1, err
     assert not os.path.exists("o.fits")
+
+
+@pytest.mark.parametrize("values", [["5", None, "6"], [True, None, False]])
+def test_parquet_text_or_bool_columns_with_nulls_are_not_numbers(tmp_path, monkeypatch, capsys, values):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.chdir(tmp_path)
+    pq.write_table(pa.table({"EXPNUM": np.full(3, 350000), "CCDNUM": pa.array(values),
+                             "XWIN_IMAGE": np.full(3, 100.0), "YWIN_IMAGE": np.full(3, 100.0)}), "e.parquet")
+    for argv in (["--gather", "e.parquet", "-o", "g.fits"], ["--input", "e.parquet", "-o", "o.parquet"]):
+        assert tm.main(argv) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and "e.parquet: column 'CCDNUM' of type" in err and "is not numbers" in err
