@@ -799,6 +799,13 @@ class _FitsRows:
                                and _compression(path) != "zip")  # a zip member is read whole
             self.data_start = hdul.fileinfo(index)["datLoc"] if self.streamable else None
             self._whole = None if self.streamable else hdu.data
+            if not self.streamable and len(hdul) > index + 1:  # (a streamed table looks at its end)
+                self._warn_more_hdus()
+
+    def _warn_more_hdus(self):
+        """Say that the file goes on after the table read: only one table of a file is read."""
+        log.warning("%s: more HDUs follow the table of HDU %d; only that table is read (one table a file)",
+                    self.path, self.index)
 
     def check_scalar(self, names):
         """Refuse columns that hold arrays (one value per row is needed)."""
@@ -817,6 +824,10 @@ class _FitsRows:
                 if len(raw) != n_block * row_bytes:
                     raise BadInputError(f"{self.path}: truncated table (rows {start}..{start + n_block})")
                 yield start, np.frombuffer(raw, dtype=self.raw_dtype)
+            # Another HDU starts at the next FITS block after the data (a few bytes to read).
+            stream.read(-(self.n_rows * row_bytes) % 2880)
+            if stream.read(8) == b"XTENSION":
+                self._warn_more_hdus()
 
     def values(self, records, name: str) -> np.ndarray:
         """A column of raw records in native byte order, TSCAL/TZERO applied.
@@ -3917,12 +3928,15 @@ def _read_table(path: str, fmt: str):
     read_options = {"format": fmt}
     if fmt == "hdf5":
         read_options["path"] = _first_hdf5_table(path)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=_astropy_warning())  # units, meta: not errors here
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", category=_astropy_warning())  # units, meta: not errors here
         try:
-            return Table.read(path, **read_options), read_options
+            table = Table.read(path, **read_options)
         except Exception as exc:  # astropy and its readers raise many types for unreadable files
             raise BadInputError(f"{path}: cannot read as a table ({fmt}: {_one_line(exc)})") from None
+    if any("multiple tables are present" in str(warning.message) for warning in caught):
+        log.warning("%s: holds more than one table; only the first is read (one table a file)", path)
+    return table, read_options
 
 
 def _astropy_warning():
@@ -4314,6 +4328,8 @@ def _first_hdf5_table(path):
         raise BadInputError(f"{path}: not a readable HDF5 file ({_one_line(exc)})") from None
     if not found:
         raise BadInputError(f"{path}: no table in this HDF5 file")
+    if len(found) > 1:
+        log.warning("%s: holds %d tables; only the first, %s, is read (one table a file)", path, len(found), found[0])
     return found[0]
 
 

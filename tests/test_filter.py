@@ -232,3 +232,32 @@ def test_signed_byte_columns_are_filtered_into_fits_as_int16(tmp_path, rng, coun
     kept = Table.read(tmp_path / "out.fits")
     expected = table[~masks.apply(table["EXPNUM"], table["CCDNUM"], table["XWIN_IMAGE"], table["YWIN_IMAGE"])]
     assert kept["FLAG"].dtype.kind == "i" and kept["FLAG"].tolist() == expected["FLAG"].tolist()
+
+
+def test_files_holding_more_than_one_table_say_that_one_is_read(tmp_path, rng, counts_file, caplog):
+    """Found by an audit: the other tables of a file were left out without a word."""
+    import gzip
+
+    from astropy.io import fits
+
+    first, second = _events(rng, 200), _events(rng, 300)
+    fits.HDUList([fits.PrimaryHDU(), fits.table_to_hdu(first), fits.table_to_hdu(second)]).writeto(
+        tmp_path / "two.fits")
+    (tmp_path / "two.fits.gz").write_bytes(gzip.compress((tmp_path / "two.fits").read_bytes()))
+    first.write(tmp_path / "two.h5", path="first", serialize_meta=True)
+    second.write(tmp_path / "two.h5", path="second", append=True, serialize_meta=True)
+    first.write(tmp_path / "one.fits")
+    masks = tm.TransientMasks(counts_file, keep_no_epoch=True)
+    caplog.set_level(logging.WARNING, logger="transient_masks")
+    for name in ("two.fits", "two.fits.gz", "two.h5"):
+        for output in ("out.fits", "out.ecsv"):
+            caplog.clear()
+            counts = tm.filter_file(str(tmp_path / name), str(tmp_path / output), masks, overwrite=True)
+            assert counts.read == 200 and "only" in caplog.text and name in caplog.text, (name, output)
+        caplog.clear()
+        assert tm.gather_data(str(tmp_path / name)).n_read == 200
+        assert "only" in caplog.text and name in caplog.text, name
+    caplog.clear()
+    tm.filter_file(str(tmp_path / "one.fits"), str(tmp_path / "out.fits"), masks, overwrite=True)
+    tm.gather_data(str(tmp_path / "one.fits"))
+    assert caplog.text == ""
