@@ -3921,8 +3921,13 @@ def _output_format(path, table_format=None):
     return by_extension
 
 
-def _read_table(path: str, fmt: str):
-    """Read a whole table with astropy; returns (table, read options). One-line errors."""
+def _read_table(path: str, fmt: str, names=()):
+    """Read a whole table with astropy; returns (table, read options). One-line errors.
+
+    In a text table, a repeat of a column of ``names`` (the event columns) is an
+    error: astropy's readers rename a repeated column NAME_1, which would leave
+    the choice between the two silent (FITS and Parquet readers refuse repeats).
+    """
     from astropy.table import Table
 
     read_options = {"format": fmt}
@@ -3936,6 +3941,12 @@ def _read_table(path: str, fmt: str):
             raise BadInputError(f"{path}: cannot read as a table ({fmt}: {_one_line(exc)})") from None
     if any("multiple tables are present" in str(warning.message) for warning in caught):
         log.warning("%s: holds more than one table; only the first is read (one table a file)", path)
+    if fmt.startswith("ascii"):
+        for name in names:
+            repeats = [other for other in table.colnames if re.fullmatch(re.escape(name) + r"_\d+", other)]
+            if name in table.colnames and repeats:
+                raise BadInputError(f"{path}: column {name!r} appears {len(repeats) + 1} times "
+                                    f"(astropy reads the repeats as {', '.join(repeats)}); which one is meant?")
     return table, read_options
 
 
@@ -4295,7 +4306,7 @@ def filter_file(input_path: str, output_path: str, masks: "TransientMasks", *,
                 return counts
         if in_format == out_format == "parquet":
             return _filter_parquet_stream(input_path, tmp, masks, names, drop_bad, chunk_rows)
-        table, read_options = _read_table(input_path, in_format)
+        table, read_options = _read_table(input_path, in_format, names)
         kept, counts = filter_table(table, masks, expnum_col=expnum_col, ccdnum_col=ccdnum_col,
                                     x_col=x_col, y_col=y_col, drop_bad=drop_bad, source=input_path)
         kept.meta.update((key, value) for key, value, _ in masks.provenance())
@@ -4768,7 +4779,7 @@ def _arrow_to_numpy(column, path, name):
 
 def _table_chunks(path, names, fmt):
     """Yield the four columns of any table astropy reads (read whole)."""
-    table, _ = _read_table(path, fmt)
+    table, _ = _read_table(path, fmt, names)
     names = resolve_columns(table.colnames, *names, source=path)
     yield None, tuple(table[name] for name in names)
 

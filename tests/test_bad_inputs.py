@@ -659,3 +659,16 @@ def test_parquet_text_or_bool_columns_with_nulls_are_not_numbers(tmp_path, monke
         assert tm.main(argv) == 2
         err = capsys.readouterr().err
         assert len(err.splitlines()) == 1 and "e.parquet: column 'CCDNUM' of type" in err and "is not numbers" in err
+
+
+def test_a_repeated_event_column_of_a_text_table_is_refused(tmp_path, monkeypatch, capsys, counts_file):
+    """Found by a second audit: astropy reads a repeated CSV column as CCDNUM_1 and the first was
+    used silently (FITS and Parquet readers refuse repeats). Other repeated columns are kept."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "dup.csv").write_text("EXPNUM,CCDNUM,XWIN_IMAGE,YWIN_IMAGE,CCDNUM\n350000,5,10.0,20.0,7\n")
+    for argv in (["--input", "dup.csv", "--counts", counts_file, "-o", "o.csv"], ["--gather", "dup.csv", "-o", "g.fits"]):
+        assert tm.main(argv) == 2
+        err = capsys.readouterr().err
+        assert "dup.csv: column 'CCDNUM' appears 2 times (astropy reads the repeats as CCDNUM_1)" in err
+    (tmp_path / "flux.csv").write_text("EXPNUM,CCDNUM,XWIN_IMAGE,YWIN_IMAGE,FLUX,FLUX\n350000,5,10.0,20.0,7,8\n")
+    assert tm.main(["--input", "flux.csv", "--counts", counts_file, "-o", "o.csv"]) == 0
