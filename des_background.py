@@ -578,6 +578,30 @@ class ImageFiles:
         return list(dict.fromkeys(getattr(self, role)[0] for role in ROLES))
 
 
+class _RepeatedKey(Exception):
+    """A key given twice in one YAML mapping (PyYAML would keep the last silently)."""
+
+
+def _unique_key_loader():
+    """PyYAML's safe loader, refusing a key repeated in a mapping (``ccdnum`` twice in an entry)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            keys = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if not isinstance(key, (str, int, float, bool)):  # unhashable keys: PyYAML refuses them
+                    continue
+                if key in keys:
+                    raise _RepeatedKey(f"line {key_node.start_mark.line + 1}: key {key!r} given twice "
+                                       f"in one mapping")
+                keys.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
+
+
 class PizzaInfo:
     """A pizza-cutter info file (YAML) of a coadd tile and band, checked as it is read.
 
@@ -622,7 +646,7 @@ class PizzaInfo:
         self.path = tm.check_input(os.fspath(path), "pizza-cutter info file")
         try:
             with open(self.path, encoding="utf-8") as stream:
-                info = yaml.safe_load(stream)
+                info = yaml.load(stream, Loader=_unique_key_loader())
         except UnicodeDecodeError:
             raise tm.BadInputError(f"{self.path}: not a text file (a pizza-cutter info YAML)") from None
         except yaml.YAMLError as exc:
@@ -630,6 +654,8 @@ class PizzaInfo:
             raise tm.BadInputError(f"{self.path}: not a readable YAML file ({first})") from None
         except OSError as exc:
             raise tm.BadInputError(f"{self.path}: cannot read ({exc.strerror or exc})") from None
+        except _RepeatedKey as exc:
+            raise tm.BadInputError(f"{self.path}: {exc}") from None
         except RecursionError:  # PyYAML's parser recurses once per level of nesting
             raise tm.BadInputError(f"{self.path}: not a readable YAML file (nested too deeply)") from None
         if not isinstance(info, dict) or not isinstance(info.get("src_info"), list):

@@ -907,6 +907,8 @@ BAD_INPUTS = [
      "binary.yaml: not a text file"),
     ("info bad YAML", write_bytes("syntax.yaml", b"src_info: [1, 2\n"), ["--info", "syntax.yaml", "--se_index", "0"],
      "syntax.yaml: not a readable YAML file"),
+    ("info key given twice", write_bytes("twice.yaml", b"src_info:\n- ccdnum: 57\n  ccdnum: 12\n"),
+     ["--info", "twice.yaml", "--se_index", "0"], "twice.yaml: line 3: key 'ccdnum' given twice in one mapping"),
     ("info nested too deeply", write_bytes("deep.yaml", b"[" * 5000 + b"]" * 5000),
      ["--info", "deep.yaml", "--se_index", "0"], "deep.yaml: not a readable YAML file (nested too deeply)"),
     ("info empty", write_bytes("empty.yaml", b""), ["--info", "empty.yaml", "--se_index", "0"],
