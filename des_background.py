@@ -173,7 +173,11 @@ def bits_value(names) -> int:
 
 
 def _ignore_value(ignore_bits) -> int:
-    return bits_value(ignore_bits) if isinstance(ignore_bits, str) else int(ignore_bits)
+    """``ignore_bits`` as an int: bit names, a list of them, or a non-negative integer below 2**63."""
+    if isinstance(ignore_bits, str) or (hasattr(ignore_bits, "__iter__")
+                                        and not isinstance(ignore_bits, np.ndarray)):
+        return bits_value(ignore_bits)
+    return tm._check_int("ignore_bits", ignore_bits, 0, np.iinfo(np.int64).max)
 
 
 def parse_se_index(text, n_images: int, where: str = "") -> list:
@@ -814,9 +818,9 @@ def _holds_integers(array) -> bool:
     return array.dtype.kind == "f" and bool(np.isfinite(array).all() and (np.trunc(array) == array).all())
 
 
-def _check_integer(array, path, ext, option):
+def _check_integer(array, path, ext, option, what="a bmask"):
     if not _holds_integers(array):
-        raise tm.BadInputError(f"{_show(path, ext)}: a bmask must hold integers ({array.dtype} values "
+        raise tm.BadInputError(f"{_show(path, ext)}: {what} must hold integers ({array.dtype} values "
                                f"that are not whole numbers; {option})")
 
 
@@ -938,6 +942,7 @@ class Coadd:
         """{role: array} of the three images in ``box`` = (y0, y1, x0, x1)."""
         arrays = {role: self._open.read(role, box) for role in COADD_ROLES}
         _check_integer(arrays["coadd_bmask"], *self.roles["coadd_bmask"], "--coadd_bmask")
+        _check_integer(arrays["coadd_seg"], *self.roles["coadd_seg"], "--coadd_seg", "a segmentation map")
         return arrays
 
     def close(self):
@@ -1063,7 +1068,8 @@ class BackgroundPixels:
         _same_shape(dict(zip(("coadd weight", "coadd bmask", "coadd seg"), coadd)))
         if se_weight.ndim != 2 or coadd[0].ndim != 2:
             raise tm.BadInputError("the SE and coadd images must be 2-d arrays")
-        for name, bmask in (("SE bmask", se_bmask), ("coadd bmask", coadd[1])):
+        for name, bmask in (("SE bmask", se_bmask), ("coadd bmask", coadd[1]),
+                            ("coadd segmentation map", coadd[2])):
             if not _holds_integers(bmask):
                 raise tm.BadInputError(f"the {name} must hold integers ({bmask.dtype} values that are "
                                        "not whole numbers)")

@@ -863,3 +863,12 @@ def test_des_background_bits_and_index_arguments():
     raises("bit name=5", db.bits_value, ["SUSPECT", 5])
     raises("n_images='3'", db.parse_se_index, "0", "3")
     assert db.bits_value(["SUSPECT", "streak"]) == db.bits_value("SUSPECT,STREAK")
+
+
+@pytest.mark.parametrize("ignore_bits, match", [(-1, "ignore_bits=-1"), (2.5, "ignore_bits=2.5"),
+                                                (None, "ignore_bits=None"), ("NOPE", "unknown DES mask bit")])
+def test_des_background_ignore_bits(ignore_bits, match):
+    import des_background as db
+
+    raises(match, db._ignore_value, ignore_bits)
+    assert db._ignore_value(["SUSPECT"]) == db._ignore_value("SUSPECT") == db._ignore_value(2048)
