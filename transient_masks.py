@@ -153,7 +153,7 @@ class _OneLineFormatter(logging.Formatter):
 
 
 #: A log record flagged with this attribute (``extra={_AFTER_SUCCESS: True}``) is
-#: shown by the command line only at the end of a run that succeeded.
+#: shown by the command line only at the end of a run that ended without an error.
 _AFTER_SUCCESS = "tm_after_success"
 
 
@@ -7073,7 +7073,8 @@ def run_cli(parser: argparse.ArgumentParser, run, argv=None, prog: str = None) -
     unexpected failure (one line naming the exception).  Temporary outputs are
     removed on every path (`atomic_output`).  The library loggers of the
     project's modules are shown on stderr while ``run`` runs, but for the
-    records flagged `_AFTER_SUCCESS`, shown at the end of a run that succeeded.
+    records flagged `_AFTER_SUCCESS` and the warnings of other libraries,
+    shown at the end of a run that ended without an error.
     """
     import signal
 
@@ -7093,9 +7094,18 @@ def run_cli(parser: argparse.ArgumentParser, run, argv=None, prog: str = None) -
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if in_main_thread else None
     try:
-        code = run(args)
-        for record in held.held if not code else ():
+        # Other libraries' warnings (astropy's about a file it reads) are held
+        # too, and said at the end as one line each: a bad input gets its
+        # one-line error alone (under pytest's filters they still raise).
+        # astropy's logger takes over warnings.showwarning when imported: first.
+        import astropy  # noqa: F401
+
+        with warnings.catch_warnings(record=True) as caught:
+            code = run(args)
+        for record in held.held:
             handler.emit(record)
+        for text in dict.fromkeys(f"{_one_line(item.message)} [{item.category.__name__}]" for item in caught):
+            log.warning("%s", text)
         return code
     except BadInputError as exc:
         print(f"{prog}: error: {_printable(exc)}", file=sys.stderr)

@@ -672,3 +672,20 @@ def test_a_repeated_event_column_of_a_text_table_is_refused(tmp_path, monkeypatc
         assert "dup.csv: column 'CCDNUM' appears 2 times (astropy reads the repeats as CCDNUM_1)" in err
     (tmp_path / "flux.csv").write_text("EXPNUM,CCDNUM,XWIN_IMAGE,YWIN_IMAGE,FLUX,FLUX\n350000,5,10.0,20.0,7,8\n")
     assert tm.main(["--input", "flux.csv", "--counts", counts_file, "-o", "o.csv"]) == 0
+
+
+@pytest.mark.filterwarnings("default::astropy.utils.exceptions.AstropyUserWarning")
+def test_other_libraries_warnings_come_after_the_run_as_one_line_each(tmp_path, monkeypatch, capsys, rng):
+    """astropy's own WARNING lines (here: zero padding after a count-map file) came before
+    a one-line error; they are said at the end of a run that ended without one."""
+    monkeypatch.chdir(tmp_path)
+    write_count_maps(tmp_path / "maps.fits", {"Y2E1": rng.poisson(3.0, size=(62, 256, 256)).astype(np.uint16)})
+    (tmp_path / "padded.fits").write_bytes((tmp_path / "maps.fits").read_bytes() + bytes(2880))
+    assert tm.main(["--epoch", "Y9", "--counts", "padded.fits"]) == 2
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "no epoch 'Y9'" in err, err
+    assert tm.main(["--epoch", "Y2E1", "--counts", "padded.fits", "-o", "m.fits"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("Y2E1: ") and err[1:] == [
+        "transient_masks: Unexpected extra padding at the end of the file.  This padding may not be preserved "
+        "when saving changes. [AstropyUserWarning]"], err
