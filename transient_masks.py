@@ -1332,9 +1332,13 @@ class CountMaps:
 
     def _epoch_name(self, header, index):
         where = f"{self.path}: HDU {index}"
-        name = _header_value(header, "EPOCH", where, _header_value(header, "EXTNAME", where))
+        extname = _header_value(header, "EXTNAME", where)
+        name = _header_value(header, "EPOCH", where, extname)
         if not name:
             raise BadInputError(f"{self.path}: HDU {index} has neither EPOCH nor EXTNAME")
+        if extname and str(extname).strip() != str(name).strip():  # both name the epoch in DES files
+            log.warning("%s: EPOCH = %r but EXTNAME = %r; the HDU is taken as epoch %s",
+                        where, str(name).strip(), str(extname).strip(), str(name).strip())
         return str(name).strip()
 
     @property

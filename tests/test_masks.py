@@ -1,5 +1,6 @@
 """Epoch table, count-map reading and the masking rule (EpochMask, TransientMasks)."""
 import gzip
+import logging
 import os
 import subprocess
 import sys
@@ -360,3 +361,14 @@ def test_overlapping_epochs_use_the_later_epochs_mask(tmp_path, rng):
     # 605900 is in both expnum ranges: Y4E2 (the later) decides.
     assert masks.apply([605900, 605900], [10, 10], x, y).tolist() == [False, True]
     assert masks.apply([600000, 600000], [10, 10], x, y).tolist() == [True, False]
+
+
+def test_an_hdu_whose_epoch_and_extname_disagree_is_warned_about(tmp_path, rng, caplog):
+    from astropy.io import fits
+
+    hdu = fits.ImageHDU(poisson_cube(rng, 2.0).astype(np.uint16), name="Y6")
+    hdu.header.update(EPOCH="Y2E1", MIN_EXP=345031, MAX_EXP=382973)
+    fits.HDUList([fits.PrimaryHDU(), hdu]).writeto(tmp_path / "maps.fits")
+    caplog.set_level(logging.WARNING, logger="transient_masks")
+    assert tm.CountMaps(str(tmp_path / "maps.fits")).epochs == ["Y2E1"]
+    assert "HDU 1: EPOCH = 'Y2E1' but EXTNAME = 'Y6'; the HDU is taken as epoch Y2E1" in caplog.text
