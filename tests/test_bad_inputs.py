@@ -419,6 +419,16 @@ def test_corrupt_gzip_catalog_in_gather_is_an_error(tmp_path, monkeypatch, capsy
     assert sorted(os.listdir(tmp_path)) == ["cut.fits.gz"]
 
 
+def _refused_in_one_line(directory, capsys, cases):
+    """Each (argv, text) of ``cases``: exit 2, one line on stderr holding the text, nothing written."""
+    before = sorted(os.listdir(directory))
+    for argv, said in cases:
+        assert tm.main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and said in err, (argv, err)
+    assert sorted(os.listdir(directory)) == before
+
+
 def test_damaged_tables_and_ambiguous_names_are_bad_input(tmp_path, monkeypatch, capsys, rng):
     """Found by an audit: each was a traceback, or a file silently taken one way."""
     import pyarrow as pa
@@ -449,12 +459,7 @@ def test_damaged_tables_and_ambiguous_names_are_bad_input(tmp_path, monkeypatch,
     _events(rng).write("events.fits")
     cases.append((["--gather", "events.fits", "-o", "m.fits", "--chunk_rows", "99999999999999999999"],
                   "at most 1073741824 rows a chunk"))
-    before = sorted(os.listdir(tmp_path))
-    for argv, said in cases:
-        assert tm.main(argv) == 2, argv
-        err = capsys.readouterr().err
-        assert len(err.splitlines()) == 1 and said in err, (argv, err)
-    assert sorted(os.listdir(tmp_path)) == before
+    _refused_in_one_line(tmp_path, capsys, cases)
     with pytest.raises(tm.BadInputError, match="chunk_rows=.*must be in 1..1073741824"):
         tm.gather_data("events.fits", chunk_rows=1 << 40)
 
@@ -576,12 +581,7 @@ def test_empty_names_bad_ccds_and_outputs_named_as_other_formats_are_refused_fir
         (["--gather", "events.fits", "-o", "maps.fits.bz2"], "maps.fits.bz2: count maps are written as FITS"),
         (["--gather", "events.fits", "-o", "maps.parquet"], "maps.parquet: count maps are written as FITS"),
     ]
-    before = sorted(os.listdir(tmp_path))
-    for argv, said in cases:
-        assert tm.main(argv) == 2, argv
-        err = capsys.readouterr().err
-        assert len(err.splitlines()) == 1 and said in err, (argv, err)
-    assert sorted(os.listdir(tmp_path)) == before
+    _refused_in_one_line(tmp_path, capsys, cases)
 
 
 def test_output_format_follows_the_output_extension_over_format(tmp_path, monkeypatch, counts_file, rng):
