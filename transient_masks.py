@@ -5150,6 +5150,36 @@ def _several_inputs(inputs) -> bool:
         bool(_GLOB_CHARS & set(inputs[0])) and not os.path.exists(inputs[0]))
 
 
+@contextlib.contextmanager
+def _held_warnings():
+    """The warnings this thread logs while the block runs, held as texts, not shown.
+
+    A Dask task returns them with its result, and the client says them once
+    each (a worker's own log is not shown; several workers say the same).
+    """
+    held, thread = [], threading.get_ident()
+
+    class Hold(logging.Filter):
+        def filter(self, record) -> bool:
+            if record.thread == thread and record.levelno >= logging.WARNING:
+                held.append(record.getMessage())
+                return False
+            return True
+
+    hold = Hold()
+    log.addFilter(hold)
+    try:
+        yield held
+    finally:
+        log.removeFilter(hold)
+
+
+def _say_warnings(texts):
+    """Log the warnings held by tasks (`_held_warnings`), each text once."""
+    for text in dict.fromkeys(texts):
+        log.warning("%s", text)
+
+
 class _MapsInfo:
     """What masks on a worker need of a `CountMaps`: its path, demo flag and epochs."""
 
@@ -5175,7 +5205,7 @@ class _ShippedMasks(TransientMasks):
         self.__dict__.update(vars(masks))
         self.maps = _MapsInfo(masks.maps)
         self._masks = {epoch: _CellMask(masks.mask_for(epoch)) for epoch in masks.maps.epochs}
-        self._warned = set()
+        self._warned = set(masks._warned)  # what these masks have said already is not said again
 
 
 class _CountPartial:
@@ -5194,16 +5224,18 @@ class _CountPartial:
         self.clipped = {}  # epoch index -> flat cells whose count passed 65535
         self.files = []  # (partition number, name, rows read, bad rows), for the log
         self.cards = []  # (partition number, SIM* header cards) of the first file with some
+        self.warnings = []  # what the tasks logged as warnings (see _held_warnings)
 
     @classmethod
-    def of(cls, accumulator, files, cards=()):
+    def of(cls, accumulator, files, cards=(), warnings=()):
         """The partial of a partition binned into ``accumulator``.
 
         ``files``: (partition number, name, rows read, bad rows) of what it
         read; ``cards``: (partition number, SIM* header cards) of the first
-        file with some, or empty.
+        file with some, or empty; ``warnings``: what the task logged.
         """
         part = cls()
+        part.warnings = list(warnings)
         part.n_read, part.n_bad, part.n_no_epoch = accumulator.n_read, accumulator.n_bad, accumulator.n_no_epoch
         for index, total in accumulator.totals.items():
             ccds, packed, over = _pack_counts(total.reshape(N_CCD, _MAP_CELLS))
@@ -5232,6 +5264,7 @@ class _CountPartial:
                 total.n_events[index] = total.n_events.get(index, 0) + n_events
             total.files.extend(part.files)
             total.cards.extend(part.cards)
+            total.warnings.extend(part.warnings)
         total.files.sort(key=lambda item: item[0])
         total.cards = sorted(total.cards, key=lambda item: item[0])[:1]
         for index in sorted({index for part in parts for index in part.blocks}):
@@ -5325,21 +5358,23 @@ def _gather_partition(items, lookup, n_epochs, names, chunk_rows, table_format):
     """Dask task: the partial counts of a run of catalog files, given as ``(number, path)`` items."""
     accumulator = _CountAccumulator(n_epochs)
     files, cards = [], []
-    for number, path in items:
-        n_read, n_bad = accumulator.n_read, accumulator.n_bad
-        file_cards = _gather_file(accumulator, lookup, path, names, chunk_rows, table_format)
-        files.append((number, path, accumulator.n_read - n_read, accumulator.n_bad - n_bad))
-        if file_cards and not cards:
-            cards = [(number, file_cards)]
-    return [_CountPartial.of(accumulator, files, cards)]
+    with _held_warnings() as said:
+        for number, path in items:
+            n_read, n_bad = accumulator.n_read, accumulator.n_bad
+            file_cards = _gather_file(accumulator, lookup, path, names, chunk_rows, table_format)
+            files.append((number, path, accumulator.n_read - n_read, accumulator.n_bad - n_bad))
+            if file_cards and not cards:
+                cards = [(number, file_cards)]
+    return [_CountPartial.of(accumulator, files, cards, said)]
 
 
 def _gather_frame_partition(frame, number, lookup, n_epochs, names, chunk_rows):
     """Dask task: the partial counts of one partition of a DataFrame."""
     accumulator = _CountAccumulator(n_epochs)
     source = f"DataFrame partition {number}"
-    _add_events(accumulator, lookup, _frame_columns(frame, names), names, source, chunk_rows)
-    return [_CountPartial.of(accumulator, [(number, source, accumulator.n_read, accumulator.n_bad)])]
+    with _held_warnings() as said:
+        _add_events(accumulator, lookup, _frame_columns(frame, names), names, source, chunk_rows)
+    return [_CountPartial.of(accumulator, [(number, source, accumulator.n_read, accumulator.n_bad)], (), said)]
 
 
 def _file_tasks(client, n_files) -> int:
@@ -5389,13 +5424,15 @@ def _gather_dask(catalogs, client, lookup, n_epochs, names, chunk_rows, table_fo
         _CountPartial.merge, _CountPartial.merge, split_every=_SPLIT_EVERY)
         for group in np.array_split(np.arange(len(parts)), min(_SPLIT_EVERY, len(parts)))]
     accumulator = _CountAccumulator(n_epochs)
-    files, cards = [], []
+    files, cards, said = [], [], []
     for partial_counts in _compute_each(client, trees, progress):  # each root as soon as it is ready
         partial_counts.add_to(accumulator)
         files.extend(partial_counts.files)
         cards.extend(partial_counts.cards)
+        said.extend(partial_counts.warnings)
     for _, name, n_read, n_bad in sorted(files, key=lambda item: item[0]):
         _log_rows_read(name, n_read, n_bad)
+    _say_warnings(said)
     cards = sorted(cards, key=lambda item: item[0])
     return accumulator, (cards[0][1] if cards else [])
 
@@ -5407,18 +5444,21 @@ def _add_filter_counts(total: FilterCounts, part: FilterCounts) -> None:
 
 
 def _filter_partition(path, output, masks, options):
-    """Dask task: `filter_file` of one input file; (counts, epochs warned about)."""
-    return filter_file(path, output, masks, **options), sorted(masks._warned)
+    """Dask task: `filter_file` of one input file; (counts, the warnings it logged, epochs warned about)."""
+    with _held_warnings() as said:
+        counts = filter_file(path, output, masks, **options)
+    return counts, said, sorted(masks._warned)
 
 
 def _filter_frame_partition(frame, number, output, masks, names, drop_bad):
-    """Dask task: the kept rows of one DataFrame partition written as Parquet; (counts, warned)."""
+    """Dask task: one DataFrame partition's kept rows written as Parquet; as `_filter_partition` returns."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     from astropy.table import Table, meta
 
     source = f"DataFrame partition {number}"
-    codes = _classify_rows(masks, *_event_values(_frame_columns(frame, names), names, source))
+    with _held_warnings() as said:
+        codes = _classify_rows(masks, *_event_values(_frame_columns(frame, names), names, source))
     kept = _keep(codes, masks.keep_no_epoch)
     counts = FilterCounts()
     counts.add(codes, kept)
@@ -5432,7 +5472,7 @@ def _filter_frame_partition(frame, number, output, masks, names, drop_bad):
     metadata = dict(table.schema.metadata or {})
     metadata[b"table_meta_yaml"] = "\n".join(meta.get_yaml_from_table(header)).encode()
     pq.write_table(table.replace_schema_metadata(metadata), output)
-    return counts, sorted(masks._warned)
+    return counts, said, sorted(masks._warned)
 
 
 def _numpy_type(arrow_type):
@@ -5520,7 +5560,7 @@ def filter_files(inputs, output_dir: str, masks: TransientMasks, *, client=None,
         for name in writers:  # workers never make directories (see _atomic_directory)
             os.makedirs(os.path.dirname(os.path.join(tmp, name)), exist_ok=True)
         if client is None and not frame:
-            results = [(filter_file(path, os.path.join(tmp, name), masks, **options), [])
+            results = [(filter_file(path, os.path.join(tmp, name), masks, **options), [], [])
                        for path, name in _progress(files, progress, "files")]
         else:
             import dask
@@ -5538,11 +5578,10 @@ def filter_files(inputs, output_dir: str, masks: TransientMasks, *, client=None,
                          for path, name in files]
             results = _compute(client, tasks, progress)
     total = FilterCounts()
-    for counts, _ in results:
+    for counts, _, warned in results:
         _add_filter_counts(total, counts)
-    for epoch in sorted({epoch for _, warned in results for epoch in warned} - masks._warned):
-        log.warning("%s: no count map for epoch %s; its events count as in no epoch", masks.maps.path, epoch)
-        masks._warned.add(epoch)
+        masks._warned.update(warned)  # said once for these masks, as in this process
+    _say_warnings(text for _, said, _ in results for text in said)
     return total
 
 

@@ -509,3 +509,29 @@ def test_progress_bars_go_to_stderr(tmp_path, client, rng, monkeypatch, capsys):
     out, err = capsys.readouterr()
     assert out == "" and "100% Completed" in err  # Dask's own bar
     assert serial.summary() == parallel.summary() and counts.read == 3000
+
+
+def test_warnings_of_the_workers_are_said_once_by_the_client(tmp_path, client, rng, caplog):
+    """A worker's own log is not shown: the warnings its tasks log come back with their results,
+    each said once (here: files holding a second table, events of an epoch with no count map)."""
+    tables = [events(rng, 300) for _ in range(4)]
+    for table in tables[:2]:
+        table["EXPNUM"][:10] = 480000  # Y3E1: no map in the demo file
+    directory = tmp_path / "in"
+    directory.mkdir()
+    paths = []
+    for i, table in enumerate(tables):
+        paths.append(str(directory / f"part{i}.fits"))
+        fits.HDUList([fits.PrimaryHDU(), fits.table_to_hdu(table), fits.table_to_hdu(table[:5])]).writeto(paths[-1])
+    said = {}
+    for run, kwargs in [("serial", {}), ("parallel", {"client": client})]:
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="transient_masks"):
+            tm.gather_data(paths, str(tmp_path / f"{run}.fits"), **kwargs)
+            masks = tm.TransientMasks(DEMO)  # (each TransientMasks says a missing map once)
+            tm.filter_files(paths, str(tmp_path / f"{run}_out"), masks, **kwargs)
+            tm.filter_files(paths, str(tmp_path / f"{run}_again"), masks, **kwargs)
+        said[run] = sorted(r.getMessage() for r in caplog.records)
+    assert said["parallel"] == said["serial"]
+    assert sum("only that table is read" in text for text in said["serial"]) == 12  # 4 files, read 3 times
+    assert sum("no count map for epoch Y3E1" in text for text in said["parallel"]) == 1
