@@ -3937,6 +3937,10 @@ def _read_table(path: str, fmt: str, names=()):
     read_options = {"format": fmt}
     if fmt == "hdf5":
         read_options["path"] = _first_hdf5_table(path)
+    if fmt.startswith("ascii"):
+        with open(path, "rb") as stream:
+            if stream.read(3) == b"\xef\xbb\xbf":  # a UTF-8 byte-order mark (spreadsheets write one)
+                read_options["encoding"] = "utf-8-sig"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", category=_astropy_warning())  # units, meta: not errors here
         try:

@@ -689,3 +689,12 @@ def test_other_libraries_warnings_come_after_the_run_as_one_line_each(tmp_path, 
     assert err[0].startswith("Y2E1: ") and err[1:] == [
         "transient_masks: Unexpected extra padding at the end of the file.  This padding may not be preserved "
         "when saving changes. [AstropyUserWarning]"], err
+
+
+def test_a_csv_starting_with_a_byte_order_mark_is_read(tmp_path, counts_file):
+    """Spreadsheets write a UTF-8 BOM: the first column was read as '\\ufeffEXPNUM' (no column EXPNUM)."""
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbfEXPNUM,CCDNUM,XWIN_IMAGE,YWIN_IMAGE\n350000,5,10.0,20.0\n")
+    assert tm.gather_data(str(path)).n_binned == 1
+    counts = tm.filter_file(str(path), str(tmp_path / "out.csv"), tm.TransientMasks(counts_file))
+    assert counts.read == 1 and Table.read(tmp_path / "out.csv").colnames[0] == "EXPNUM"
