@@ -50,6 +50,7 @@ import os
 import re
 import sys
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -138,6 +139,79 @@ _REASON_OF_FAILURES = np.array([0] + [(b & -b).bit_length() for b in range(1, 1 
 
 class MappingError(RuntimeError):
     """The interpolated SE -> coadd map disagrees with the exact one."""
+
+
+# ---- Argument checks
+# The public names check their arguments on the way in (with the helpers of
+# transient_masks), so that a bad one is a one-line BadInputError naming it and
+# its value, never a TypeError, AttributeError or MemoryError from deep inside.
+
+#: Longest side of an SE image whose arrays are made here (`se_to_coadd`,
+#: `nearest_coadd_pixel`): twice the long side of a DECam CCD (4096 x 2048).
+MAX_SE_SIDE = 2 * tm.CCD_NY
+_SE_SIDE_WHY = f" (twice the long side of a DECam CCD, {tm.CCD_NY} x {tm.CCD_NX})"
+#: Longest sides of `write_example_tile`'s images: an SE image up to a CCD's
+#: long side, a coadd up to a DES tile (10000 x 10000); its default coadd is
+#: about twice the SE image's long side.
+_EXAMPLE_SE_SIDE, _EXAMPLE_COADD_SIDE = tm.CCD_NY, 10000
+
+
+def _check_shape(name, shape, lo=1, hi=None, why=""):
+    """An image shape (ny, nx): two integers in ``lo..hi`` (``why``: what the bound is)."""
+    shape = tm._check_int_tuple(name, shape, 2, lo=lo)
+    if hi is not None and max(shape) > hi:
+        raise tm.BadInputError(f"{name}={shape}: each side must be at most {hi} pixels{why}")
+    return shape
+
+
+def _check_wcs(name, wcs):
+    """A 2-d astropy WCS (the SE -> coadd map calls its pixel <-> sky methods)."""
+    from astropy.wcs import WCS
+
+    if not isinstance(wcs, WCS) or wcs.naxis != 2:
+        raise tm.BadInputError(f"{name}={tm._describe_value(wcs)}: must be a 2-d astropy.wcs.WCS")
+    return wcs
+
+
+def _check_map_options(grid_step, n_check=N_CHECK, tolerance=MAP_TOLERANCE):
+    """(grid_step, n_check, tolerance) of the SE -> coadd map, checked."""
+    grid_step = tm._check_int("grid_step", grid_step, 1)
+    # More random checks than the pixels of a CCD prove nothing more, and cost memory.
+    n_check = tm._check_int("n_check", n_check, 0, tm.CCD_NY * tm.CCD_NX)
+    # inf is taken (no check); NaN would fail every map.
+    if (isinstance(tolerance, (bool, np.bool_)) or not isinstance(tolerance, (int, float, np.integer, np.floating))
+            or not tolerance >= 0):
+        raise tm.BadInputError(f"tolerance={tm._describe_value(tolerance)}: must be a number >= 0 (coadd pixels)")
+    return grid_step, n_check, float(tolerance)
+
+
+def _optional_int(name, value):
+    """None, or an integer (a whole float is taken; not a str or bool)."""
+    return None if value is None else tm._check_int(name, value)
+
+
+def _check_masks(transient_masks):
+    """None, or a `transient_masks.TransientMasks` (not the count-map file: open it first)."""
+    if transient_masks is not None and not isinstance(transient_masks, tm.TransientMasks):
+        raise tm.BadInputError(f"transient_masks={tm._describe_value(transient_masks)}: must be a "
+                               "transient_masks.TransientMasks or None")
+    return transient_masks
+
+
+def _check_image_files(name, files):
+    """An `ImageFiles` (a path alone does not say which HDUs are which)."""
+    if not isinstance(files, ImageFiles):
+        raise tm.BadInputError(f"{name}={tm._describe_value(files)}: must be an ImageFiles "
+                               "(e.g. PizzaInfo(path).files(index))")
+    return files
+
+
+def _check_plain_name(name, value, pattern, what):
+    """A name that goes into file names and FITS headers: ``pattern`` (ASCII), at most 64 characters."""
+    tm._check_str(name, value)
+    if len(value) > 64 or not re.fullmatch(pattern, value):
+        raise tm.BadInputError(f"{name}={tm._describe_value(value)}: must be a plain name ({what})")
+    return value
 
 
 # ---- Pure functions
@@ -233,9 +307,14 @@ def output_name(expnum=None, ccdnum=None, band=None, se_path: str = "",
     >>> output_name(232321, 57, None, "data/se_image.fits.fz")
     'se_image_goodbkg.fits'
     """
-    if expnum is not None and ccdnum is not None and band and re.fullmatch(r"[A-Za-z0-9]+", str(band)):
-        return f"D{int(expnum):08d}_{band}_c{int(ccdnum):02d}{suffix}"
-    stem = os.path.basename(se_path)
+    expnum, ccdnum = _optional_int("expnum", expnum), _optional_int("ccdnum", ccdnum)
+    band, suffix = tm._check_str("band", band, optional=True), tm._check_str("suffix", suffix)
+    if expnum is not None and ccdnum is not None and band and re.fullmatch(r"[A-Za-z0-9]+", band):
+        return f"D{expnum:08d}_{band}_c{ccdnum:02d}{suffix}"
+    if se_path is None or (isinstance(se_path, str) and not se_path):
+        raise tm.BadInputError(f"se_path={se_path!r}: the SE image's path is needed when expnum, ccdnum "
+                               "and band (a plain name) are not all given")
+    stem = os.path.basename(tm._check_path("se_path", se_path))
     return stem[: len(stem) - len(tm._suffix(stem))] + suffix
 
 
@@ -401,7 +480,11 @@ def se_to_coadd(se_wcs, coadd_wcs, shape, *, grid_step: int = GRID_STEP, n_check
     >>> round(float(coadd_x[5, 7]), 6), round(float(coadd_y[5, 7]), 6), error < 1e-6
     (7.0, 5.0, True)
     """
-    mapping = _SeToCoadd(se_wcs, coadd_wcs, shape, grid_step, n_check, tolerance, seed)
+    se_wcs, coadd_wcs = _check_wcs("se_wcs", se_wcs), _check_wcs("coadd_wcs", coadd_wcs)
+    shape = _check_shape("shape", shape, 2, MAX_SE_SIDE, _SE_SIDE_WHY)
+    grid_step, n_check, tolerance = _check_map_options(grid_step, n_check, tolerance)
+    mapping = _SeToCoadd(se_wcs, coadd_wcs, shape, grid_step, n_check, tolerance,
+                         tm._check_int("seed", seed, 0))
     coadd_x, coadd_y = mapping.positions(0, mapping.shape[0])
     return coadd_x, coadd_y, mapping.error
 
@@ -432,8 +515,12 @@ def nearest_coadd_pixel(se_wcs, coadd_wcs, se_shape, coadd_shape, *, grid_step: 
     >>> int(on_coadd.sum()), int(iy[39, 0])
     (600, 19)
     """
+    se_wcs, coadd_wcs = _check_wcs("se_wcs", se_wcs), _check_wcs("coadd_wcs", coadd_wcs)
+    se_shape = _check_shape("se_shape", se_shape, 2, MAX_SE_SIDE, _SE_SIDE_WHY)
+    # The indices are int32.
+    n_y, n_x = _check_shape("coadd_shape", coadd_shape, 1, np.iinfo(np.int32).max)
+    grid_step, n_check, tolerance = _check_map_options(grid_step, n_check, tolerance)
     mapping = _SeToCoadd(se_wcs, coadd_wcs, se_shape, grid_step, n_check, tolerance)
-    n_y, n_x = coadd_shape
     coadd_iy = np.empty(mapping.shape, dtype=np.int32)
     coadd_ix = np.empty(mapping.shape, dtype=np.int32)
     on_coadd = np.empty(mapping.shape, dtype=bool)
@@ -514,12 +601,15 @@ def _hdu_key(value, where):
     return value
 
 
-def _as_path_ext(value):
-    """(path, ext) from ``"path[ext]"``, ``"path"`` or a (path, ext) pair."""
+def _as_path_ext(value, name):
+    """(path, ext) from ``"path[ext]"``, ``"path"`` or a (path, ext) pair; ``name``: the argument's."""
     if isinstance(value, (str, os.PathLike)):
-        return _parse_path_ext(os.fspath(value))
-    path, ext = value
-    return os.fspath(path), None if ext is None else _hdu_key(ext, os.fspath(path))
+        return _parse_path_ext(tm._check_path(name, value))
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise tm.BadInputError(f"{name}={tm._describe_value(value)}: must be a path, 'path[ext]' or a "
+                               "(path, ext) pair")
+    path = tm._check_path(name, value[0])
+    return path, None if value[1] is None else _hdu_key(value[1], path)
 
 
 def _show(path, ext):
@@ -561,7 +651,12 @@ class ImageFiles:
 
     def __post_init__(self):
         for role in ROLES:
-            setattr(self, role, _as_path_ext(getattr(self, role)))
+            setattr(self, role, _as_path_ext(getattr(self, role), role))
+        # Types only: an EXPNUM or CCDNUM out of range is refused by the cut that uses it, naming the image.
+        self.expnum, self.ccdnum = _optional_int("expnum", self.expnum), _optional_int("ccdnum", self.ccdnum)
+        self.band = tm._check_str("band", self.band, optional=True)
+        self.index = tm._check_int("index", self.index, 0)
+        self.source = tm._check_str("source", self.source)
 
     @classmethod
     def from_info(cls, info_path: str, se_index: int) -> "ImageFiles":
@@ -647,7 +742,7 @@ class PizzaInfo:
     def __init__(self, path: str):
         import yaml
 
-        self.path = tm.check_input(os.fspath(path), "pizza-cutter info file")
+        self.path = tm.check_input(tm._check_path("path", path), "pizza-cutter info file")
         try:
             with open(self.path, encoding="utf-8") as stream:
                 info = yaml.load(stream, Loader=_unique_key_loader())
@@ -678,6 +773,7 @@ class PizzaInfo:
 
     def files(self, index: int) -> ImageFiles:
         """The checked files of SE image ``index`` of ``src_info``."""
+        index = tm._check_int("index", index)
         if not 0 <= index < self.n_images:
             raise tm.BadInputError(f"{self.path}: se_index {index} out of range "
                                    f"(src_info has {self.n_images} entries, 0..{self.n_images - 1})")
@@ -919,7 +1015,8 @@ class Coadd:
     """
 
     def __init__(self, weight: "str | tuple", bmask: "str | tuple", seg: "str | tuple"):
-        self.roles = dict(zip(COADD_ROLES, (_as_path_ext(value) for value in (weight, bmask, seg))))
+        self.roles = dict(zip(COADD_ROLES, (_as_path_ext(value, name) for name, value
+                                            in (("weight", weight), ("bmask", bmask), ("seg", seg)))))
         self._open = _OpenFiles(self.roles)
         try:
             self.shape = self._open.check("coadd")
@@ -936,10 +1033,12 @@ class Coadd:
 
     def box(self, se_wcs, se_shape) -> "tuple | None":
         """The part (y0, y1, x0, x1) of the coadd under an SE image, or None when off the coadd."""
-        return _coadd_box(se_wcs, self.wcs, se_shape, self.shape)
+        return _coadd_box(_check_wcs("se_wcs", se_wcs), self.wcs, _check_shape("se_shape", se_shape),
+                          self.shape)
 
     def cutout(self, box) -> dict:
         """{role: array} of the three images in ``box`` = (y0, y1, x0, x1)."""
+        box = tm._check_int_tuple("box", box, 4, lo=0)
         arrays = {role: self._open.read(role, box) for role in COADD_ROLES}
         _check_integer(arrays["coadd_bmask"], *self.roles["coadd_bmask"], "--coadd_bmask")
         _check_integer(arrays["coadd_seg"], *self.roles["coadd_seg"], "--coadd_seg", "a segmentation map")
@@ -1058,16 +1157,29 @@ class BackgroundPixels:
                  transient_mask=None, ignore_bits=0, se_image=None, coadd_shape=None,
                  coadd_offset=(0, 0), grid_step: int = GRID_STEP, n_check: int = N_CHECK,
                  tolerance: float = MAP_TOLERANCE):
-        se_weight, se_bmask = np.asarray(se_weight), np.asarray(se_bmask)
-        coadd = [np.asarray(a) for a in (coadd_weight, coadd_bmask, coadd_seg)]
+        se_wcs, coadd_wcs = _check_wcs("se_wcs", se_wcs), _check_wcs("coadd_wcs", coadd_wcs)
+        se_weight, se_bmask = (tm._numeric_array(name, value, "iufb") for name, value
+                               in (("se_weight", se_weight), ("se_bmask", se_bmask)))
+        coadd = [tm._numeric_array(name, value, "iufb") for name, value in (
+            ("coadd_weight", coadd_weight), ("coadd_bmask", coadd_bmask), ("coadd_seg", coadd_seg))]
         if transient_mask is not None:
-            transient_mask = np.asarray(transient_mask, dtype=bool)
+            transient_mask = tm._numeric_array("transient_mask", transient_mask, "biuf").astype(bool, copy=False)
+        if se_image is not None:
+            se_image = tm._numeric_array("se_image", se_image, "iufb")
+        for name, array in (("se_weight", se_weight), ("coadd_weight", coadd[0])):
+            if array.ndim != 2:
+                raise tm.BadInputError(f"{name}={tm._describe_value(array)}: the SE and coadd images must be "
+                                       "2-d arrays")
         _same_shape({"SE weight": se_weight, "SE bmask": se_bmask}
-                    | ({"SE image": np.asarray(se_image)} if se_image is not None else {})
+                    | ({"SE image": se_image} if se_image is not None else {})
                     | ({"transient mask": transient_mask} if transient_mask is not None else {}))
         _same_shape(dict(zip(("coadd weight", "coadd bmask", "coadd seg"), coadd)))
-        if se_weight.ndim != 2 or coadd[0].ndim != 2:
-            raise tm.BadInputError("the SE and coadd images must be 2-d arrays")
+        if min(se_weight.shape) < 2:  # the SE -> coadd map's spline needs two points a side
+            raise tm.BadInputError(f"se_weight={tm._describe_value(se_weight)}: the SE image must be at least "
+                                   "2 x 2 pixels")
+        coadd_shape = None if coadd_shape is None else _check_shape("coadd_shape", coadd_shape)
+        coadd_offset = tm._check_int_tuple("coadd_offset", coadd_offset, 2, lo=0)
+        grid_step, n_check, tolerance = _check_map_options(grid_step, n_check, tolerance)
         for name, bmask in (("SE bmask", se_bmask), ("coadd bmask", coadd[1]),
                             ("coadd segmentation map", coadd[2])):
             if not _holds_integers(bmask):
@@ -1078,7 +1190,7 @@ class BackgroundPixels:
         self.ignore_bits = int(~keep)
         self.shape = se_weight.shape
         self.transient_cut = transient_mask is not None
-        coadd_shape = coadd[0].shape if coadd_shape is None else tuple(int(n) for n in coadd_shape)
+        coadd_shape = coadd[0].shape if coadd_shape is None else coadd_shape
         self.overlaps = _coadd_box(se_wcs, coadd_wcs, self.shape, coadd_shape) is not None
         mapping = lookup = None
         if self.overlaps:
@@ -1183,6 +1295,15 @@ class BackgroundPixels:
         extra_cards : iterable of (key, value, comment)
             More provenance for the primary header.
         """
+        tm._check_path("path", path)
+        if header is not None and not hasattr(header, "cards"):
+            raise tm.BadInputError(f"header={tm._describe_value(header)}: must be an astropy.io.fits.Header")
+        if isinstance(extra_cards, (str, dict)) or not hasattr(extra_cards, "__iter__"):
+            raise tm.BadInputError(f"extra_cards={tm._describe_value(extra_cards)}: must be a list of "
+                                   "(key, value, comment)")
+        # (key, value) pairs are taken too, with no comment.
+        extra_cards = tm._header_cards([(*card, "") if isinstance(card, (tuple, list)) and len(card) == 2
+                                        else card for card in extra_cards])
         with tm.atomic_output(path, overwrite=overwrite, inputs=inputs) as tmp:
             self._write_fits(tmp, header, extra_cards)
         return path
@@ -1212,6 +1333,9 @@ class BackgroundPixels:
         from matplotlib.colors import BoundaryNorm, ListedColormap
         from matplotlib.figure import Figure
         from matplotlib.patches import Patch
+
+        path = _check_picture_path("path", path)
+        title = tm._check_str("title", title)
 
         n_y, n_x = self.shape
         factor = max(1, -(-max(n_y, n_x) // PICTURE_SIDE))
@@ -1250,6 +1374,18 @@ class BackgroundPixels:
             with tm.atomic_output(path, overwrite=overwrite, inputs=inputs) as tmp:
                 _save_picture(figure, tmp, path)
         return figure
+
+
+def _check_picture_path(name, path):
+    """None, or a path whose extension (none: PNG) names a format matplotlib writes."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    path = tm._check_path(name, path, optional=True)
+    extension = os.path.splitext(path or "")[1][1:].lower()
+    if extension and extension not in FigureCanvasBase.get_supported_filetypes():
+        raise tm.BadInputError(f"{name}={path!r}: not a picture format matplotlib writes "
+                               f"({', '.join(PICTURE_FORMATS)}, ...)")
+    return path
 
 
 def _save_picture(figure, tmp, path):
@@ -1459,6 +1595,12 @@ def good_background(files: ImageFiles, *, transient_masks=None, ignore_bits=0,
     ...
     transient_masks.BadInputError: se.fits: FITS image for --se_image not found
     """
+    files, transient_masks = _check_image_files("files", files), _check_masks(transient_masks)
+    grid_step = tm._check_int("grid_step", grid_step, 1)
+    if coadd is not None and not isinstance(coadd, Coadd):
+        raise tm.BadInputError(f"coadd={tm._describe_value(coadd)}: must be a Coadd, or None (open the coadd "
+                               "products of files)")
+    read_se_image = tm._check_flag("read_se_image", read_se_image)
     ignore = _ignore_value(ignore_bits)
     own = coadd is None
     if own:
@@ -1517,7 +1659,15 @@ def write_outputs(pixels, fits_path: str, png_path: str = None, *, overwrite: bo
     both files appear together: if drawing the picture fails, neither does.
     Returns the paths written.
     """
-    inputs = pixels.files.paths() if inputs is None else list(inputs)
+    # The provenance comes from the files good_background read (arrays alone have none).
+    if not isinstance(pixels, BackgroundPixels) or not hasattr(pixels, "files"):
+        raise tm.BadInputError(f"pixels={tm._describe_value(pixels)}: must be the BackgroundPixels of "
+                               "good_background (of files)")
+    tm._check_path("fits_path", fits_path)
+    if not (isinstance(png_path, str) and not png_path):  # '': no picture, as None
+        _check_picture_path("png_path", png_path)
+    overwrite = tm._check_flag("overwrite", overwrite)
+    inputs = pixels.files.paths() if inputs is None else tm._path_list("inputs", inputs)
     paths = [("the output image", fits_path)] + ([("the picture", png_path)] if png_path else [])
     _check_outputs(paths, overwrite=overwrite, inputs=inputs)
     with contextlib.ExitStack() as stack:
@@ -1792,8 +1942,25 @@ def iter_good_background(images, *, transient_masks=None, ignore_bits=0, output_
     >>> summary_table([]).colnames[:6]
     ['INDEX', 'LABEL', 'SE_IMAGE', 'SE_WEIGHT', 'SE_BMASK', 'OUTPUT']
     """
+    # Checked now, not at the first result: a generator would run none of this before.
+    if isinstance(images, (str, bytes, os.PathLike)) or not hasattr(images, "__iter__"):
+        raise tm.BadInputError(f"images={tm._describe_value(images)}: must be a list of ImageFiles "
+                               "(e.g. PizzaInfo(path).images('all'))")
+    images = [_check_image_files(f"images[{k}]", files) for k, files in enumerate(images)]
+    transient_masks = _check_masks(transient_masks)
     ignore = _ignore_value(ignore_bits)
-    images = list(images)
+    output_dir = tm._check_path("output_dir", output_dir, optional=True)
+    png, overwrite, progress = (tm._check_flag(name, value) for name, value in
+                                (("png", png), ("overwrite", overwrite), ("progress", progress)))
+    tm._check_client(client)
+    grid_step = tm._check_int("grid_step", grid_step, 1)
+    return _iter_good_background(images, transient_masks, ignore, output_dir, png, overwrite, client, progress,
+                                 grid_step)
+
+
+def _iter_good_background(images, transient_masks, ignore, output_dir, png, overwrite, client, progress,
+                          grid_step):
+    """The results of `iter_good_background`, its arguments checked."""
     coadds = {}
     try:
         plan = _prepare(images, coadds, transient_masks, ignore, grid_step)
@@ -1817,6 +1984,15 @@ def summary_table(results, meta: dict = None) -> "astropy.table.Table":
     """
     from astropy.table import Table
 
+    if isinstance(results, (str, bytes)) or not hasattr(results, "__iter__"):
+        raise tm.BadInputError(f"results={tm._describe_value(results)}: must be a list of SEResult "
+                               "(of iter_good_background)")
+    results = list(results)
+    for k, result in enumerate(results):
+        if not isinstance(result, SEResult):
+            raise tm.BadInputError(f"results[{k}]={tm._describe_value(result)}: must be an SEResult")
+    if meta is not None and not isinstance(meta, Mapping):
+        raise tm.BadInputError(f"meta={tm._describe_value(meta)}: must be a dict (the table's header)")
     results = sorted(results, key=lambda r: (r.index, r.label))
 
     def text(values):
@@ -1918,10 +2094,26 @@ def write_example_tile(directory: str, *, n_images: int = 3, se_shape=(tm.CCD_NY
     from astropy.io import fits
     from astropy.wcs import WCS
 
+    directory = tm._check_path("directory", directory)
+    n_images = tm._check_int("n_images", n_images, 1)
+    se_ny, se_nx = _check_shape("se_shape", se_shape, 2, _EXAMPLE_SE_SIDE,
+                                f" (a DECam CCD is {tm.CCD_NY} x {tm.CCD_NX})")
+    coadd_ny, coadd_nx = (_check_shape("coadd_shape", coadd_shape, 1, _EXAMPLE_COADD_SIDE, " (a DES coadd tile)")
+                          if coadd_shape is not None else (2 * max(se_ny, se_nx) + 64,) * 2)
+    first_expnum = tm._check_int("first_expnum", first_expnum, 1, MAX_EXPNUM - n_images + 1)
+    fpack = tm._check_flag("fpack", fpack)
+    seed = tm._check_int("seed", seed, 0)
+    # Both go into file names and FITS headers.
+    tilename = _check_plain_name("tilename", tilename, r"[A-Za-z0-9][A-Za-z0-9+._-]*",
+                                 "ASCII letters, digits and + . _ -, as DES2122+0001")
+    band = _check_plain_name("band", band, r"[A-Za-z0-9]+", "ASCII letters and digits, as r or VR")
+    try:
+        os.makedirs(directory, exist_ok=True)
+    except OSError as exc:
+        raise tm.BadInputError(f"directory={directory!r}: cannot create it ({exc.strerror or exc})") from None
+    if not _can_write_in(directory):
+        raise tm.BadInputError(f"directory={directory!r}: cannot write in it")
     rng = np.random.default_rng(seed)
-    os.makedirs(directory, exist_ok=True)
-    se_ny, se_nx = (int(n) for n in se_shape)
-    coadd_ny, coadd_nx = coadd_shape or (2 * max(se_ny, se_nx) + 64,) * 2
     suffix = ".fits.fz" if fpack else ".fits"
 
     def hdu(data, header, name):
@@ -2266,6 +2458,12 @@ def main(argv=None) -> int:
     an unexpected failure; 130/143 interrupted/terminated (see
     `transient_masks.run_cli`).
     """
+    if argv is not None:
+        args = list(argv) if hasattr(argv, "__iter__") else [None]
+        if not all(isinstance(arg, str) for arg in args):
+            raise tm.BadInputError(f"argv={tm._describe_value(argv)}: must be a list of str (the command-line "
+                                   "arguments) or None")
+        argv = args
     return tm.run_cli(build_parser(), _run, argv, prog="des_background")
 
 

@@ -1055,6 +1055,126 @@ def test_there_are_enough_bad_inputs():
     assert len(BAD_INPUTS) >= 30
 
 
+# ---- Bad arguments from Python: a one-line BadInputError naming the argument and its value
+
+
+def tan_wcs():
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.cd = [[-7.3e-5, 0.0], [0.0, 7.3e-5]]
+    return wcs
+
+
+def small_arrays(**changes):
+    """Arguments of BackgroundPixels for an 8 x 8 SE image on an 8 x 8 coadd, with ``changes``."""
+    ones = np.ones((8, 8), np.float32)
+    zeros = np.zeros((8, 8), np.int32)
+    return {"se_weight": ones, "se_bmask": zeros, "coadd_weight": ones, "coadd_bmask": zeros, "coadd_seg": zeros,
+            **changes}
+
+
+def info_files(index=1):
+    """The ImageFiles of the `files` fixture's info.yaml (entry 1 is the real SE image)."""
+    return bg.PizzaInfo("info.yaml").files(index)
+
+
+# (id, call, what the message must start with); each raised something else before (the audit of
+# the public API: TypeError, AttributeError, ValueError, ZeroDivisionError, MemoryError,
+# FileNotFoundError, or no error at all).
+BAD_ARGUMENTS = [
+    ("output_name expnum a str", lambda: bg.output_name(expnum="abc", ccdnum=5, band="r"), "expnum='abc'"),
+    ("output_name se_path None", lambda: bg.output_name(se_path=None), "se_path=None"),
+    ("ImageFiles None", lambda: bg.ImageFiles(None, None, None, None, None, None), "se_image=None"),
+    ("ImageFiles an int", lambda: bg.ImageFiles("a", "b", "c", "d", "e", 5), "coadd_seg=5"),
+    ("ImageFiles a triple", lambda: bg.ImageFiles(("a", 1, 2), "b", "c", "d", "e", "f"),
+     r"se_image=\('a', 1, 2\)"),
+    ("ImageFiles empty path", lambda: bg.ImageFiles("a", "", "c", "d", "e", "f"), "se_weight=''"),
+    ("ImageFiles expnum a str", lambda: bg.ImageFiles("a", "b", "c", "d", "e", "f", expnum="x"), "expnum='x'"),
+    ("PizzaInfo None", lambda: bg.PizzaInfo(None), "path=None"),
+    ("PizzaInfo an int", lambda: bg.PizzaInfo(5), "path=5"),
+    ("PizzaInfo.files a str", lambda: bg.PizzaInfo("info.yaml").files("0"), "index='0'"),
+    ("PizzaInfo.files a fraction", lambda: bg.PizzaInfo("info.yaml").files(0.5), "index=0.5"),
+    ("good_background None", lambda: bg.good_background(None), "files=None"),
+    ("good_background a path", lambda: bg.good_background("x.fits"), "files='x.fits'"),
+    ("good_background masks a path", lambda: bg.good_background(info_files(), transient_masks="maps.fits"),
+     "transient_masks='maps.fits'"),
+    ("good_background grid_step 0", lambda: bg.good_background(info_files(), grid_step=0), "grid_step=0"),
+    ("good_background grid_step a str", lambda: bg.good_background(info_files(), grid_step="64"),
+     "grid_step='64'"),
+    ("good_background coadd a str", lambda: bg.good_background(info_files(), coadd="x"), "coadd='x'"),
+    ("iter_good_background None", lambda: list(bg.iter_good_background(None)), "images=None"),
+    ("iter_good_background a str", lambda: list(bg.iter_good_background("x")), "images='x'"),
+    ("iter_good_background a list of str", lambda: list(bg.iter_good_background(["x"])), r"images\[0\]='x'"),
+    ("iter_good_background output_dir an int",
+     lambda: list(bg.iter_good_background(bg.PizzaInfo("info.yaml").images("1"), output_dir=5)), "output_dir=5"),
+    ("summary_table None", lambda: bg.summary_table(None), "results=None"),
+    ("summary_table a list of str", lambda: bg.summary_table(["x"]), r"results\[0\]='x'"),
+    ("summary_table meta a str", lambda: bg.summary_table([], meta="x"), "meta='x'"),
+    ("write_outputs None", lambda: bg.write_outputs(None, "x.fits"), "pixels=None"),
+    ("se_to_coadd None", lambda: bg.se_to_coadd(None, None, (10, 10)), "se_wcs=None"),
+    ("se_to_coadd huge", lambda: bg.se_to_coadd(tan_wcs(), tan_wcs(), (10**6, 10**6)),
+     r"shape=\(1000000, 1000000\): each side must be at most"),
+    ("nearest_coadd_pixel None", lambda: bg.nearest_coadd_pixel(None, None, (10, 10), (10, 10)), "se_wcs=None"),
+    ("Coadd None", lambda: bg.Coadd(None, None, None), "weight=None"),
+    ("BackgroundPixels WCS None", lambda: bg.BackgroundPixels(None, tan_wcs(), **small_arrays()), "se_wcs=None"),
+    ("BackgroundPixels weight a str", lambda: bg.BackgroundPixels(tan_wcs(), tan_wcs(), **small_arrays(se_weight="1")),
+     "se_weight='1'"),
+    ("BackgroundPixels bmask None", lambda: bg.BackgroundPixels(tan_wcs(), tan_wcs(), **small_arrays(se_bmask=None)),
+     "se_bmask: must be numbers"),
+    ("BackgroundPixels one row",
+     lambda: bg.BackgroundPixels(tan_wcs(), tan_wcs(), **small_arrays(se_weight=np.ones((1, 8)),
+                                                                      se_bmask=np.zeros((1, 8), int))),
+     "se_weight=array of float64 with shape \\(1, 8\\): the SE image must be at least 2 x 2"),
+    ("write_example_tile None", lambda: bg.write_example_tile(None), "directory=None"),
+    ("write_example_tile se_shape a str", lambda: bg.write_example_tile("d", se_shape="abc"), "se_shape='abc'"),
+    ("write_example_tile se_shape 0", lambda: bg.write_example_tile("d", se_shape=(0, 0)), r"se_shape=\(0, 0\)"),
+    ("write_example_tile se_shape huge", lambda: bg.write_example_tile("d", se_shape=(10**6, 10**6)),
+     r"se_shape=\(1000000, 1000000\): each side must be at most 4096 pixels"),
+    ("write_example_tile band a path", lambda: bg.write_example_tile("d", n_images=1, se_shape=(64, 32),
+                                                                     band="r/../../x"),
+     "band='r/../../x': must be a plain name"),
+    ("write_example_tile tilename not ASCII", lambda: bg.write_example_tile("d", n_images=1, se_shape=(64, 32),
+                                                                            tilename="D\u00c9S"),
+     "tilename='D\u00c9S': must be a plain name"),
+    ("write_example_tile no images", lambda: bg.write_example_tile("d", n_images=0), "n_images=0"),
+    ("main argv an int", lambda: bg.main(5), "argv=5"),
+]
+
+
+@pytest.mark.parametrize("call, message", [case[1:] for case in BAD_ARGUMENTS], ids=[case[0] for case in BAD_ARGUMENTS])
+def test_bad_arguments_are_one_line_bad_input(files, monkeypatch, call, message):
+    monkeypatch.chdir(files)
+    before = listing(files)
+    with pytest.raises(tm.BadInputError, match=f"^{message}") as error:
+        call()
+    assert "\n" not in str(error.value)
+    assert listing(files) == before  # refused before anything was written
+
+
+def test_arguments_of_other_valid_types_are_taken(files, monkeypatch):
+    """numpy integers, whole floats, os.PathLike paths, (path, ext) lists, iterators, '' for no picture."""
+    monkeypatch.chdir(files)
+    assert bg.output_name(np.int64(232321), np.int16(57), "r", None) == "D00232321_r_c57_goodbkg.fits"
+    assert bg.output_name(232321, 57.0, None, files / "se.fits") == "se_goodbkg.fits"
+    info = bg.PizzaInfo(files / "info.yaml")
+    chosen = info.files(np.int64(1))
+    assert info.files(1.0) == chosen and chosen.expnum == EXPNUM_Y6
+    same = bg.ImageFiles(*([path, ext] for path, ext in (getattr(chosen, role) for role in bg.ROLES)),
+                         expnum=np.int64(EXPNUM_Y6), ccdnum=CCDNUM, band="r", index=1)
+    assert same == chosen and type(same.expnum) is int
+    assert list(bg.iter_good_background(iter([]))) == []
+    assert len(bg.summary_table((), meta={})) == 0
+    pixels = bg.good_background(chosen, grid_step=np.int32(64), read_se_image=np.bool_(False), ignore_bits=0)
+    assert pixels.shape == SE_SHAPE and pixels.se_image is None
+    assert [os.fspath(path) for path in bg.write_outputs(pixels, files / "good.fits", "")] == [str(files / "good.fits")]
+    small = bg.BackgroundPixels(tan_wcs(), tan_wcs(), **small_arrays(se_weight=[[1.0] * 8] * 8,
+                                                                   transient_mask=np.zeros((8, 8))),
+                                coadd_shape=[8.0, 8], coadd_offset=np.array([0, 0]), tolerance=np.inf)
+    assert small.good.all() and small.transient_cut
+    paths = bg.write_example_tile(files / "tile", n_images=1, se_shape=[64, 32], fpack=False, seed=np.int64(1))
+    assert os.path.basename(paths["se"][0]) == "D00791215_r_c57_immasked.fits"
+
+
 # ---- The README
 
 
