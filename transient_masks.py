@@ -268,10 +268,15 @@ def _check_str(name: str, value, optional: bool = False):
     return value
 
 
+def _printable_ascii(text: str) -> bool:
+    """Whether ``text`` is printable ASCII, all a FITS header card holds."""
+    return all(" " <= char <= "~" for char in text)
+
+
 def _check_epoch_name(name: str, value, optional: bool = False):
     """An epoch name: text a FITS header holds (printable ASCII), not blank."""
     value = _check_str(name, value, optional)
-    if value is not None and (not value.strip() or not all(" " <= char <= "~" for char in value)):
+    if value is not None and (not value.strip() or not _printable_ascii(value)):
         raise BadInputError(f"{name}={value!r}: an epoch name must be printable ASCII, not blank")
     return value
 
@@ -992,7 +997,7 @@ def _header_cards(cards) -> list:
             raise BadInputError(f"header card {key!r}: not a keyword this table can take (up to 8 of "
                                 f"A-Z, 0-9, - and _; not one of the table's layout)")
         text = [item for item in (value, comment) if isinstance(item, str)]
-        if (not isinstance(comment, str) or any(not all(" " <= char <= "~" for char in item) for item in text)
+        if (not isinstance(comment, str) or not all(map(_printable_ascii, text))
                 or not isinstance(value, (str, bool, np.bool_, int, np.integer, float, np.floating))
                 or (isinstance(value, (float, np.floating)) and not np.isfinite(value))
                 or (isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
@@ -1026,7 +1031,7 @@ def _row_block(block) -> dict:
     columns = {}
     for name, values in block.items():
         _check_str("column name", name)
-        if not name.strip() or not all(" " <= char <= "~" for char in name):
+        if not name.strip() or not _printable_ascii(name):
             raise BadInputError(f"column name {name!r}: must be printable ASCII, not blank")
         column = _numeric_array(f"column {name!r}", values, kinds="iufSU")  # no bool: FITS T/F bytes
         if column.ndim != 1:
@@ -3904,20 +3909,24 @@ def table_format_of(path: str, table_format: str = None) -> str:
             raise BadInputError(f"--format {table_format!r}: not a table format astropy knows "
                                 f"(e.g. fits, parquet, ascii.ecsv, ascii.csv, hdf5, votable)")
         return table_format
-    lower = os.fspath(path).lower()
-    for suffix in sorted(TABLE_SUFFIXES, key=len, reverse=True):
-        if lower.endswith(suffix):
-            return TABLE_SUFFIXES[suffix]
+    by_extension = _extension_format(path)
+    if by_extension is not None:
+        return by_extension
     raise BadInputError(f"{path}: unknown table format of extension {_suffix(os.path.basename(path))!r} "
                         f"(use {', '.join(sorted(set(TABLE_SUFFIXES)))}, or --format)")
+
+
+def _extension_format(path):
+    """The table format `TABLE_SUFFIXES` gives the extension of ``path``, or None."""
+    lower = os.fspath(path).lower()
+    return next((TABLE_SUFFIXES[suffix] for suffix in sorted(TABLE_SUFFIXES, key=len, reverse=True)
+                 if lower.endswith(suffix)), None)
 
 
 def _output_format(path, table_format=None):
     """The format of an output table: ``table_format`` (the input's, as --format gives it)
     unless the output's extension names another one (``-o out.parquet``)."""
-    lower = os.fspath(path).lower()
-    by_extension = next((TABLE_SUFFIXES[suffix] for suffix in sorted(TABLE_SUFFIXES, key=len, reverse=True)
-                         if lower.endswith(suffix)), None)
+    by_extension = _extension_format(path)
     if table_format is None or by_extension is None:
         return table_format or by_extension
     if by_extension == table_format or (by_extension == "ascii" and table_format.startswith("ascii")):
