@@ -2327,6 +2327,10 @@ def _run(args) -> int:
 
 
 def _run_background(args) -> int:
+    if args.no_transient_cut:  # a file given and never read would look used
+        given = [f"--{name}" for name in ("counts", "epochs_file") if getattr(args, name, None)]
+        if given:
+            raise tm.BadInputError(f"{' and '.join(given)}: not used with --no_transient_cut (drop one)")
     ignore = bits_value(args.ignore_bits)
     info, images = _choose_images(args)
     single = len(images) == 1
@@ -2458,12 +2462,6 @@ def main(argv=None) -> int:
     an unexpected failure; 130/143 interrupted/terminated (see
     `transient_masks.run_cli`).
     """
-    if argv is not None:
-        args = list(argv) if hasattr(argv, "__iter__") else [None]
-        if not all(isinstance(arg, str) for arg in args):
-            raise tm.BadInputError(f"argv={tm._describe_value(argv)}: must be a list of str (the command-line "
-                                   "arguments) or None")
-        argv = args
     return tm.run_cli(build_parser(), _run, argv, prog="des_background")
 
 

@@ -1098,6 +1098,8 @@ def read_epochs(path: str = None):
         epochs[name] = values.astype(np.int64)
     if np.asarray(epochs["NAME"]).dtype.kind not in "US":
         raise BadInputError(f"{path}: epoch table column NAME must hold strings")
+    if np.ma.is_masked(epochs["NAME"]):
+        raise BadInputError(f"{path}: epoch table column NAME has NULL entries")
     try:
         epochs["NAME"] = np.char.strip(np.asarray(epochs["NAME"]).astype(str))
     except UnicodeDecodeError:
@@ -6121,6 +6123,12 @@ def read_ccd_layout(path: str = None):
 def _epoch_mask_for(epoch_mask_or_epoch, maps, fp_rate, x_bin, y_bin, floor, method=DEFAULT_METHOD):
     """An EpochMask as given, or built for an epoch name from the count maps."""
     if not isinstance(epoch_mask_or_epoch, str):
+        given = [name for name, value, default in (
+            ("maps", maps, None), ("fp_rate", fp_rate, DEFAULT_FP_RATE), ("x_bin", x_bin, 1),
+            ("y_bin", y_bin, 1), ("floor", floor, DEFAULT_FLOOR), ("method", method, DEFAULT_METHOD))
+            if value is not default and not (isinstance(value, (int, float, str, np.number)) and value == default)]
+        if given:  # an EpochMask is made already: these would be ignored
+            raise BadInputError(f"{', '.join(given)}: only for an epoch name; an EpochMask is drawn as it was made")
         return _check_epoch_mask(epoch_mask_or_epoch)
     _check_options(fp_rate, x_bin, y_bin, floor)
     maps = maps if maps is not None else CountMaps()
@@ -6411,6 +6419,8 @@ def plot_epoch(epoch_mask_or_epoch, pdf_file: str, *, maps=None, fp_rate: float 
     from matplotlib.backends.backend_pdf import PdfPages
 
     pdf_file = _check_path("pdf_file", pdf_file)
+    if not pdf_file.lower().endswith(".pdf"):
+        raise BadInputError(f"pdf_file={pdf_file!r}: a multipage PDF; name it .pdf")
     if maps is not None and not isinstance(maps, CountMaps):
         raise BadInputError(f"maps={_describe_value(maps)}: must be a CountMaps")
     if ccdnums is None:
@@ -7135,6 +7145,12 @@ def run_cli(parser: argparse.ArgumentParser, run, argv=None, prog: str = None) -
     import signal
 
     prog = prog or parser.prog
+    if argv is not None:  # (a str would be split into one-letter arguments)
+        given = argv
+        argv = list(argv) if hasattr(argv, "__iter__") and not isinstance(argv, (str, bytes)) else None
+        if argv is None or not all(isinstance(arg, str) for arg in argv):
+            raise BadInputError(f"argv={_describe_value(given)}: must be a list of str (the command-line "
+                                "arguments) or None")
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse exits 2 on usage errors, 0 for --help

@@ -911,6 +911,8 @@ BAD_INPUTS = [
      "binary.yaml: not a text file"),
     ("info bad YAML", write_bytes("syntax.yaml", b"src_info: [1, 2\n"), ["--info", "syntax.yaml", "--se_index", "0"],
      "syntax.yaml: not a readable YAML file"),
+    ("counts without the cut", None, INFO_1 + ["--no_transient_cut", "--counts", "maps.fits"],
+     "--counts: not used with --no_transient_cut"),
     ("info key given twice", write_bytes("twice.yaml", b"src_info:\n- ccdnum: 57\n  ccdnum: 12\n"),
      ["--info", "twice.yaml", "--se_index", "0"], "twice.yaml: line 3: key 'ccdnum' given twice in one mapping"),
     ("info nested too deeply", write_bytes("deep.yaml", b"[" * 5000 + b"]" * 5000),

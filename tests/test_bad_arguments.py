@@ -872,3 +872,23 @@ def test_des_background_ignore_bits(ignore_bits, match):
 
     raises(match, db._ignore_value, ignore_bits)
     assert db._ignore_value(["SUSPECT"]) == db._ignore_value("SUSPECT") == db._ignore_value(2048)
+
+
+def test_plot_epoch_and_command_line_arguments(mask, tmp_path):
+    """Found by a second audit: options given with a ready EpochMask were ignored, a .png
+    name got a PDF, and main() split a str argv into one-letter arguments."""
+    raises("fp_rate: only for an epoch name", tm.plot_epoch, mask, str(tmp_path / "x.pdf"), fp_rate=0.5)
+    raises("maps, x_bin: only for an epoch name", tm.plot_epoch, mask, str(tmp_path / "x.pdf"),
+           maps=tm.CountMaps(tm.data_path(tm.DEMO_COUNTS_FILENAME)), x_bin=2)
+    raises("name it .pdf", tm.plot_epoch, mask, str(tmp_path / "x.png"))
+    for argv in ("--epoch Y2E1", 5, ["--epoch", 5]):
+        raises("argv=", tm.main, argv)
+    assert not list(tmp_path.iterdir())
+
+
+def test_epoch_table_with_a_null_name_is_refused():
+    from astropy.table import MaskedColumn
+
+    table = tm.read_epochs()
+    table["NAME"] = MaskedColumn(table["NAME"], mask=[True] + [False] * (len(table) - 1))
+    raises("column NAME has NULL entries", tm.read_epochs, table)
