@@ -4110,6 +4110,7 @@ def _event_values(columns, names, source="table"):
         data = np.ma.getdata(column)
         data = data if isinstance(data, np.ndarray) else np.asarray(data)
         null = np.ma.getmaskarray(column) if np.ma.isMaskedArray(column) else None
+        data = _unitless(data, f"{source}: column {name!r}")
         if data.ndim != 1:
             raise BadInputError(f"{source}: column {name!r} holds arrays, expected one value per row")
         kind = data.dtype.kind
@@ -4557,6 +4558,18 @@ def _cell_index(ccdnum, x, y):
 _NOT_WHOLE = np.iinfo(np.int64).min  # marks the EXPNUM/CCDNUM values that are not whole numbers
 
 
+def _unitless(values, where):
+    """The numbers of an astropy Quantity (a QTable's column) in pixels or without a unit;
+    anything else as it is (a Table column's unit is only a label).  A Quantity in
+    another unit (deg, arcsec) is a BadInputError naming ``where``."""
+    units = sys.modules.get("astropy.units")
+    if units is None or not isinstance(values, units.Quantity):
+        return values
+    if str(values.unit).lower() not in ("pix", "pixel", "pixels", ""):
+        raise BadInputError(f"{where} is in {values.unit}; expected pixels (or no unit)")
+    return np.asarray(values.value)
+
+
 def _event_arrays(**arrays) -> tuple:
     """Event columns (named keyword arrays, CCDNUM as ``ccdnum``) checked and flattened.
 
@@ -4567,7 +4580,8 @@ def _event_arrays(**arrays) -> tuple:
     whole number (5.5, NaN).
     """
     names = list(arrays)
-    values = [np.ma.getdata(value) if np.ma.isMaskedArray(value) else value for value in arrays.values()]
+    values = [_unitless(np.ma.getdata(value) if np.ma.isMaskedArray(value) else value, name)
+              for name, value in arrays.items()]
     checked = {name: _numeric_array(name, value) for name, value in zip(names, values)}
     shape = _same_shape(**checked)
     flat = {name: np.broadcast_to(value, shape).ravel() for name, value in checked.items()}

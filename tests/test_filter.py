@@ -261,3 +261,17 @@ def test_files_holding_more_than_one_table_say_that_one_is_read(tmp_path, rng, c
     tm.filter_file(str(tmp_path / "one.fits"), str(tmp_path / "out.fits"), masks, overwrite=True)
     tm.gather_data(str(tmp_path / "one.fits"))
     assert caplog.text == ""
+
+
+def test_qtable_positions_in_pixels_are_taken_and_other_units_refused(rng, counts_file):
+    """Found by an audit: a QTable's Quantity positions raised astropy's UnitConversionError."""
+    from astropy.table import QTable
+
+    table = QTable(_events(rng, 500))  # XWIN_IMAGE / YWIN_IMAGE in pix become Quantities
+    masks = tm.TransientMasks(counts_file)
+    kept, counts = tm.filter_table(table, masks)
+    assert counts.read == 500 and isinstance(kept, QTable)
+    assert len(kept) == len(tm.filter_table(Table(table), masks)[0])
+    table["YWIN_IMAGE"] = table["YWIN_IMAGE"].value * u.deg
+    with pytest.raises(tm.BadInputError, match="column 'YWIN_IMAGE' is in deg; expected pixels"):
+        tm.filter_table(table, masks)
