@@ -4055,6 +4055,8 @@ def resolve_columns(colnames, expnum_col="EXPNUM", ccdnum_col="CCDNUM", x_col="X
             raise BadInputError(
                 f"{source}: no column {name!r} (set --{role}_col; columns are {', '.join(colnames[:20])})"
             )
+        if colnames.count(name) > 1:  # (a pandas or Dask frame can repeat a name)
+            raise BadInputError(f"{source}: column {name!r} appears {colnames.count(name)} times; which one is meant?")
     return expnum_col, ccdnum_col, x_col, y_col
 
 

@@ -535,3 +535,16 @@ def test_warnings_of_the_workers_are_said_once_by_the_client(tmp_path, client, r
     assert said["parallel"] == said["serial"]
     assert sum("only that table is read" in text for text in said["serial"]) == 12  # 4 files, read 3 times
     assert sum("no count map for epoch Y3E1" in text for text in said["parallel"]) == 1
+
+
+def test_a_dask_dataframe_repeating_an_event_column_is_refused(tmp_path, masks):
+    """Found by an audit: a repeated CCDNUM made pandas hand back a frame (AttributeError)."""
+    import pandas as pd
+
+    frame = events(np.random.default_rng(5), 40).to_pandas()
+    frame = dd.from_pandas(pd.concat([frame, frame[["CCDNUM"]]], axis=1), npartitions=2)
+    with pytest.raises(tm.BadInputError, match="DataFrame: column 'CCDNUM' appears 2 times"):
+        tm.filter_files(frame, str(tmp_path / "out"), masks)
+    with pytest.raises(tm.BadInputError, match="DataFrame: column 'CCDNUM' appears 2 times"):
+        tm.gather_data(frame)
+    assert not (tmp_path / "out").exists()
