@@ -1098,8 +1098,8 @@ def read_epochs(path: str = None):
         epochs[name] = values.astype(np.int64)
     if np.asarray(epochs["NAME"]).dtype.kind not in "US":
         raise BadInputError(f"{path}: epoch table column NAME must hold strings")
-    if np.ma.is_masked(epochs["NAME"]):
-        raise BadInputError(f"{path}: epoch table column NAME has NULL entries")
+    if np.ma.is_masked(epochs["NAME"]):  # (astropy reads a blank FITS string as NULL): refused as empty
+        epochs["NAME"] = epochs["NAME"].filled("")
     try:
         epochs["NAME"] = np.char.strip(np.asarray(epochs["NAME"]).astype(str))
     except UnicodeDecodeError:

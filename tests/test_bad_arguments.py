@@ -891,4 +891,4 @@ def test_epoch_table_with_a_null_name_is_refused():
 
     table = tm.read_epochs()
     table["NAME"] = MaskedColumn(table["NAME"], mask=[True] + [False] * (len(table) - 1))
-    raises("column NAME has NULL entries", tm.read_epochs, table)
+    raises("column NAME must name each epoch once, and not be empty: ''", tm.read_epochs, table)
